@@ -1,0 +1,1 @@
+"""ml_collections config files: one get_config() per model size and data setting."""

@@ -1,0 +1,2 @@
+"""convfirst-jax: efficient convnets in JAX/Pallas (Lavin 2024, arXiv 2404.03617)."""
+from convfirst_jax.specs import get_spec, list_models  # noqa: F401

@@ -1,0 +1,1 @@
+"""Training loop, data pipeline and reports for convfirst-jax."""
