@@ -1,1 +1,25 @@
-"""Fused Pallas kernels for convfirst-jax (filled in by the fused-kernel work)."""
+"""Fused Pallas kernels for convfirst-jax: the conv-first block (Lavin 2024, "block fusion").
+
+    from pallas_kernels import conv_first_block, conv_first_block_reference
+
+``conv_first_block`` runs one Pallas Triton kernel per block on a GPU (the Pallas
+interpreter elsewhere); ``conv_first_block_reference`` is the same block in plain jnp.
+Launch parameters live in :mod:`pallas_kernels.tuning`.
+"""
+
+from pallas_kernels.conv_first_block import conv_first_block, fused_forward
+from pallas_kernels.options import ACTIVATIONS, NORMS, BlockOptions
+from pallas_kernels.reference import conv_first_block_reference
+from pallas_kernels.tuning import LAUNCH_TABLE, LaunchConfig, launch_config
+
+__all__ = [
+    "ACTIVATIONS",
+    "BlockOptions",
+    "LAUNCH_TABLE",
+    "LaunchConfig",
+    "NORMS",
+    "conv_first_block",
+    "conv_first_block_reference",
+    "fused_forward",
+    "launch_config",
+]

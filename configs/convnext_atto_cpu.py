@@ -1,0 +1,19 @@
+"""ConvNeXt-atto (timm depths/dims) at 64 px on the CPU: the LayerNorm/GELU/7x7 baseline."""
+
+from __future__ import annotations
+
+import ml_collections
+
+from configs import default
+
+
+def get_config() -> ml_collections.ConfigDict:
+    c = default.get_config()
+    c.model = "convnext_atto"
+    c.image_size = 64
+    c.batch_size = 64
+    c.num_epochs = 10
+    c.learning_rate = 4e-3
+    c.weight_decay = 0.05
+    c.warmup_epochs = 1.0
+    return c

@@ -1,0 +1,136 @@
+"""Shared pieces of the latency lab: run options, random inputs, records, environment."""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime
+import platform as _platform
+import sys
+from typing import Any, Callable, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from convfirst_jax.analysis import roofline
+from convfirst_jax.analysis.ceilings import Ceilings, cache_bytes, device_info
+from convfirst_jax.analysis.timing import Timing, auto_buffers, time_jax, tree_nbytes
+
+DTYPES = ("float32", "bfloat16", "float16")
+DTYPE_BYTES = {"float32": 4, "bfloat16": 2, "float16": 2}
+CPU_PALLAS_NOTE = ("skipping impl pallas on {platform}: the Pallas kernel would run in interpret "
+                   "mode, which is not a performance measurement")
+
+
+@dataclasses.dataclass(frozen=True)
+class TimingOptions:
+    """How every measurement of a run is taken (CLI: --warmup, --repeats, ...)."""
+
+    warmup: int = 5
+    repeats: int = 30
+    min_sample_s: float = 2e-3
+    max_number: int = 100
+    buffers: int = 0  # 0 = auto (enough to exceed twice the last-level cache, 2..16)
+    seed: int = 0
+
+    def n_buffers(self, bytes_per_set: int) -> int:
+        if self.buffers > 0:
+            return self.buffers
+        return auto_buffers(bytes_per_set, cache_bytes())
+
+    def time(self, fn: Callable, arg_sets: Sequence[tuple],
+             on_first: Callable[[Any], Any] | None = None) -> Timing:
+        return time_jax(fn, arg_sets, warmup=self.warmup, repeats=self.repeats,
+                        min_sample_s=self.min_sample_s, max_number=self.max_number,
+                        on_first=on_first)
+
+
+def on_gpu() -> bool:
+    """True when the default backend is a GPU (the only place Pallas timings mean anything)."""
+    return jax.default_backend() == "gpu"
+
+
+def pallas_skip_note() -> str:
+    return CPU_PALLAS_NOTE.format(platform=jax.default_backend())
+
+
+def random_normal(key: jax.Array, shape: Sequence[int], dtype: str, scale: float = 1.0):
+    """Random N(0, scale^2) data (never zeros: zeros can take fast paths)."""
+    return (scale * jax.random.normal(key, tuple(shape), jnp.float32)).astype(dtype)
+
+
+def rotated_inputs(make: Callable[[jax.Array], tuple], key: jax.Array,
+                   opts: TimingOptions) -> list[tuple]:
+    """``make(key)`` once to size one set, then enough independent sets to defeat caches."""
+    first = make(key)
+    n = opts.n_buffers(tree_nbytes(first))
+    keys = jax.random.split(jax.random.fold_in(key, 1), n - 1) if n > 1 else []
+    return [first] + [make(k) for k in keys]
+
+
+def environment(argv: Sequence[str]) -> dict[str, Any]:
+    """Everything needed to interpret a results file later."""
+    kind, plat = device_info()
+    env = {
+        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "jax_version": jax.__version__,
+        "jaxlib_version": _jaxlib_version(),
+        "python": sys.version.split()[0],
+        "device_kind": kind,
+        "platform": plat,
+        "device_count": jax.device_count(),
+        "host": _platform.node(),
+        "processor": _platform.processor() or _platform.machine(),
+        "command_line": " ".join(["python", "-m", "convfirst_jax.bench", *argv]),
+        "matmul_precision": str(jax.config.jax_default_matmul_precision),
+    }
+    return env
+
+
+def _jaxlib_version() -> str | None:
+    try:
+        import jaxlib
+
+        return jaxlib.__version__
+    except Exception:  # pragma: no cover - jaxlib always present with jax
+        return None
+
+
+def make_record(*, suite: str, name: str, impl: str, mode: str, dtype: str, batch_size: int,
+                resolution: int, kind: str, ceil: Ceilings, timing: Timing | None,
+                flops: int, macs: int, nbytes: int, params: int, waterline_s: float,
+                fused_floor_s: float | None = None, status: str = "ok", note: str = "",
+                **extra: Any) -> dict[str, Any]:
+    """One row of the results: the measurement plus the paper's derived quantities."""
+    ideal = roofline.ideal_latency(flops, ceil.peak_flops)
+    rec: dict[str, Any] = {
+        "suite": suite, "name": name, "impl": impl, "mode": mode, "dtype": dtype,
+        "batch_size": int(batch_size), "resolution": int(resolution), "kind": kind,
+        "flops": int(flops), "macs": int(macs), "bytes": int(nbytes), "params": int(params),
+        "ideal_s": ideal, "waterline_s": waterline_s, "fused_floor_s": fused_floor_s,
+        "status": status, "note": note,
+    }
+    if timing is not None:
+        rec.update(timing.summary())
+        med = timing.median_s
+        rec.update(
+            efficiency=roofline.efficiency(flops, med, ceil.peak_flops) if flops else None,
+            efficiency_gap_s=roofline.efficiency_gap(flops, med, ceil.peak_flops),
+            latency_over_waterline=med / waterline_s if waterline_s else None,
+            latency_over_fused_floor=(med / fused_floor_s) if fused_floor_s else None,
+            images_per_s=batch_size / med,
+        )
+    rec.update(extra)
+    return rec
+
+
+def skipped_record(*, suite: str, name: str, impl: str, mode: str, dtype: str,
+                   batch_size: int | None, note: str, **extra: Any) -> dict[str, Any]:
+    """A measurement that was not taken, and why (kept in the results, never silently lost)."""
+    return {"suite": suite, "name": name, "impl": impl, "mode": mode, "dtype": dtype,
+            "batch_size": batch_size, "status": "skipped", "note": note, **extra}
+
+
+def max_abs_diff(a: jax.Array, b: jax.Array) -> float:
+    """max |a - b| in float32 (numerical cross-check between implementations)."""
+    return float(np.max(np.abs(np.asarray(a, np.float32) - np.asarray(b, np.float32))))

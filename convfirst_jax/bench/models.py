@@ -1,0 +1,112 @@
+"""Whole-model timing: inference forward and (optionally) one fwd+bwd+AdamW train step.
+
+Models come from ``convfirst_jax.create_model``; the forward runs in eval mode (for
+``block_impl="pallas"`` ConvFirst blocks use BatchNorm folded into the kernel's weights, the
+folding being part of the timed function, as it is part of the model's call). The analytic
+costs (ops, unfused bytes, waterline) come from ``convfirst_jax.complexity.model_complexity``.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable
+
+import jax
+import jax.numpy as jnp
+
+from convfirst_jax.analysis import roofline
+from convfirst_jax.analysis.ceilings import Ceilings
+from convfirst_jax.specs import ConvFirstNetSpec, get_spec
+
+# A train step does the forward, the backward (about twice the forward's operations) and the
+# optimizer update (elementwise, negligible): the usual 3x rule (Kaplan et al. 2020; also
+# Hernandez & Brown 2020 count training compute this way).
+TRAIN_FLOPS_FACTOR = 3
+
+
+def model_table(name: str, resolution: int, batch_size: int, dtype: str, num_classes: int):
+    """The unfused per-op cost table of ``name`` for this batch and dtype."""
+    from convfirst_jax.complexity import model_complexity
+
+    return model_complexity(name, resolution=resolution, batch_size=batch_size,
+                            dtype_bytes=jnp.dtype(dtype).itemsize, num_classes=num_classes)
+
+
+def model_floors(table: Any, ceil: Ceilings) -> tuple[float, float | None]:
+    """(unfused waterline, waterline with every conv-first block fused) in seconds.
+
+    Fused: layers outside blocks keep their kernel floors; each conv-first block costs
+    max(block ops / peak, (x + folded weights + out bytes) / bandwidth) (Lavin 2024,
+    waterline analysis). None for models without conv-first blocks (ResNets).
+    """
+    unfused = roofline.waterline(table.layers, ceil.peak_flops, ceil.bandwidth)
+    spec = get_spec(table.model)
+    if not isinstance(spec, ConvFirstNetSpec):
+        return unfused, None
+    from convfirst_jax.complexity import fused_block_bytes
+
+    outside = [l for l in table.layers if l.block is None]
+    fused = roofline.waterline(outside, ceil.peak_flops, ceil.bandwidth)
+    for layers in table.blocks.values():
+        flops = sum(l.flops for l in layers)
+        nbytes = fused_block_bytes(layers, batch=table.batch_size, dtype_bytes=table.dtype_bytes)
+        fused += roofline.kernel_floor(flops, nbytes, ceil.peak_flops, ceil.bandwidth)
+    return unfused, fused
+
+
+def build_model(name: str, *, block_impl: str, dtype: str, num_classes: int, seed: int):
+    from convfirst_jax import create_model
+
+    return create_model(name, num_classes=num_classes, block_impl=block_impl,
+                        dtype=jnp.dtype(dtype), param_dtype=jnp.float32, seed=seed)
+
+
+def inference_fn(model) -> tuple[Callable[..., jax.Array], Any]:
+    """(f(state, x) -> logits, state): a pure function of the eval-mode model's state."""
+    from flax import nnx
+
+    model.eval()
+    graphdef, state = nnx.split(model)
+
+    def forward(state, x):
+        return nnx.merge(graphdef, state)(x)
+
+    return forward, state
+
+
+def train_step_fn(model, *, learning_rate: float = 1e-3, weight_decay: float = 0.05
+                  ) -> tuple[Callable[..., Any], tuple]:
+    """(step(params, rest, opt_state, x, y), (params, rest, opt_state)): fwd + bwd + AdamW."""
+    import optax
+    from flax import nnx
+
+    model.train()
+    graphdef, params, rest = nnx.split(model, nnx.Param, ...)
+    tx = optax.adamw(learning_rate, weight_decay=weight_decay)
+    opt_state = tx.init(params)
+
+    def step(params, rest, opt_state, x, y):
+        m = nnx.merge(graphdef, params, rest)
+
+        def loss_fn(m):
+            logits = m(x)
+            return optax.softmax_cross_entropy_with_integer_labels(logits, y).mean()
+
+        loss, grads = nnx.value_and_grad(loss_fn)(m)  # grads w.r.t. the nnx.Param leaves
+        updates, opt_state = tx.update(grads, opt_state, params)
+        params = optax.apply_updates(params, updates)
+        _, _, new_rest = nnx.split(m, nnx.Param, ...)  # BatchNorm running stats, RNG counts
+        return params, new_rest, opt_state, loss
+
+    return step, (params, rest, opt_state)
+
+
+def has_conv_first_blocks(name: str) -> bool:
+    return isinstance(get_spec(name), ConvFirstNetSpec)
+
+
+def family_label(name: str) -> str:
+    """"ConvFirst", "ConvNeXt" or "ResNet" (for plot legends)."""
+    spec = get_spec(name)
+    if isinstance(spec, ConvFirstNetSpec):
+        return "ConvFirst" if spec.family == "convfirst" else "ConvNeXt"
+    return "ResNet"

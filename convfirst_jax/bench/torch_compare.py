@@ -1,0 +1,59 @@
+"""Optional cross-check against PyTorch: timm's model of the same size, torch.compile'd.
+
+torch and timm are imported lazily, only when ``--compare-torch`` is given; when they are
+missing (or there is no CUDA device) the lab says so and carries on.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from convfirst_jax.analysis.timing import Timing, time_callable
+
+
+def timm_name(model: str) -> str:
+    """timm model of the same size: convfirst_<size>[_gw8] -> convnext_<size>; others as is."""
+    if model.startswith("convfirst_"):
+        return "convnext_" + model.split("_")[1]
+    return model
+
+
+def torch_available() -> tuple[bool, str]:
+    """(usable, reason): torch + timm import and a CUDA device is visible."""
+    try:
+        import timm  # noqa: F401
+        import torch
+    except Exception as e:  # ImportError, or a broken install
+        return False, f"--compare-torch: torch/timm not importable ({type(e).__name__}: {e}); " \
+                      "install torch and timm to compare with timm + torch.compile"
+    if not torch.cuda.is_available():
+        return False, "--compare-torch: torch imports but sees no CUDA device; skipped"
+    return True, ""
+
+
+def time_timm(model: str, *, batch_size: int, resolution: int, num_classes: int,
+              warmup: int, repeats: int, min_sample_s: float, max_number: int,
+              buffers: int, seed: int = 0) -> tuple[Timing, dict[str, Any]]:
+    """Time timm's model with torch.compile, channels_last and bf16 autocast (inference)."""
+    import timm
+    import torch
+
+    torch.manual_seed(seed)
+    name = timm_name(model)
+    net = timm.create_model(name, pretrained=False, num_classes=num_classes)
+    net = net.cuda().eval().to(memory_format=torch.channels_last)
+    compiled = torch.compile(net)
+    xs = [torch.randn(batch_size, 3, resolution, resolution, device="cuda")
+          .to(memory_format=torch.channels_last) for _ in range(buffers)]
+
+    def call(i: int):
+        with torch.inference_mode(), torch.autocast("cuda", dtype=torch.bfloat16):
+            return compiled(xs[i])
+
+    timing = time_callable(call, sync=lambda _: torch.cuda.synchronize(), buffers=buffers,
+                           warmup=max(warmup, 3), repeats=repeats, min_sample_s=min_sample_s,
+                           max_number=max_number)
+    info = {"timm_model": name, "torch_version": torch.__version__,
+            "timm_version": timm.__version__,
+            "note": "torch.compile, channels_last, bf16 autocast; compile time is in first_call_s"}
+    return timing, info

@@ -1,0 +1,134 @@
+"""Small building blocks shared by every model: activations, norms, drop path, input checks.
+
+Initialisers follow timm: ``trunc_normal(std=.02)`` for ConvNeXt/ConvFirst convs and linears,
+Kaiming-normal (fan_out) for ResNet convs, zero biases (Liu et al. 2022, Sec. 2; He et al. 2015).
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+Array = jax.Array
+
+#: timm's ``trunc_normal_(std=.02)`` (truncated at +-2 std, which timm's absolute +-2 never hits).
+TRUNC_NORMAL_02 = nnx.initializers.truncated_normal(stddev=0.02)
+#: timm ResNet: ``kaiming_normal_(mode="fan_out", nonlinearity="relu")``.
+KAIMING_FAN_OUT = nnx.initializers.variance_scaling(2.0, "fan_out", "normal")
+
+#: PyTorch BatchNorm momentum 0.1 == flax momentum 0.9 (flax keeps 0.9 of the old value).
+BN_MOMENTUM = 0.9
+
+
+def gelu_exact(x: Array) -> Array:
+    """GELU with the exact erf (PyTorch ``nn.GELU()``, the ConvNeXt default)."""
+    return jax.nn.gelu(x, approximate=False)
+
+
+def gelu_tanh(x: Array) -> Array:
+    """GELU, tanh approximation (PyTorch ``nn.GELU(approximate="tanh")``)."""
+    return jax.nn.gelu(x, approximate=True)
+
+
+_ACTIVATIONS: dict[str, Callable[[Array], Array]] = {
+    "relu": jax.nn.relu, "silu": jax.nn.silu, "gelu": gelu_exact, "gelu_tanh": gelu_tanh}
+
+
+def activation_fn(name: str) -> Callable[[Array], Array]:
+    """The activation named in a block config: relu, silu, gelu (exact erf), gelu_tanh."""
+    try:
+        return _ACTIVATIONS[name]
+    except KeyError:
+        raise ValueError(
+            f"unknown activation {name!r}; valid: {', '.join(_ACTIVATIONS)}") from None
+
+
+def make_norm(kind: str, features: int, *, eps: float, dtype, param_dtype,
+              rngs: nnx.Rngs, scale_init=nnx.initializers.ones) -> nnx.Module:
+    """Channel-last norm layer: "layernorm" (per pixel, over C) or "batchnorm" (over N, H, W).
+
+    Both use the exact two-pass variance (``use_fast_variance=False``) like PyTorch, so the
+    numbers match timm's ``LayerNorm``/``BatchNorm2d`` rather than the E[x^2]-E[x]^2 shortcut.
+    """
+    if kind == "layernorm":
+        return nnx.LayerNorm(features, epsilon=eps, dtype=dtype, param_dtype=param_dtype,
+                             use_fast_variance=False, rngs=rngs)
+    if kind == "batchnorm":
+        return nnx.BatchNorm(features, epsilon=eps, momentum=BN_MOMENTUM, dtype=dtype,
+                             param_dtype=param_dtype, use_fast_variance=False,
+                             scale_init=scale_init, rngs=rngs)
+    raise ValueError(f"unknown norm {kind!r}; valid: layernorm, batchnorm")
+
+
+class DropPath(nnx.Module):
+    """Stochastic depth (Huang et al. 2016), per sample, as timm's ``drop_path``.
+
+    Instead of masking a tensor it returns the per-sample branch multiplier
+    ``keep_mask / keep_prob`` of shape (N,), or ``None`` when inactive (eval mode or rate 0),
+    so the same draw can scale an XLA branch or be handed to the fused kernel as
+    ``branch_scale``. ``model.train()`` / ``model.eval()`` toggle ``deterministic``.
+    """
+
+    def __init__(self, rate: float, *, rngs: nnx.Rngs, deterministic: bool = False):
+        if not 0.0 <= rate < 1.0:
+            raise ValueError(f"drop path rate must be in [0, 1), got {rate}")
+        self.rate = float(rate)
+        self.deterministic = deterministic
+        # Always fork, so the parameter init stream never depends on the drop path rate.
+        self.rngs = rngs["dropout"].fork()
+
+    def __call__(self, batch: int) -> Array | None:
+        if self.deterministic or self.rate == 0.0:
+            return None
+        keep_prob = 1.0 - self.rate
+        keep = jax.random.bernoulli(self.rngs(), keep_prob, (batch,))
+        return keep.astype(jnp.float32) / keep_prob
+
+    def set_view(self, deterministic: bool | None = None):
+        """Used by ``nnx.view``: ``deterministic=True`` disables the drop."""
+        if deterministic is not None:
+            self.deterministic = deterministic
+
+
+def scale_branch(z: Array, scale: Array | None) -> Array:
+    """Multiply an NHWC branch by the per-sample drop path multiplier (no-op for ``None``)."""
+    if scale is None:
+        return z
+    return z * scale.astype(z.dtype)[:, None, None, None]
+
+
+def drop_path_rates(rate: float, depths: tuple[int, ...]) -> list[list[float]]:
+    """timm's linearly increasing stochastic depth: ``linspace(0, rate, sum(depths))`` per stage."""
+    total = sum(depths)
+    flat = [rate * i / (total - 1) if total > 1 else 0.0 for i in range(total)]
+    out, start = [], 0
+    for d in depths:
+        out.append(flat[start:start + d])
+        start += d
+    return out
+
+
+def check_image_input(x, *, min_resolution: int, model_name: str) -> None:
+    """Raise one ValueError unless ``x`` is an (N, H, W, 3) floating NHWC batch of H, W >= min."""
+    shape = tuple(getattr(x, "shape", ()))
+    dtype = getattr(x, "dtype", None)
+    floating = dtype is not None and jnp.issubdtype(dtype, jnp.floating)
+    if len(shape) != 4 or shape[-1] != 3 or not floating:
+        hint = ""
+        if len(shape) == 4 and shape[1] == 3 and shape[-1] != 3:
+            hint = "; transpose NCHW with x.transpose(0, 2, 3, 1)"
+        elif len(shape) == 3:
+            hint = "; add a batch axis with x[None]"
+        elif not floating and len(shape) == 4:
+            hint = "; convert with x.astype(jnp.float32) (and normalise)"
+        raise ValueError(
+            f"{model_name}: expected NHWC (N, H, W, 3) floating input, got shape {shape} "
+            f"{dtype}{hint}")
+    h, w = shape[1], shape[2]
+    if h < min_resolution or w < min_resolution:
+        raise ValueError(
+            f"{model_name}: input resolution {h}x{w} is too small; the network downsamples "
+            f"by 32, so H and W must be >= {min_resolution}")

@@ -1,0 +1,52 @@
+"""``create_model``: build any registered architecture (``convfirst_jax.specs.MODEL_SPECS``)."""
+
+from __future__ import annotations
+
+import jax.numpy as jnp
+from flax import nnx
+
+from convfirst_jax.models.blocks import check_block_impl
+from convfirst_jax.models.convfirst import ConvFirstNet
+from convfirst_jax.models.convnext import ConvNeXt
+from convfirst_jax.models.resnet import ResNet
+from convfirst_jax.specs import ConvFirstNetSpec, get_spec
+
+_FAMILIES = {"convnext": ConvNeXt, "convfirst": ConvFirstNet}
+
+
+def create_model(name: str, *, num_classes: int = 1000, block_impl: str = "xla",
+                 dtype=jnp.float32, param_dtype=jnp.float32, drop_path: float = 0.0,
+                 seed: int = 0, rngs: nnx.Rngs | None = None) -> nnx.Module:
+    """Build a registered model (names: ``convfirst_jax.list_models()``), in train mode.
+
+    Args:
+      name: e.g. "convnext_tiny", "convfirst_atto", "convfirst_atto_gw8", "resnet50".
+      num_classes: width of the classifier.
+      block_impl: "xla" (Flax layers) or "pallas" (each conv-first block is one fused
+        ``pallas_kernels.conv_first_block``; ConvFirst BN blocks use it in eval mode only).
+        ResNets have no conv-first blocks: accepted, no effect.
+      dtype: compute dtype (e.g. ``jnp.bfloat16``); logits are always float32.
+      param_dtype: parameter dtype (keep float32 for mixed precision).
+      drop_path: maximum stochastic depth rate, linearly increasing over blocks (timm).
+      seed: initialisation seed (params and drop path draws), ignored when ``rngs`` is given.
+      rngs: an ``nnx.Rngs`` to draw from instead of ``seed`` ("params", "dropout" streams,
+        falling back to "default").
+
+    Returns a Flax NNX module; call ``model.eval()`` / ``model.train()`` to switch modes.
+    """
+    spec = get_spec(name)
+    check_block_impl(block_impl)
+    if not isinstance(num_classes, int) or num_classes < 1:
+        raise ValueError(f"num_classes must be a positive int, got {num_classes!r}")
+    if not 0.0 <= drop_path < 1.0:
+        raise ValueError(f"drop_path must be in [0, 1), got {drop_path}")
+    for label, dt in (("dtype", dtype), ("param_dtype", param_dtype)):
+        if not jnp.issubdtype(jnp.dtype(dt), jnp.floating):
+            raise ValueError(f"{label} must be a floating dtype, got {dt!r}")
+    if rngs is None:
+        rngs = nnx.Rngs(params=seed, dropout=seed + 1_000_003)
+    kw = dict(num_classes=num_classes, block_impl=block_impl, dtype=dtype,
+              param_dtype=param_dtype, drop_path=drop_path, rngs=rngs)
+    if isinstance(spec, ConvFirstNetSpec):
+        return _FAMILIES[spec.family](spec, **kw)
+    return ResNet(spec, **kw)

@@ -1,0 +1,288 @@
+"""The fused conv-first block: one Pallas (Triton) kernel per block (Lavin 2024, "block fusion").
+
+One program computes a tile of ``tile`` output pixels of one image with all channels::
+
+    y   = sum_{dy,dx,i} x[n, h+dy-k//2, w+dx-k//2, group(c)*gw + i] * conv_w[dy, dx, i, c] + conv_b
+    y   = norm(y)                         # affine (folded BN) or per-pixel LayerNorm over C
+    z   = sum_chunks act(y @ w1[:, chunk] + b1[chunk]) @ w2[chunk, :]
+    out = x + branch_scale[n] * layer_scale * (z + b2)
+
+and writes only ``out``: the E*C hidden activations exist one (tile, HC) chunk at a time in
+registers/shared memory and never reach device memory (Lavin 2024, Sec. 4 and Fig. 5; the
+waterline of the fused block counts only x, the weights and out).
+
+Layout and padding. Channels are padded inside the kernel to ``Cp`` = next power of two >= 16
+(Triton block shapes are powers of two and ``tl.dot`` needs dims >= 16): loads of x use a
+channel mask (padded lanes read 0), weights are zero-padded in the wrapper, the LayerNorm
+mean/variance divide by the real C and mask the padded lanes, stores are masked. The
+hidden dim is padded to a multiple of the chunk width HC with zero weights (act(0) = 0 for all
+four activations, and the padded rows of w2 are zero anyway). "SAME" zero padding of the
+k x k conv is a per-tap pixel mask.
+
+Grouped conv (group_width 8): for each tap and each of the 8 in-group inputs i, the kernel
+gathers ``x[..., (c // 8) * 8 + i]`` for every output channel c and does an elementwise FMA
+with ``conv_w[dy, dx, i, c]`` -- 8x the depthwise FMAs and loads (the gathers hit L1), no
+block-diagonal weight blow-up, and the full-row LayerNorm still sees all channels.
+
+Backward: ``jax.custom_vjp`` whose backward pass recomputes the block with XLA
+(``jax.vjp`` of :func:`pallas_kernels.reference.conv_first_block_reference`); the fused kernel
+is forward-only.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Mapping
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+from jax import lax
+from jax.experimental import pallas as pl
+from jax.experimental.pallas import triton as plgpu
+
+from pallas_kernels.activations import KERNEL_ACTIVATIONS
+from pallas_kernels.options import BlockOptions, validate_inputs
+from pallas_kernels.reference import conv_first_block_reference
+from pallas_kernels.sharding import map_over_batch_shards
+from pallas_kernels.tuning import LaunchConfig, launch_config, padded_channels
+
+_F32 = jnp.float32
+
+
+def _block_kernel(x_ref, cw_ref, cb_ref, ns_ref, nb_ref, w1_ref, b1_ref, w2_ref, b2_ref,
+                  ls_ref, bs_ref, *rest, height: int, width: int, channels: int,
+                  n_tiles: int, tile: int, hidden_chunk: int, n_chunks: int,
+                  kernel_size: int, group_width: int, norm: str, activation: str,
+                  eps: float, has_layer_scale: bool, has_branch_scale: bool):
+    """Kernel body: one (image, pixel tile) per program; see the module docstring."""
+    o_ref = rest[-1]  # rest == (o_ref,) or (aliased_init_ref, o_ref)
+    cp = cb_ref.shape[0]
+    compute_dtype = w1_ref.dtype
+
+    pid = pl.program_id(0)
+    n = lax.div(pid, n_tiles)
+    pix = lax.rem(pid, n_tiles) * tile + jnp.arange(tile, dtype=jnp.int32)
+    pix_ok = pix < height * width
+    ph = lax.div(pix, width)
+    pw = lax.rem(pix, width)
+    ch = jnp.arange(cp, dtype=jnp.int32)
+    ch_ok = ch < channels
+    pad = kernel_size // 2
+
+    # k x k depthwise / grouped conv, "SAME" zero padding via masks, f32 accumulation.
+    # One loop step per (tap, in-group input): a masked gather of x and an FMA.
+    def conv_step(s, acc):
+        tap = lax.div(s, group_width)
+        i = lax.rem(s, group_width)
+        dy = lax.div(tap, kernel_size)
+        dx = lax.rem(tap, kernel_size)
+        hh = ph + (dy - pad)
+        ww = pw + (dx - pad)
+        ok = pix_ok & (hh >= 0) & (hh < height) & (ww >= 0) & (ww < width)
+        cin = ch if group_width == 1 else (ch // group_width) * group_width + i
+        xv = plgpu.load(x_ref.at[n, hh[:, None], ww[:, None], cin[None, :]],
+                        mask=ok[:, None] & ch_ok[None, :], other=0.0)
+        return acc + xv.astype(_F32) * cw_ref[dy, dx, i, :][None, :]
+
+    y = lax.fori_loop(0, kernel_size * kernel_size * group_width, conv_step,
+                      jnp.zeros((tile, cp), _F32))
+    y = y + cb_ref[...][None, :]
+
+    if norm == "layernorm":  # over the C real channels; padded lanes of y are exactly 0
+        mean = jnp.sum(y, axis=1) * (1.0 / channels)
+        centered = jnp.where(ch_ok[None, :], y - mean[:, None], 0.0)
+        var = jnp.sum(centered * centered, axis=1) * (1.0 / channels)
+        y = centered * lax.rsqrt(var + eps)[:, None]
+    y = y * ns_ref[...][None, :] + nb_ref[...][None, :]  # padded lanes: scale = shift = 0
+    y = y.astype(compute_dtype)
+
+    act = KERNEL_ACTIVATIONS[activation]
+
+    # 1x1 expand -> act -> 1x1 project, one hidden chunk at a time (never in HBM).
+    def mlp_chunk(j, z):
+        start = pl.multiple_of(j * hidden_chunk, hidden_chunk)
+        h = plgpu.dot(y, w1_ref[:, pl.ds(start, hidden_chunk)])
+        h = act(h + b1_ref[pl.ds(start, hidden_chunk)][None, :])
+        return z + plgpu.dot(h.astype(compute_dtype), w2_ref[pl.ds(start, hidden_chunk), :])
+
+    z = lax.fori_loop(0, n_chunks, mlp_chunk, jnp.zeros((tile, cp), _F32))
+    z = z + b2_ref[...][None, :]
+    if has_layer_scale:
+        z = z * ls_ref[...][None, :]
+    if has_branch_scale:
+        z = z * bs_ref[n]
+
+    mask = pix_ok[:, None] & ch_ok[None, :]
+    at = (n, ph[:, None], pw[:, None], ch[None, :])
+    residual = plgpu.load(x_ref.at[at], mask=mask, other=0.0).astype(_F32)
+    plgpu.store(o_ref.at[at], (residual + z).astype(o_ref.dtype), mask=mask)
+
+
+def _round_up(a: int, b: int) -> int:
+    return -(-a // b) * b
+
+
+def _prepare_operands(x: jax.Array, params: Mapping[str, Any], branch_scale: jax.Array | None,
+                      hidden_chunk: int) -> tuple[jax.Array, ...]:
+    """Zero-padded kernel operands: matmul/conv weights rounded to x.dtype, the rest f32."""
+    dtype = x.dtype
+    c = x.shape[-1]
+    cp = padded_channels(c)
+    hidden = params["w1"].shape[1]
+    hp = _round_up(hidden, hidden_chunk)
+
+    def vec(v, size):  # (len,) -> f32 (size,)
+        v = jnp.asarray(v).astype(_F32)
+        return jnp.pad(v, (0, size - v.shape[0]))
+
+    conv_w = jnp.asarray(params["conv_w"]).astype(dtype).astype(_F32)
+    conv_w = jnp.pad(conv_w, ((0, 0), (0, 0), (0, 0), (0, cp - c)))
+    w1 = jnp.pad(jnp.asarray(params["w1"]).astype(dtype), ((0, cp - c), (0, hp - hidden)))
+    w2 = jnp.pad(jnp.asarray(params["w2"]).astype(dtype), ((0, hp - hidden), (0, cp - c)))
+    ls = params.get("layer_scale")
+    ls = jnp.ones((cp,), _F32) if ls is None else vec(ls, cp)
+    bs = (jnp.ones((x.shape[0],), _F32) if branch_scale is None
+          else jnp.asarray(branch_scale).astype(_F32))
+    return (conv_w, vec(params["conv_b"], cp), vec(params["norm_scale"], cp),
+            vec(params["norm_shift"], cp), w1, vec(params["b1"], hp), w2,
+            vec(params["b2"], cp), ls, bs)
+
+
+def block_launch_config(x_shape: tuple[int, ...], x_dtype: Any, params: Mapping[str, Any],
+                        kernel_size: int, group_width: int) -> LaunchConfig:
+    """The tuning-table entry (or default) the kernel uses for this configuration."""
+    c = x_shape[-1]
+    return launch_config(padded_channels(c), kernel_size, group_width,
+                         params["w1"].shape[1], jnp.dtype(x_dtype).name)
+
+
+def fused_forward(x: jax.Array, params: Mapping[str, Any], opts: BlockOptions,
+                  branch_scale: jax.Array | None = None,
+                  out_init: jax.Array | None = None) -> jax.Array:
+    """Forward pass only: one ``pallas_call``, no custom_vjp and no sharding.
+
+    ``params`` must already be validated. ``out_init`` (optional, shape/dtype of ``x``) is
+    aliased to the output buffer, so pixels the kernel fails to write keep its values; tests
+    pass a NaN-filled buffer to catch unwritten tiles.
+    """
+    n, h, w, c = x.shape
+    hidden = params["w1"].shape[1]
+    lc = block_launch_config(x.shape, x.dtype, params, opts.kernel_size, opts.group_width)
+    operands = _prepare_operands(x, params, branch_scale, lc.hidden_chunk)
+    n_tiles = pl.cdiv(h * w, lc.tile)
+    kernel = functools.partial(
+        _block_kernel, height=h, width=w, channels=c, n_tiles=n_tiles, tile=lc.tile,
+        hidden_chunk=lc.hidden_chunk, n_chunks=pl.cdiv(hidden, lc.hidden_chunk),
+        kernel_size=opts.kernel_size, group_width=opts.group_width, norm=opts.norm,
+        activation=opts.activation, eps=float(opts.eps),
+        has_layer_scale=params.get("layer_scale") is not None,
+        has_branch_scale=branch_scale is not None)
+    args = (x, *operands)
+    aliases = {}
+    if out_init is not None:
+        if out_init.shape != x.shape or out_init.dtype != x.dtype:
+            raise ValueError(f"out_init must match x: got {out_init.shape} {out_init.dtype}, "
+                             f"expected {x.shape} {x.dtype}")
+        aliases = {len(args): 0}
+        args = (*args, out_init)
+    return pl.pallas_call(
+        kernel,
+        out_shape=jax.ShapeDtypeStruct(x.shape, x.dtype),
+        grid=(n * n_tiles,),
+        input_output_aliases=aliases,
+        compiler_params=plgpu.CompilerParams(num_warps=lc.num_warps,
+                                             num_stages=lc.num_stages),
+        interpret=opts.interpret,
+        name=f"conv_first_block_k{opts.kernel_size}_gw{opts.group_width}",
+    )(*args)
+
+
+def _sharded_forward(opts: BlockOptions, x, params, branch_scale):
+    def per_shard(xs, ps, bss):
+        return fused_forward(xs, ps, opts, bss)
+    return map_over_batch_shards(per_shard, opts.batch_axis, x, params, branch_scale)
+
+
+def _reference(opts: BlockOptions, x, params, branch_scale):
+    return conv_first_block_reference(
+        x, params, kernel_size=opts.kernel_size, norm=opts.norm, activation=opts.activation,
+        group_width=opts.group_width, eps=opts.eps, branch_scale=branch_scale)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(0,))
+def _fused_block(opts: BlockOptions, x, params, branch_scale):
+    return _sharded_forward(opts, x, params, branch_scale)
+
+
+def _fused_block_fwd(opts: BlockOptions, x, params, branch_scale):
+    return _sharded_forward(opts, x, params, branch_scale), (x, params, branch_scale)
+
+
+def _fused_block_bwd(opts: BlockOptions, residuals, g):
+    x, params, branch_scale = residuals
+    _, vjp = jax.vjp(functools.partial(_reference, opts), x, params, branch_scale)
+    return vjp(g)
+
+
+_fused_block.defvjp(_fused_block_fwd, _fused_block_bwd)
+
+
+def conv_first_block(
+    x: jax.Array,
+    params: Mapping[str, Any],
+    *,
+    kernel_size: int,
+    norm: str,
+    activation: str,
+    group_width: int = 1,
+    eps: float = 1e-6,
+    branch_scale: jax.Array | None = None,
+    interpret: bool | None = None,
+    batch_axis: str = "data",
+) -> jax.Array:
+    """Fused conv-first block (Lavin 2024, Sec. 4 "block fusion") as one Pallas Triton kernel.
+
+    Computes ``x + branch_scale[n] * layer_scale * (act(norm(dwconv(x) + conv_b) @ w1 + b1)
+    @ w2 + b2)`` exactly like :func:`pallas_kernels.conv_first_block_reference`, writing
+    only the output (hidden activations stay on chip).
+
+    Args:
+      x: (N, H, W, C) NHWC activations, float32 / bfloat16 / float16, C a multiple of 8.
+      params: ``conv_w`` (k, k, group_width, C) HWIO; ``conv_b``, ``norm_scale``,
+        ``norm_shift``, ``b2`` (C,); ``w1`` (C, E*C); ``b1`` (E*C,); ``w2`` (E*C, C);
+        optional ``layer_scale`` (C,) (missing or None: no layer scale). Any float dtype;
+        conv and matmul weights are rounded to ``x.dtype``, accumulation is float32.
+      kernel_size: 3, 5 or 7 ("SAME" zero padding k//2).
+      norm: "affine" (``y * norm_scale + norm_shift``; folded BatchNorm) or "layernorm"
+        (per pixel over C, then ``* norm_scale + norm_shift``).
+      activation: "relu", "silu", "gelu" (exact erf form) or "gelu_tanh".
+      group_width: 1 (depthwise) or 8 (channels per conv group).
+      eps: LayerNorm epsilon.
+      branch_scale: optional (N,) per-sample multiplier of the residual branch (drop path).
+      interpret: run the Pallas interpreter (CPU); None chooses it unless the default
+        backend is a GPU. False forces the Triton lowering (e.g. to export for CUDA).
+      batch_axis: inside ``jax.set_mesh(mesh)`` with this axis, the kernel runs per batch
+        shard via ``jax.shard_map`` (no all-gather); N must divide evenly.
+
+    Returns:
+      (N, H, W, C) array of ``x.dtype``.
+
+    Differentiable (jit / vmap / grad): a ``jax.custom_vjp`` whose backward pass recomputes
+    the block through XLA (``jax.vjp`` of the jnp reference), giving gradients for x, every
+    param and branch_scale. Only the forward pass is fused.
+
+    Raises:
+      ValueError: unsupported configuration (C not a multiple of 8, k not in {3,5,7},
+        group width not 1/8, unknown norm/activation, non-float dtype, wrong param shapes);
+        ``block_impl="xla"`` handles every configuration.
+    """
+    params = validate_inputs(x, params, kernel_size=kernel_size, norm=norm,
+                             activation=activation, group_width=group_width, eps=eps,
+                             branch_scale=branch_scale, kernel_only=True)
+    if interpret is None:
+        interpret = jax.default_backend() != "gpu"
+    opts = BlockOptions(kernel_size=int(kernel_size), norm=norm, activation=activation,
+                        group_width=int(group_width), eps=float(eps), interpret=bool(interpret),
+                        batch_axis=batch_axis)
+    return _fused_block(opts, x, params, branch_scale)

@@ -1,0 +1,110 @@
+"""Launch parameters of the fused conv-first block kernel: ONE table plus a default rule.
+
+Every launch choice of :func:`pallas_kernels.conv_first_block` (pixel tile, hidden chunk,
+``num_warps``, ``num_stages``) comes from :func:`launch_config`, which looks the configuration
+up in :data:`LAUNCH_TABLE` and falls back to :func:`default_launch_config`.  GPU tuning
+therefore edits data (add a row to the table), never kernel code.
+
+Key: ``(c_padded, kernel_size, group_width, hidden, dtype_name)`` where ``c_padded`` is the
+channel count padded to the power of two the kernel works on (>= 16), ``hidden`` the real
+hidden width E*C, and ``dtype_name`` the activation dtype (``"float32"``, ``"bfloat16"``,
+``"float16"``).
+
+Register/shared-memory budget behind the default rule (one program = one tile of ``tile``
+output pixels with all ``c_padded`` channels; Lavin 2024, Sec. 4 "block fusion"):
+
+* two f32 accumulators of ``tile x c_padded`` (conv output y and projection z) live in
+  registers for the whole program, so ``tile * c_padded`` is capped at 4096 elements
+  (8192 when c_padded >= 512, where the tile cannot shrink below Triton's dot minimum 16);
+* per hidden chunk the expand weights ``(c_padded, hidden_chunk)`` and project weights
+  ``(hidden_chunk, c_padded)`` are staged through shared memory; ``c_padded * hidden_chunk`` is
+  capped at 8192 elements (16 KiB in bf16, 32 KiB in f32 per operand per pipeline stage);
+* every dot dimension is >= 16 (Triton ``tl.dot`` minimum) and a power of two.
+
+These defaults are educated guesses, not measurements: the table ships empty and is meant to
+be filled from GPU sweeps (``convfirst_jax.bench``).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+
+# Triton's tl.dot needs every dimension >= 16.
+MIN_DOT_DIM = 16
+
+
+@dataclasses.dataclass(frozen=True)
+class LaunchConfig:
+    """Launch parameters of one fused-block pallas_call.
+
+    Attributes:
+      tile: output pixels per program (power of two, >= 16): the M dim of both 1x1 matmuls.
+      hidden_chunk: width HC of one chunk of the E*C hidden dim (power of two, >= 16); the
+        kernel loops over ceil(E*C / HC) chunks so only a (tile, HC) slice of the hidden
+        activations is ever live.
+      num_warps: Triton warps per program.
+      num_stages: Triton software-pipelining depth of the hidden-chunk loop.
+    """
+
+    tile: int
+    hidden_chunk: int
+    num_warps: int = 4
+    num_stages: int = 2
+
+    def __post_init__(self):
+        for field in ("tile", "hidden_chunk"):
+            v = getattr(self, field)
+            if v < MIN_DOT_DIM or v & (v - 1):
+                raise ValueError(
+                    f"LaunchConfig.{field}={v} must be a power of two >= {MIN_DOT_DIM} "
+                    "(Triton dot and block-size constraint)")
+        if self.num_warps not in (1, 2, 4, 8, 16):
+            raise ValueError(f"LaunchConfig.num_warps={self.num_warps} must be 1, 2, 4, 8 or 16")
+        if self.num_stages < 1:
+            raise ValueError(f"LaunchConfig.num_stages={self.num_stages} must be >= 1")
+
+
+LaunchKey = tuple[int, int, int, int, str]
+
+# Measured overrides: (c_padded, kernel_size, group_width, hidden, dtype_name) -> LaunchConfig.
+# Empty until tuned on a GPU; e.g.
+#   (128, 3, 1, 512, "bfloat16"): LaunchConfig(tile=64, hidden_chunk=64, num_warps=4, num_stages=3),
+LAUNCH_TABLE: dict[LaunchKey, LaunchConfig] = {}
+
+
+def next_power_of_2(n: int) -> int:
+    """Smallest power of two >= n (n >= 1)."""
+    return 1 << max(0, int(n) - 1).bit_length()
+
+
+def padded_channels(channels: int) -> int:
+    """Channel count the kernel computes on: next power of two, at least 16 (Triton dots)."""
+    return max(MIN_DOT_DIM, next_power_of_2(channels))
+
+
+def default_launch_config(c_padded: int, kernel_size: int, group_width: int, hidden: int,
+                          dtype_name: str) -> LaunchConfig:
+    """The default rule used when :data:`LAUNCH_TABLE` has no entry (see module docstring)."""
+    del kernel_size, dtype_name  # The default rule only budgets registers/shared memory.
+    acc_budget = 4096 if c_padded < 512 else 8192
+    tile = int(np.clip(acc_budget // c_padded, MIN_DOT_DIM, 128))
+    hidden_chunk = int(np.clip(8192 // c_padded, MIN_DOT_DIM, 128))
+    hidden_chunk = max(MIN_DOT_DIM, min(hidden_chunk, next_power_of_2(hidden)))
+    # Grouped convs (group_width 8) do 8x the CUDA-core FMAs per tap: smaller tiles keep the
+    # gathered operands in registers.
+    if group_width > 1 and tile > 32:
+        tile //= 2
+    num_warps = 4 if tile * c_padded <= 4096 else 8
+    return LaunchConfig(tile=tile, hidden_chunk=hidden_chunk, num_warps=num_warps, num_stages=2)
+
+
+def launch_config(c_padded: int, kernel_size: int, group_width: int, hidden: int,
+                  dtype_name: str) -> LaunchConfig:
+    """Launch parameters for one configuration: the table entry if any, else the default rule."""
+    key = (int(c_padded), int(kernel_size), int(group_width), int(hidden), str(dtype_name))
+    found = LAUNCH_TABLE.get(key)
+    if found is not None:
+        return found
+    return default_launch_config(*key)

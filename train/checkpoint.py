@@ -1,0 +1,144 @@
+"""Orbax checkpoints of a training run: arrays + a JSON side record, atomic, best-by-top-1 kept.
+
+A checkpoint holds two items:
+
+* ``state``: the :class:`train.state.TrainState` pytree (params, BatchNorm statistics, RNG
+  state, optimizer state, EMA, step). Typed PRNG keys are stored as their raw ``uint32`` key
+  data and re-wrapped on restore, because array checkpoint formats do not know key dtypes.
+* ``meta``: JSON: the data-iterator state (grain ``get_state()``), the FLOPs / wall-time
+  counters, the reached-target records and the eval history, so a resumed run continues
+  exactly where the killed one stopped.
+
+Orbax writes each step to a temporary directory and renames it when complete, so a run killed
+with ``kill -9`` never leaves a half-written checkpoint behind. Retention: the latest
+``keep`` checkpoints plus the one with the best eval top-1.
+"""
+
+from __future__ import annotations
+
+import base64
+import pathlib
+from collections.abc import Mapping
+from typing import Any
+
+import jax
+import numpy as np
+import orbax.checkpoint as ocp
+from orbax.checkpoint import checkpoint_managers as ocm
+
+STATE, META = "state", "meta"
+
+
+def _is_key(x: Any) -> bool:
+    return hasattr(x, "dtype") and jax.dtypes.issubdtype(x.dtype, jax.dtypes.prng_key)
+
+
+def _keys_to_data(tree: Any) -> Any:
+    return jax.tree.map(lambda x: jax.random.key_data(x) if _is_key(x) else x, tree)
+
+
+def _abstract_key_data(x: Any) -> Any:
+    """ShapeDtypeStruct of the raw key data of a (possibly abstract) typed key array."""
+    data = jax.eval_shape(jax.random.key_data, x)
+    sharding = getattr(x, "sharding", None)
+    return jax.ShapeDtypeStruct(data.shape, data.dtype, sharding=sharding)
+
+
+def encode_iterator_state(state: Any) -> Any:
+    """Make a grain iterator state JSON-serialisable (bytes are base64-wrapped)."""
+    if isinstance(state, (bytes, bytearray)):
+        return {"__bytes_b64__": base64.b64encode(bytes(state)).decode("ascii")}
+    if isinstance(state, Mapping):
+        return {str(k): encode_iterator_state(v) for k, v in state.items()}
+    if isinstance(state, (list, tuple)):
+        return [encode_iterator_state(v) for v in state]
+    if isinstance(state, np.generic):
+        return state.item()
+    return state
+
+
+def decode_iterator_state(state: Any) -> Any:
+    """Inverse of :func:`encode_iterator_state`."""
+    if isinstance(state, Mapping):
+        if set(state) == {"__bytes_b64__"}:
+            return base64.b64decode(state["__bytes_b64__"])
+        return {k: decode_iterator_state(v) for k, v in state.items()}
+    if isinstance(state, list):
+        return [decode_iterator_state(v) for v in state]
+    return state
+
+
+class Checkpointer:
+    """Saves and restores (TrainState, meta) pairs under ``workdir/checkpoints``.
+
+    Args:
+      directory: checkpoint root (created if missing).
+      keep: how many of the most recent checkpoints to keep (>= 1); the best checkpoint by
+        eval top-1 (saved with ``metrics={"top1": ...}``) is kept in addition.
+      async_save: write in a background thread (the step loop goes on meanwhile).
+    """
+
+    def __init__(self, directory: str | pathlib.Path, keep: int = 3, async_save: bool = True):
+        if keep < 1:
+            raise ValueError(f"keep_checkpoints must be >= 1, got {keep}")
+        self.directory = pathlib.Path(directory).absolute()
+        policy = ocm.AnyPreservationPolicy([
+            ocm.LatestN(n=keep),
+            ocm.BestN(get_metric_fn=lambda m: m["top1"], reverse=False, n=1,
+                      keep_checkpoints_without_metrics=False),
+        ])
+        options = ocp.CheckpointManagerOptions(
+            preservation_policy=policy, best_fn=lambda m: m["top1"], best_mode="max",
+            enable_async_checkpointing=async_save, create=True)
+        self._manager = ocp.CheckpointManager(self.directory, options=options,
+                                              item_names=(STATE, META))
+
+    def latest_step(self) -> int | None:
+        """Step of the newest complete checkpoint, None if there is none."""
+        return self._manager.latest_step()
+
+    def best_step(self) -> int | None:
+        return self._manager.best_step()
+
+    def all_steps(self) -> list[int]:
+        return list(self._manager.all_steps())
+
+    def save(self, step: int, state: Any, meta: Mapping[str, Any],
+             metrics: Mapping[str, float] | None = None) -> bool:
+        """Save ``state`` and JSON ``meta`` at ``step``; a step already saved is skipped."""
+        if step in self._manager.all_steps():
+            return False
+        args = ocp.args.Composite(**{
+            STATE: ocp.args.StandardSave(_keys_to_data(state)),
+            META: ocp.args.JsonSave(dict(meta)),
+        })
+        return self._manager.save(step, args=args,
+                                  metrics=dict(metrics) if metrics is not None else None)
+
+    def restore(self, step: int, target: Any) -> tuple[Any, dict[str, Any]]:
+        """Restore the checkpoint at ``step`` into the structure/shardings of ``target``.
+
+        Args:
+          step: a step from :meth:`all_steps`.
+          target: a pytree like the saved state (concrete arrays or ShapeDtypeStructs with
+            shardings); its typed PRNG keys tell how to re-wrap the stored key data.
+        """
+        abstract = jax.tree.map(
+            lambda x: _abstract_key_data(x) if _is_key(x) else ocp.utils.to_shape_dtype_struct(x),
+            target)
+        restored = self._manager.restore(step, args=ocp.args.Composite(**{
+            STATE: ocp.args.StandardRestore(abstract),
+            META: ocp.args.JsonRestore(),
+        }))
+        state = jax.tree.map(
+            lambda t, r: jax.random.wrap_key_data(r, impl=jax.random.key_impl(t))
+            if _is_key(t) else r, target, restored[STATE])
+        return state, dict(restored[META])
+
+    def wait(self) -> None:
+        """Block until background writes are complete."""
+        self._manager.wait_until_finished()
+
+    def close(self) -> None:
+        self._manager.wait_until_finished()
+        self._manager.close()

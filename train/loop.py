@@ -1,0 +1,573 @@
+"""The training loop: data-parallel AdamW training with eval, checkpoints and FLOPs-to-target.
+
+Shape of a run (after flax examples/imagenet, rewritten for NNX and a ``jax.set_mesh`` mesh):
+
+1. build the data loaders (``train.data``) and the model (``convfirst_jax.create_model``);
+2. replicate the train state over a 1-D device mesh ``("data",)`` and shard every batch on it;
+3. compile the train step ahead of time and read its FLOPs from XLA's cost analysis;
+4. resume from the newest checkpoint in ``workdir/checkpoints`` if there is one (model,
+   optimizer, EMA, data-iterator position, counters), else start fresh;
+5. loop: train step, log every ``log_every_steps``, evaluate every ``eval_every_epochs``
+   (or ``eval_every_steps``), checkpoint every ``checkpoint_every_steps`` and at each eval;
+6. write ``workdir/summary.json`` with the accuracy-complexity record of the run
+   (Hernandez & Brown 2020: training FLOPs until each top-1 target is first reached).
+
+A non-finite loss stops the run with :class:`NonFiniteLossError`; the last good checkpoint
+stays on disk and the error names it.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import math
+import os
+import pathlib
+import sys
+import time
+from collections.abc import Callable, Iterator, Mapping
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+from jax.sharding import Mesh, NamedSharding
+from jax.sharding import PartitionSpec as P
+
+from train import checkpoint as checkpoint_lib
+from train import flops as flops_lib
+from train import metrics as metrics_lib
+from train import state as state_lib
+
+DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
+BLOCK_IMPLS = ("xla", "pallas")
+BATCH_KEYS = ("image", "label", "valid")
+
+
+class NonFiniteLossError(RuntimeError):
+    """The training loss became NaN or Inf; carries the step and the last good checkpoint."""
+
+    def __init__(self, step: int, loss: float, last_checkpoint: int | None, workdir: str):
+        self.step, self.loss, self.last_checkpoint = step, loss, last_checkpoint
+        where = (f"the last good checkpoint is step {last_checkpoint} in {workdir}/checkpoints "
+                 f"(rerun the same command with a lower learning_rate to resume from it)"
+                 if last_checkpoint is not None else "no checkpoint was written before it")
+        super().__init__(f"non-finite training loss {loss} at step {step}; {where}")
+
+
+# ----------------------------------------------------------------------------------------------
+# Set-up helpers
+
+
+def maybe_initialize_distributed() -> None:
+    """Call ``jax.distributed.initialize()`` when launched as one process of a multi-host job.
+
+    Detected launchers: ``JAX_COORDINATOR_ADDRESS`` (+ ``JAX_NUM_PROCESSES``,
+    ``JAX_PROCESS_ID``), SLURM (``SLURM_NTASKS`` > 1) and Open MPI
+    (``OMPI_COMM_WORLD_SIZE`` > 1). Single-process runs do nothing.
+    """
+    env = os.environ
+    if env.get("JAX_COORDINATOR_ADDRESS"):
+        kwargs: dict[str, Any] = {"coordinator_address": env["JAX_COORDINATOR_ADDRESS"]}
+        if env.get("JAX_NUM_PROCESSES"):
+            kwargs["num_processes"] = int(env["JAX_NUM_PROCESSES"])
+        if env.get("JAX_PROCESS_ID"):
+            kwargs["process_id"] = int(env["JAX_PROCESS_ID"])
+        jax.distributed.initialize(**kwargs)
+    elif int(env.get("SLURM_NTASKS", "1")) > 1 or int(env.get("OMPI_COMM_WORLD_SIZE", "1")) > 1:
+        jax.distributed.initialize()
+
+
+def validate_config(config: ml_collections.ConfigDict, num_devices: int) -> None:
+    """Raise one ValueError naming the first bad config value and how to fix it."""
+    c = config
+    if c.dtype not in DTYPES:
+        raise ValueError(f"config.dtype={c.dtype!r} is not supported; use one of {list(DTYPES)}")
+    if c.block_impl not in BLOCK_IMPLS:
+        raise ValueError(f"config.block_impl={c.block_impl!r}; use one of {list(BLOCK_IMPLS)}")
+    for key in ("batch_size", "eval_batch_size", "image_size", "log_every_steps",
+                "checkpoint_every_steps", "keep_checkpoints"):
+        if int(c[key]) < 1:
+            raise ValueError(f"config.{key} must be >= 1, got {c[key]}")
+    for key in ("batch_size", "eval_batch_size"):
+        if c[key] % num_devices:
+            raise ValueError(
+                f"config.{key}={c[key]} does not divide by the {num_devices} devices of the "
+                f"mesh; use a multiple of {num_devices}")
+    if c.max_steps < 0 or c.num_epochs < 0 or (c.max_steps == 0 and c.num_epochs <= 0):
+        raise ValueError("set config.num_epochs > 0 or config.max_steps > 0 "
+                         f"(got num_epochs={c.num_epochs}, max_steps={c.max_steps})")
+    if not 0.0 <= c.ema_decay < 1.0:
+        raise ValueError(f"config.ema_decay must be in [0, 1) (0 = off), got {c.ema_decay}")
+    if not 0.0 <= c.label_smoothing < 1.0:
+        raise ValueError(f"config.label_smoothing must be in [0, 1), got {c.label_smoothing}")
+    if c.learning_rate <= 0:
+        raise ValueError(f"config.learning_rate must be > 0, got {c.learning_rate}")
+    if c.eval_every_epochs < 1 and c.eval_every_steps < 1:
+        raise ValueError("set config.eval_every_epochs >= 1 or config.eval_every_steps >= 1")
+    flops_lib.TargetTracker(c.accuracy_targets)  # validates the targets
+
+
+def _cost_flops(compiled: Any) -> float:
+    """FLOPs of a compiled executable from XLA's cost analysis (0.0 when unavailable)."""
+    try:
+        cost = compiled.cost_analysis()
+    except Exception:  # noqa: BLE001  (some backends have no cost model)
+        return 0.0
+    if isinstance(cost, (list, tuple)):
+        cost = cost[0] if cost else {}
+    return float((cost or {}).get("flops", 0.0))
+
+
+def _complexity(model: str, image_size: int, num_classes: int) -> dict[str, Any]:
+    """Analytic MACs / FLOPs / params of one image (convfirst_jax.complexity), or Nones."""
+    try:
+        from convfirst_jax.complexity import model_complexity
+        table = model_complexity(model, resolution=image_size, batch_size=1,
+                                 num_classes=num_classes)
+        return {"macs_per_image": int(table.macs), "forward_flops_per_image": int(table.flops),
+                "complexity_params": int(table.params)}
+    except Exception as e:  # noqa: BLE001  (keep training without the analytic table)
+        print(f"[train] warning: analytic complexity unavailable ({type(e).__name__}: {e})",
+              flush=True)
+        return {"macs_per_image": None, "forward_flops_per_image": None,
+                "complexity_params": None}
+
+
+def _param_count(tree: Any) -> int:
+    return int(sum(np.prod(x.shape) for x in jax.tree.leaves(tree)))
+
+
+class _Printer:
+    """print() on process 0 only, flushed (tqdm writes its bar to stderr)."""
+
+    def __init__(self, enabled: bool):
+        self.enabled = enabled
+
+    def __call__(self, msg: str) -> None:
+        if self.enabled:
+            print(f"[train] {msg}", flush=True)
+
+
+# ----------------------------------------------------------------------------------------------
+# Batches
+
+
+def _to_global(batch: Mapping[str, Any], sharding: NamedSharding) -> dict[str, jax.Array]:
+    """This host's batch (numpy) -> global jax.Arrays sharded over the batch axis."""
+    out = {}
+    for k in BATCH_KEYS:
+        if k not in batch:
+            raise ValueError(f"data loader batches must have keys {BATCH_KEYS}; missing {k!r}")
+        x = np.asarray(batch[k])
+        out[k] = jax.make_array_from_process_local_data(sharding, x)
+    return out
+
+
+def _abstract_batch(batch_size: int, image_size: int, sharding: NamedSharding) -> dict:
+    sds = functools.partial(jax.ShapeDtypeStruct, sharding=sharding)
+    return {"image": sds((batch_size, image_size, image_size, 3), jnp.float32),
+            "label": sds((batch_size,), jnp.int32),
+            "valid": sds((batch_size,), jnp.float32)}
+
+
+# ----------------------------------------------------------------------------------------------
+# The run
+
+
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | os.PathLike, *,
+                       model_factory: Callable[..., Any] | None = None,
+                       data_module: Any | None = None) -> dict[str, Any]:
+    """Train ``config.model`` and write metrics, checkpoints and ``summary.json`` to ``workdir``.
+
+    Rerunning with the same ``workdir`` resumes from its newest checkpoint (including the data
+    iterator position), so an interrupted run ends with the same metrics as an uninterrupted
+    one. Returns the summary dict.
+
+    Args:
+      config: a config from ``configs/*.py`` (see configs/default.py for the keys).
+      workdir: run directory (metrics.jsonl, summary.json, classes.json, config.json,
+        checkpoints/).
+      model_factory: defaults to ``convfirst_jax.create_model``.
+      data_module: defaults to ``train.data``.
+
+    Raises:
+      NonFiniteLossError: the loss became NaN/Inf (the last good checkpoint is kept).
+      ValueError: a bad config value or dataset.
+    """
+    t_session = time.perf_counter()
+    if data_module is None:
+        from train import data as data_module  # noqa: PLC0415
+    if model_factory is None:
+        from convfirst_jax import create_model as model_factory  # noqa: PLC0415
+
+    workdir = pathlib.Path(workdir)
+    devices = jax.devices()
+    validate_config(config, len(devices))
+    primary = jax.process_index() == 0
+    say = _Printer(primary)
+    if primary:
+        workdir.mkdir(parents=True, exist_ok=True)
+
+    # --- data ---------------------------------------------------------------------------------
+    data_dir = config.data_dir or str(data_module.ensure_synthetic_dataset())
+    class_names = list(data_module.class_names(data_dir))
+    num_classes = config.num_classes or len(class_names)
+    if num_classes < len(class_names):
+        raise ValueError(f"config.num_classes={num_classes} is smaller than the "
+                         f"{len(class_names)} class folders of {data_dir}/train; set it to 0")
+    steps_per_epoch = int(data_module.steps_per_epoch(data_dir, config.batch_size))
+    total_steps = int(config.max_steps) if config.max_steps > 0 else int(
+        round(config.num_epochs * steps_per_epoch))
+    eval_every = (int(config.eval_every_steps) if config.eval_every_steps > 0
+                  else int(config.eval_every_epochs) * steps_per_epoch)
+    loader_kwargs = dict(image_size=config.image_size, global_batch_size=config.batch_size,
+                         seed=config.seed, num_workers=config.num_workers,
+                         shard_index=jax.process_index(), shard_count=jax.process_count())
+    train_loader = data_module.build_train_loader(data_dir, **loader_kwargs)
+    eval_loader = data_module.build_eval_loader(
+        data_dir, image_size=config.image_size,
+        batch_size=config.eval_batch_size // jax.process_count(),
+        num_workers=config.num_workers, shard_index=jax.process_index(),
+        shard_count=jax.process_count())
+    if primary:
+        (workdir / "classes.json").write_text(json.dumps(class_names, indent=1))
+        (workdir / "config.json").write_text(config.to_json_best_effort(indent=2))
+
+    # --- mesh, model, optimizer ---------------------------------------------------------------
+    mesh = Mesh(np.asarray(devices), ("data",))
+    replicated = NamedSharding(mesh, P())
+    batch_sharding = NamedSharding(mesh, P("data"))
+
+    model = model_factory(config.model, num_classes=num_classes, block_impl=config.block_impl,
+                          dtype=DTYPES[config.dtype], param_dtype=jnp.float32,
+                          drop_path=config.drop_path, seed=config.seed)
+    peak_lr = config.learning_rate * config.batch_size / 256.0
+    warmup_steps = min(int(round(config.warmup_epochs * steps_per_epoch)), total_steps)
+    schedule = state_lib.lr_schedule(peak_lr, total_steps, warmup_steps)
+    tx = state_lib.make_optimizer(schedule, weight_decay=config.weight_decay,
+                                  grad_clip_norm=config.grad_clip_norm)
+    defs, state = state_lib.create_train_state(model, tx, use_ema=config.ema_decay > 0)
+    del model
+    state = jax.device_put(state, replicated)
+    n_params = _param_count(state.params)
+    complexity = _complexity(config.model, config.image_size, num_classes)
+
+    say(f"model {config.model}: {n_params / 1e6:.2f} M params"
+        + (f", {complexity['macs_per_image'] / 1e9:.3f} GMACs/image at {config.image_size} px"
+           if complexity["macs_per_image"] else "")
+        + f"; {len(devices)} x {devices[0].device_kind} ({jax.default_backend()}), "
+        f"{jax.process_count()} process(es)")
+    say(f"data {data_dir}: {len(class_names)} classes, {steps_per_epoch} steps/epoch of "
+        f"{config.batch_size}; {total_steps} steps; peak lr {peak_lr:.3g} "
+        f"({config.learning_rate:g} x {config.batch_size}/256), warmup {warmup_steps} steps")
+
+    train_step = functools.partial(
+        state_lib.train_step, graphdef=defs.train, tx=tx, schedule=schedule,
+        label_smoothing=config.label_smoothing, ema_decay=config.ema_decay,
+        debug_nan_step=config.debug_nan_step)
+    eval_step = functools.partial(state_lib.eval_step, graphdef=defs.eval)
+
+    ckpt = checkpoint_lib.Checkpointer(workdir / "checkpoints", keep=config.keep_checkpoints)
+    writer = metrics_lib.MetricsWriter(workdir / "metrics.jsonl", enabled=primary)
+
+    with jax.set_mesh(mesh):
+        jit_train = jax.jit(train_step, in_shardings=(replicated, batch_sharding),
+                            out_shardings=(replicated, replicated), donate_argnums=0)
+        jit_eval = jax.jit(eval_step, in_shardings=(replicated,) * 3 + (batch_sharding,),
+                           out_shardings=replicated)
+
+        # --- resume -----------------------------------------------------------------------------
+        meta: dict[str, Any] = {}
+        train_iter = iter(train_loader)
+        start_step = ckpt.latest_step()
+        if start_step is not None:
+            state, meta = ckpt.restore(start_step, state)
+            if meta.get("data_iterator") is not None:
+                train_iter.set_state(checkpoint_lib.decode_iterator_state(meta["data_iterator"]))
+            writer.truncate_after(start_step)
+            say(f"resumed from checkpoint step {start_step} in {ckpt.directory}")
+        start_step = int(jax.device_get(state.step))
+
+        counter = flops_lib.FlopsCounter.from_json(meta.get("flops", {}))
+        tracker = flops_lib.TargetTracker.from_json(meta.get("targets", {}),
+                                                    targets=config.accuracy_targets)
+        history: list[dict[str, Any]] = list(meta.get("history", []))
+        wall_before = float(meta.get("wall_time_s", 0.0))
+        invalid_total = int(meta.get("invalid_train_images", 0))
+        invalid_epoch = int(meta.get("invalid_epoch", 0))
+        eval_latency = meta.get("eval_latency_ms_per_batch")
+        speed = dict(meta.get("speed", {}))
+        last_train_record: dict[str, Any] = dict(meta.get("last_train") or {})
+        loop_time = float(meta.get("loop_time_s", 0.0))
+        loop_images = int(meta.get("loop_images", 0))
+
+        def wall_time() -> float:
+            return wall_before + time.perf_counter() - t_session
+
+        # --- compile; FLOPs of one step ---------------------------------------------------------
+        t0 = time.perf_counter()
+        compiled = jit_train.lower(
+            state, _abstract_batch(config.batch_size, config.image_size, batch_sharding)
+        ).compile()
+        step_flops = _cost_flops(compiled) * len(devices)  # per-device program x devices
+        counter.step_flops = step_flops
+        counter.forward_flops_per_image = complexity["forward_flops_per_image"] or 0.0
+        say(f"compiled train step in {time.perf_counter() - t0:.1f} s; XLA cost analysis: "
+            f"{step_flops / 1e9:.2f} GFLOPs/step"
+            + (f" ({step_flops / config.batch_size / counter.forward_flops_per_image:.2f} x "
+               "analytic forward FLOPs per image)" if counter.forward_flops_per_image else ""))
+
+        # --- start-up speed check ---------------------------------------------------------------
+        if config.speed_check_batches > 0 and start_step == 0:
+            speed = _speed_check(config, train_loader, compiled, state, batch_sharding,
+                                 replicated, say)
+
+        # --- loop -------------------------------------------------------------------------------
+        pending: list[tuple[int, dict[str, jax.Array]]] = []
+        last_good = ckpt.latest_step()
+        interval_t, interval_steps = time.perf_counter(), 0
+
+        def flush(step: int) -> dict[str, Any] | None:
+            """Fetch pending step metrics; stop on a non-finite loss; return the interval mean."""
+            nonlocal pending, invalid_total, invalid_epoch
+            if not pending:
+                return None
+            fetched = jax.device_get([m for _, m in pending])
+            steps = [s for s, _ in pending]
+            pending = []
+            for s, m in zip(steps, fetched):
+                if not math.isfinite(float(m["loss"])):
+                    ckpt.wait()
+                    raise NonFiniteLossError(s, float(m["loss"]), last_good, str(workdir))
+            valid = sum(float(m["valid"]) for m in fetched)
+            invalid = len(fetched) * config.batch_size - int(round(valid))
+            invalid_total += invalid
+            invalid_epoch += invalid
+            mean = {k: float(np.mean([float(m[k]) for m in fetched]))
+                    for k in ("loss", "top1", "grad_norm")}
+            mean["lr"] = float(fetched[-1]["lr"])
+            return mean
+
+        def save(step: int, eval_metrics: Mapping[str, float] | None = None) -> None:
+            nonlocal last_good
+            meta_out = {
+                "step": step,
+                "data_iterator": checkpoint_lib.encode_iterator_state(train_iter.get_state()),
+                "flops": counter.to_json(), "targets": tracker.to_json(), "history": history,
+                "wall_time_s": wall_time(), "invalid_train_images": invalid_total,
+                "invalid_epoch": invalid_epoch, "eval_latency_ms_per_batch": eval_latency,
+                "speed": speed, "last_train": last_train_record, "loop_time_s": loop_time,
+                "loop_images": loop_images,
+            }
+            metrics = {"top1": float(eval_metrics["top1"])} if eval_metrics else None
+            if ckpt.save(step, state, meta_out, metrics=metrics):
+                last_good = step
+
+        progress = _progress(config, total_steps, start_step, primary)
+        step = start_step
+        try:
+            while step < total_steps:
+                batch = _to_global(next(train_iter), batch_sharding)
+                state, m = compiled(state, batch)
+                step += 1
+                interval_steps += 1
+                counter.add_steps(1, config.batch_size)
+                pending.append((step, m))
+                progress.update(1)
+
+                is_eval = step % eval_every == 0 or step == total_steps
+                is_ckpt = step % config.checkpoint_every_steps == 0 or is_eval
+                is_epoch_end = step % steps_per_epoch == 0
+                if step % config.log_every_steps == 0 or is_eval or is_ckpt or is_epoch_end:
+                    mean = flush(step)
+                    jax.block_until_ready(state.step)
+                    dt = time.perf_counter() - interval_t
+                    ips = interval_steps * config.batch_size / max(dt, 1e-9)
+                    loop_time += dt
+                    loop_images += interval_steps * config.batch_size
+                    if mean is not None and (step % config.log_every_steps == 0 or is_eval):
+                        last_train_record = {
+                            "step": step, "epoch": step / steps_per_epoch, "split": "train",
+                            **mean, "images_per_s": ips, "wall_time_s": wall_time(),
+                            "train_flops": counter.xla_flops,
+                            "train_flops_analytic": counter.analytic_flops}
+                        writer.write(last_train_record)
+                        progress.set_postfix(loss=f"{mean['loss']:.3f}", img_s=f"{ips:.0f}",
+                                             refresh=False)
+                    if is_epoch_end:
+                        epoch = step // steps_per_epoch
+                        writer.write({"step": step, "epoch": float(epoch), "split": "epoch",
+                                      "invalid_train_images": invalid_epoch,
+                                      "wall_time_s": wall_time()})
+                        if invalid_epoch:
+                            say(f"epoch {epoch}: {invalid_epoch} unreadable training images "
+                                "were skipped (masked out of loss and metrics)")
+                        invalid_epoch = 0
+                    eval_metrics = None
+                    if is_eval:
+                        eval_metrics, latency = _evaluate(jit_eval, state, eval_loader,
+                                                          batch_sharding, config,
+                                                          measure_latency=eval_latency is None)
+                        if latency is not None:
+                            eval_latency = latency
+                        record = {"step": step, "epoch": step / steps_per_epoch,
+                                  "split": "eval", **eval_metrics, "wall_time_s": wall_time(),
+                                  "train_flops": counter.xla_flops,
+                                  "train_flops_analytic": counter.analytic_flops}
+                        history.append(record)
+                        writer.write(record)
+                        for rec in tracker.update(step=step, epoch=step / steps_per_epoch,
+                                                  wall_time_s=wall_time(),
+                                                  train_flops=counter.xla_flops,
+                                                  top1=eval_metrics["top1"]):
+                            say(f"reached top-1 {rec.target:.0%} at step {rec.step} "
+                                f"({rec.train_flops:.3g} training FLOPs, "
+                                f"{rec.wall_time_s:.0f} s)")
+                        if primary:
+                            progress.write(
+                                f"[train] eval step {step} (epoch {step / steps_per_epoch:.2f}): "
+                                f"top-1 {eval_metrics['top1']:.4f} "
+                                f"top-5 {eval_metrics['top5']:.4f} "
+                                f"loss {eval_metrics['loss']:.4f}")
+                    if is_ckpt:
+                        save(step, eval_metrics)
+                    interval_t, interval_steps = time.perf_counter(), 0
+        finally:
+            progress.close()
+        ckpt.wait()
+
+    summary = _summary(config, data_dir, class_names, num_classes, devices, n_params,
+                       complexity, counter, tracker, history, last_train_record, speed,
+                       eval_latency, wall_time(), invalid_total, total_steps, steps_per_epoch,
+                       loop_images / loop_time if loop_time > 0 else None, peak_lr)
+    if primary:
+        (workdir / "summary.json").write_text(
+            json.dumps(summary, indent=2, default=metrics_lib._jsonable))
+        say(f"done: {step} steps, top-1 {summary['final']['top1']}, "
+            f"{counter.xla_flops:.3g} training FLOPs (XLA) / {counter.analytic_flops:.3g} "
+            f"(3 x forward); summary in {workdir / 'summary.json'}")
+    ckpt.close()
+    return summary
+
+
+# ----------------------------------------------------------------------------------------------
+# Pieces of the loop
+
+
+class _NoProgress:
+    def update(self, n: int) -> None: ...
+    def set_postfix(self, **kw: Any) -> None: ...
+    def write(self, msg: str) -> None: print(msg, flush=True)
+    def close(self) -> None: ...
+
+
+def _progress(config: ml_collections.ConfigDict, total: int, initial: int, primary: bool):
+    if not (config.progress_bar and primary):
+        return _NoProgress()
+    from tqdm import tqdm  # noqa: PLC0415  (training-only dependency)
+    return tqdm(total=total, initial=initial, unit="step", dynamic_ncols=True, mininterval=2.0,
+                smoothing=0.1, file=sys.stderr)
+
+
+def _speed_check(config, loader, compiled, state, batch_sharding, replicated, say
+                 ) -> dict[str, float]:
+    """Loader images/s (separate iterator) and train-step images/s (throw-away state copy)."""
+    it = iter(loader)
+    batches = [next(it)]  # first batch includes worker start-up; not timed
+    t0 = time.perf_counter()
+    for _ in range(config.speed_check_batches):
+        batches.append(next(it))
+    loader_ips = config.speed_check_batches * config.batch_size / (time.perf_counter() - t0)
+    del it
+    out = {"loader_images_per_s": loader_ips}
+    if config.speed_check_steps > 0:
+        scratch = jax.device_put(jax.tree.map(jnp.copy, state), replicated)
+        batch = _to_global(batches[-1], batch_sharding)
+        scratch, m = compiled(scratch, batch)  # warm-up
+        jax.block_until_ready(m)
+        t0 = time.perf_counter()
+        for _ in range(config.speed_check_steps):
+            scratch, m = compiled(scratch, batch)
+        jax.block_until_ready(m)
+        step_ips = config.speed_check_steps * config.batch_size / (time.perf_counter() - t0)
+        del scratch
+        out["step_images_per_s"] = step_ips
+        ratio = loader_ips / step_ips
+        say(f"speed: loader {loader_ips:.0f} images/s, train step {step_ips:.0f} images/s "
+            f"(loader/step = {ratio:.1f}x"
+            + (")" if ratio >= 2 else "; WARNING: the input pipeline may starve the step, "
+               "raise num_workers)"))
+    else:
+        say(f"speed: loader {loader_ips:.0f} images/s")
+    return out
+
+
+def _evaluate(jit_eval, state, eval_loader, batch_sharding, config, measure_latency: bool
+              ) -> tuple[dict[str, float], float | None]:
+    """Top-1 / top-5 / loss over the whole eval split (EMA weights when the EMA is on)."""
+    variables = state_lib.eval_variables(state)
+    acc = metrics_lib.EvalAccumulator()
+    batch = None
+    for host_batch in eval_loader:  # each host iterates its own shard of the val split
+        batch = _to_global(host_batch, batch_sharding)
+        acc.add(jit_eval(*variables, batch))
+    latency = None
+    if measure_latency and batch is not None:
+        times = []
+        for _ in range(3):
+            t0 = time.perf_counter()
+            jax.block_until_ready(jit_eval(*variables, batch))
+            times.append(time.perf_counter() - t0)
+        latency = 1e3 * float(np.median(times))
+    result = acc.result()
+    expected = getattr(eval_loader, "num_examples", None)
+    if expected is not None:
+        result["unreadable"] = int(expected) - int(result["count"])
+    return result, latency
+
+
+def _summary(config, data_dir, class_names, num_classes, devices, n_params, complexity, counter,
+             tracker, history, last_train, speed, eval_latency, wall, invalid_total,
+             total_steps, steps_per_epoch, train_ips, peak_lr) -> dict[str, Any]:
+    evals = [h for h in history if h.get("split") == "eval"]
+    final = evals[-1] if evals else {}
+    return {
+        "model": config.model,
+        "status": "completed",
+        "data_dir": data_dir,
+        "num_classes": num_classes,
+        "num_class_folders": len(class_names),
+        "image_size": config.image_size,
+        "batch_size": config.batch_size,
+        "eval_batch_size": config.eval_batch_size,
+        "dtype": config.dtype,
+        "block_impl": config.block_impl,
+        "devices": len(devices),
+        "device_kind": devices[0].device_kind,
+        "backend": jax.default_backend(),
+        "params": n_params,
+        **complexity,
+        "steps": total_steps,
+        "steps_per_epoch": steps_per_epoch,
+        "epochs": total_steps / steps_per_epoch,
+        "peak_learning_rate": peak_lr,
+        "wall_time_s": wall,
+        "train_step_flops_xla": counter.step_flops,
+        "train_flops_xla": counter.xla_flops,
+        "train_flops_analytic": counter.analytic_flops,
+        "train_flops_ratio_xla_over_analytic": counter.ratio,
+        "train_images_per_s": train_ips,
+        "loader_images_per_s": speed.get("loader_images_per_s"),
+        "step_images_per_s": speed.get("step_images_per_s"),
+        "eval_latency_ms_per_batch": eval_latency,
+        "invalid_train_images": invalid_total,
+        "final": {"top1": final.get("top1"), "top5": final.get("top5"),
+                  "loss": final.get("loss"), "train_loss": last_train.get("loss")},
+        "best_top1": max((h["top1"] for h in evals), default=None),
+        "history": [{k: h.get(k) for k in ("step", "epoch", "top1", "top5", "loss",
+                                            "wall_time_s", "train_flops")} for h in evals],
+        "targets": tracker.to_json(),
+        "config": json.loads(config.to_json_best_effort()),
+    }
