@@ -26,7 +26,8 @@ block-diagonal weight blow-up, and the full-row LayerNorm still sees all channel
 
 Backward: ``jax.custom_vjp`` whose backward pass recomputes the block with XLA
 (``jax.vjp`` of :func:`pallas_kernels.reference.conv_first_block_reference`); the fused kernel
-is forward-only.
+is forward-only. Under an ambient mesh both passes run per batch shard (``jax.shard_map``);
+the weight gradients are summed over the batch axis with ``psum``.
 """
 
 from __future__ import annotations
@@ -44,7 +45,7 @@ from jax.experimental.pallas import triton as plgpu
 from pallas_kernels.activations import KERNEL_ACTIVATIONS
 from pallas_kernels.options import BlockOptions, validate_inputs
 from pallas_kernels.reference import conv_first_block_reference
-from pallas_kernels.sharding import map_over_batch_shards
+from pallas_kernels.sharding import batch_shard_map
 from pallas_kernels.tuning import LaunchConfig, launch_config, padded_channels
 
 _F32 = jnp.float32
@@ -199,9 +200,11 @@ def fused_forward(x: jax.Array, params: Mapping[str, Any], opts: BlockOptions,
 
 
 def _sharded_forward(opts: BlockOptions, x, params, branch_scale):
-    def per_shard(xs, ps, bss):
+    def per_shard(xs, ps, bss, *, axis_name):
+        del axis_name
         return fused_forward(xs, ps, opts, bss)
-    return map_over_batch_shards(per_shard, opts.batch_axis, x, params, branch_scale)
+    return batch_shard_map(per_shard, opts.batch_axis, (x, params, branch_scale),
+                           batched=(True, False, True), out_batched=True)
 
 
 def _reference(opts: BlockOptions, x, params, branch_scale):
@@ -220,9 +223,17 @@ def _fused_block_fwd(opts: BlockOptions, x, params, branch_scale):
 
 
 def _fused_block_bwd(opts: BlockOptions, residuals, g):
+    """XLA recompute: the vjp of the jnp reference, per batch shard; weight grads psum'd."""
+    def per_shard(xs, ps, bss, gs, *, axis_name):
+        _, vjp = jax.vjp(functools.partial(_reference, opts), xs, ps, bss)
+        gx, gp, gbs = vjp(gs)
+        if axis_name is not None:
+            gp = lax.psum(gp, axis_name)
+        return gx, gp, gbs
+
     x, params, branch_scale = residuals
-    _, vjp = jax.vjp(functools.partial(_reference, opts), x, params, branch_scale)
-    return vjp(g)
+    return batch_shard_map(per_shard, opts.batch_axis, (x, params, branch_scale, g),
+                           batched=(True, False, True, True), out_batched=(True, False, True))
 
 
 _fused_block.defvjp(_fused_block_fwd, _fused_block_bwd)

@@ -17,6 +17,7 @@ with ``kill -9`` never leaves a half-written checkpoint behind. Retention: the l
 from __future__ import annotations
 
 import base64
+import logging
 import pathlib
 from collections.abc import Mapping
 from typing import Any
@@ -27,6 +28,20 @@ import orbax.checkpoint as ocp
 from orbax.checkpoint import checkpoint_managers as ocm
 
 STATE, META = "state", "meta"
+
+
+class _QuietOrbax(logging.Filter):
+    """Drop two orbax warnings that are expected here: saves without metrics between evals
+    ("Requested `tracked_metric`") and the wait for the previous async save."""
+
+    _NOISE = ("Requested `tracked_metric`", "Waiting for previous save to complete")
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        msg = record.getMessage()
+        return not any(n in msg for n in self._NOISE)
+
+
+logging.getLogger("absl").addFilter(_QuietOrbax())
 
 
 def _is_key(x: Any) -> bool:

@@ -414,6 +414,7 @@ def _benchmark(args: argparse.Namespace) -> None:
         n += len(batch["label"])
         invalid += int((batch["valid"] == 0).sum())
     t2 = time.perf_counter()
+    del it  # grain closes its worker processes and shared memory when the iterator is freed
     rate = n / max(t2 - t1, 1e-9)
     print(
         f"data_dir={data_dir} split={args.split} image_size={args.image_size} "

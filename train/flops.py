@@ -58,6 +58,11 @@ class FlopsCounter:
         return 3.0 * float(self.forward_flops_per_image) * self.images
 
     @property
+    def train_flops(self) -> float:
+        """The FLOPs used for FLOPs-to-target: XLA's count, the analytic one if XLA has none."""
+        return self.xla_flops if self.step_flops > 0 else self.analytic_flops
+
+    @property
     def ratio(self) -> float | None:
         """xla_flops / analytic_flops (None until both are known)."""
         if self.analytic_flops <= 0 or self.xla_flops <= 0:

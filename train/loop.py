@@ -25,7 +25,7 @@ import os
 import pathlib
 import sys
 import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import jax
@@ -140,14 +140,47 @@ def _param_count(tree: Any) -> int:
 
 
 class _Printer:
-    """print() on process 0 only, flushed (tqdm writes its bar to stderr)."""
+    """print() on process 0 only, flushed; through tqdm.write while a progress bar is shown."""
 
     def __init__(self, enabled: bool):
         self.enabled = enabled
+        self.bar: Any = None
 
     def __call__(self, msg: str) -> None:
-        if self.enabled:
+        if not self.enabled:
+            return
+        if self.bar is not None:
+            self.bar.write(f"[train] {msg}")
+        else:
             print(f"[train] {msg}", flush=True)
+
+
+def make_mesh(devices: Sequence[jax.Device] | None = None) -> Mesh:
+    """1-D data-parallel mesh with axis "data" (the axis the Pallas block kernel shards on)."""
+    devices = jax.devices() if devices is None else list(devices)
+    return Mesh(np.asarray(devices), ("data",))
+
+
+def jit_steps(defs: state_lib.ModelDefs, tx: Any, schedule: state_lib.Schedule, mesh: Mesh, *,
+              label_smoothing: float, ema_decay: float = 0.0, debug_nan_step: int = 0
+              ) -> tuple[Any, Any]:
+    """Jitted (train_step, eval_step): state replicated, batch sharded on "data".
+
+    train_step(state, batch) -> (state, metrics) donates the input state;
+    eval_step(params, batch_stats, rest, batch) -> eval sums. Call them under
+    ``jax.set_mesh(mesh)`` so that mesh-aware kernels see the ambient mesh.
+    """
+    replicated = NamedSharding(mesh, P())
+    batch_sharding = NamedSharding(mesh, P("data"))
+    train_step = functools.partial(
+        state_lib.train_step, graphdef=defs.train, tx=tx, schedule=schedule,
+        label_smoothing=label_smoothing, ema_decay=ema_decay, debug_nan_step=debug_nan_step)
+    eval_step = functools.partial(state_lib.eval_step, graphdef=defs.eval)
+    jit_train = jax.jit(train_step, in_shardings=(replicated, batch_sharding),
+                        out_shardings=(replicated, replicated), donate_argnums=0)
+    jit_eval = jax.jit(eval_step, in_shardings=(replicated,) * 3 + (batch_sharding,),
+                       out_shardings=replicated)
+    return jit_train, jit_eval
 
 
 # ----------------------------------------------------------------------------------------------
@@ -236,7 +269,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | os.Path
         (workdir / "config.json").write_text(config.to_json_best_effort(indent=2))
 
     # --- mesh, model, optimizer ---------------------------------------------------------------
-    mesh = Mesh(np.asarray(devices), ("data",))
+    mesh = make_mesh(devices)
     replicated = NamedSharding(mesh, P())
     batch_sharding = NamedSharding(mesh, P("data"))
 
@@ -263,20 +296,14 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | os.Path
         f"{config.batch_size}; {total_steps} steps; peak lr {peak_lr:.3g} "
         f"({config.learning_rate:g} x {config.batch_size}/256), warmup {warmup_steps} steps")
 
-    train_step = functools.partial(
-        state_lib.train_step, graphdef=defs.train, tx=tx, schedule=schedule,
-        label_smoothing=config.label_smoothing, ema_decay=config.ema_decay,
-        debug_nan_step=config.debug_nan_step)
-    eval_step = functools.partial(state_lib.eval_step, graphdef=defs.eval)
-
     ckpt = checkpoint_lib.Checkpointer(workdir / "checkpoints", keep=config.keep_checkpoints)
     writer = metrics_lib.MetricsWriter(workdir / "metrics.jsonl", enabled=primary)
 
     with jax.set_mesh(mesh):
-        jit_train = jax.jit(train_step, in_shardings=(replicated, batch_sharding),
-                            out_shardings=(replicated, replicated), donate_argnums=0)
-        jit_eval = jax.jit(eval_step, in_shardings=(replicated,) * 3 + (batch_sharding,),
-                           out_shardings=replicated)
+        jit_train, jit_eval = jit_steps(defs, tx, schedule, mesh,
+                                        label_smoothing=config.label_smoothing,
+                                        ema_decay=config.ema_decay,
+                                        debug_nan_step=config.debug_nan_step)
 
         # --- resume -----------------------------------------------------------------------------
         meta: dict[str, Any] = {}
@@ -366,6 +393,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | os.Path
                 last_good = step
 
         progress = _progress(config, total_steps, start_step, primary)
+        say.bar = progress
         step = start_step
         try:
             while step < total_steps:
@@ -391,11 +419,15 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | os.Path
                         last_train_record = {
                             "step": step, "epoch": step / steps_per_epoch, "split": "train",
                             **mean, "images_per_s": ips, "wall_time_s": wall_time(),
-                            "train_flops": counter.xla_flops,
+                            "train_flops": counter.train_flops,
                             "train_flops_analytic": counter.analytic_flops}
                         writer.write(last_train_record)
                         progress.set_postfix(loss=f"{mean['loss']:.3f}", img_s=f"{ips:.0f}",
                                              refresh=False)
+                        if not config.progress_bar:
+                            say(f"step {step}/{total_steps}: loss {mean['loss']:.4f} "
+                                f"train top-1 {mean['top1']:.3f} lr {mean['lr']:.3g} "
+                                f"{ips:.0f} images/s")
                     if is_epoch_end:
                         epoch = step // steps_per_epoch
                         writer.write({"step": step, "epoch": float(epoch), "split": "epoch",
@@ -414,28 +446,26 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | os.Path
                             eval_latency = latency
                         record = {"step": step, "epoch": step / steps_per_epoch,
                                   "split": "eval", **eval_metrics, "wall_time_s": wall_time(),
-                                  "train_flops": counter.xla_flops,
+                                  "train_flops": counter.train_flops,
                                   "train_flops_analytic": counter.analytic_flops}
                         history.append(record)
                         writer.write(record)
                         for rec in tracker.update(step=step, epoch=step / steps_per_epoch,
                                                   wall_time_s=wall_time(),
-                                                  train_flops=counter.xla_flops,
+                                                  train_flops=counter.train_flops,
                                                   top1=eval_metrics["top1"]):
                             say(f"reached top-1 {rec.target:.0%} at step {rec.step} "
                                 f"({rec.train_flops:.3g} training FLOPs, "
                                 f"{rec.wall_time_s:.0f} s)")
-                        if primary:
-                            progress.write(
-                                f"[train] eval step {step} (epoch {step / steps_per_epoch:.2f}): "
-                                f"top-1 {eval_metrics['top1']:.4f} "
-                                f"top-5 {eval_metrics['top5']:.4f} "
-                                f"loss {eval_metrics['loss']:.4f}")
+                        say(f"eval step {step} (epoch {step / steps_per_epoch:.2f}): "
+                            f"top-1 {eval_metrics['top1']:.4f} top-5 {eval_metrics['top5']:.4f} "
+                            f"loss {eval_metrics['loss']:.4f}")
                     if is_ckpt:
                         save(step, eval_metrics)
                     interval_t, interval_steps = time.perf_counter(), 0
         finally:
             progress.close()
+            say.bar = None
         ckpt.wait()
 
     summary = _summary(config, data_dir, class_names, num_classes, devices, n_params,
@@ -457,10 +487,19 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | os.Path
 
 
 class _NoProgress:
-    def update(self, n: int) -> None: ...
-    def set_postfix(self, **kw: Any) -> None: ...
-    def write(self, msg: str) -> None: print(msg, flush=True)
-    def close(self) -> None: ...
+    """Stand-in for tqdm when the bar is off: progress shows up in the log lines only."""
+
+    def update(self, n: int) -> None:
+        pass
+
+    def set_postfix(self, **kw: Any) -> None:
+        pass
+
+    def write(self, msg: str) -> None:
+        print(msg, flush=True)
+
+    def close(self) -> None:
+        pass
 
 
 def _progress(config: ml_collections.ConfigDict, total: int, initial: int, primary: bool):

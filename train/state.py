@@ -164,11 +164,17 @@ def train_step(state: TrainState, batch: Mapping[str, jax.Array], *, graphdef: A
         "loss": loss,
         "top1": metrics_lib.masked_mean(metrics_lib.topk_correct(logits, batch["label"], 1),
                                         valid),
-        "grad_norm": optax.global_norm(grads),
+        "grad_norm": _global_norm(grads),
         "lr": schedule(state.step),
         "valid": jnp.sum(valid),
     }
     return new_state, step_metrics
+
+
+def _global_norm(tree: Any) -> jax.Array:
+    """sqrt(sum of squares of all leaves), in float32."""
+    leaves = jax.tree.leaves(tree)
+    return jnp.sqrt(sum(jnp.sum(jnp.square(x.astype(jnp.float32))) for x in leaves))
 
 
 def eval_step(params: Any, batch_stats: Any, rest: Any, batch: Mapping[str, jax.Array], *,

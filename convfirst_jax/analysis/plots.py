@@ -51,6 +51,13 @@ def _finish(fig, env, dtypes, path) -> pathlib.Path:
     return path
 
 
+def _plain_log(axis) -> None:
+    """Plain numbers (0.5, 20, 300) instead of 10^x mantissas on a log axis."""
+    fmt = matplotlib.ticker.FuncFormatter(lambda v, _: f"{v:g}")
+    axis.set_major_formatter(fmt)
+    axis.set_minor_formatter(matplotlib.ticker.NullFormatter())
+
+
 def _grid(n: int, w: float = 5.6, h: float = 4.4, max_cols: int = 3):
     cols = min(max_cols, n)
     rows = math.ceil(n / cols)
@@ -102,6 +109,7 @@ def efficiency_gap_plot(records: Sequence[dict[str, Any]], env: dict[str, Any],
         ax.set_xticks(b)
         ax.set_xticklabels([str(x) for x in b])
         ax.xaxis.set_minor_locator(matplotlib.ticker.NullLocator())
+        _plain_log(ax.yaxis)
         ax.set_xlabel("batch size (images)")
         ax.set_ylabel("latency per batch (ms)")
         ax.set_title(f"{name}\n{mode}, {dtype}", fontsize=10)
@@ -136,6 +144,7 @@ def waterline_plot(layer_records: Sequence[dict[str, Any]], env: dict[str, Any],
         ax.scatter(xs, floor, marker="_", s=max(20, 900 / max(1, len(rs))), color="black",
                    linewidths=2, zorder=3)
         ax.set_yscale("log")
+        _plain_log(ax.yaxis)
         ax.set_ylabel("latency (µs)")
         step = max(1, math.ceil(len(rs) / 60))
         ax.set_xticks(list(xs)[::step])
@@ -199,11 +208,13 @@ def model_comparison_plot(records: Sequence[dict[str, Any]], env: dict[str, Any]
                         fontsize=7)
     batch = next(iter(chosen.values()))["batch_size"]
     ax.set_xscale("log")
+    _plain_log(ax.xaxis)
     ax.set_xlabel(f"inference latency at batch {batch} (ms, median)"
                   if common else "inference latency at each model's largest batch (ms)")
     ax.set_ylabel("top-1 accuracy (%)" if use_top1 else "GMACs per image")
     if not use_top1:
         ax.set_yscale("log")
+        _plain_log(ax.yaxis)
     ax.set_title("Model comparison: latency vs " + ("top-1" if use_top1 else "GMACs"))
     ax.grid(True, which="both", alpha=0.3)
     ax.legend(fontsize=8)

@@ -182,6 +182,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="also time every layer standalone (waterline chart) at --waterline-batch")
     m.add_argument("--waterline-batch", type=_positive_int, default=None,
                    help="batch for --waterline (default: the first --batch-sizes value)")
+    m.add_argument("--only", default=None, metavar="REGEX",
+                   help="with --waterline: time only layers whose name matches REGEX")
     m.add_argument("--compare-torch", action="store_true",
                    help="also time timm's model of the same size (torch.compile, channels_last, "
                         "bf16 autocast) when torch + timm import")
@@ -199,13 +201,23 @@ def build_parser() -> argparse.ArgumentParser:
                      help="default bfloat16 on GPU, float32 on CPU")
     _list_arg(lay, "--block-impls", choices=MODEL_IMPLS, default=list(MODEL_IMPLS),
               help="impls of the whole-model reference timing (default xla,pallas)")
+    lay.add_argument("--only", default=None, metavar="REGEX",
+                     help="time only layers whose name matches REGEX (e.g. 'stages.2|head')")
     lay.add_argument("--num-classes", type=_positive_int, default=1000)
     return parser
 
 
 def validate(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
     """Cross-argument checks; any problem -> parser.error (exit status 2, no traceback)."""
+    import re
+
     import jax
+
+    if getattr(args, "only", None) is not None:
+        try:
+            re.compile(args.only)
+        except re.error as e:
+            parser.error(f"--only {args.only!r} is not a valid regular expression ({e})")
 
     default_dtype = "bfloat16" if jax.default_backend() == "gpu" else "float32"
     if args.suite == "blocks":
@@ -320,7 +332,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     dtypes = {"blocks": lambda: args.dtype, "models": lambda: args.dtypes,
               "layers": lambda: [args.dtype]}[args.suite]()
     if args.suite == "models" and args.compare_torch and "bfloat16" not in dtypes:
-        dtypes = [*dtypes, "bfloat16"]  # torch runs bf16 autocast: its ceilings too
+        from convfirst_jax.bench.torch_compare import torch_available
+
+        if torch_available()[0]:
+            dtypes = [*dtypes, "bfloat16"]  # torch runs bf16 autocast: its ceilings too
     ceilings = {}
     measure_kw = {"repeats": min(10, max(3, args.repeats))}
     if args.ceiling_matmul:
@@ -394,12 +409,14 @@ def _waterline_summaries(records: Sequence[dict[str, Any]]) -> dict[str, str]:
         b, dt = lrs[0]["batch_size"], lrs[0]["dtype"]
         parts = []
         aggs = [r for r in records if r.get("group") == g and r.get("kind") == "block"]
-        if len(aggs) == 1 and aggs[0].get("fused_floor_s"):
+        is_model = " @" in g  # model groups are "name @RESpx"; block groups "label dtype"
+        if not is_model and len(aggs) == 1 and aggs[0].get("fused_floor_s"):
             parts.append(f"fused block floor {fmt_time(aggs[0]['fused_floor_s'])}")
         for r in whole:
             if (r["name"] == g.split(" @")[0] or f"{r['name']} {r['dtype']}" == g) \
                     and r["batch_size"] == b and r["dtype"] == dt:
-                part = (f"{r['impl']} jitted: {fmt_time(r['median_s'])} = "
+                what = "whole model" if is_model else "whole block"
+                part = (f"{what}, {r['impl']} jitted: {fmt_time(r['median_s'])} = "
                         f"{r['latency_over_waterline']:.1f}× waterline")
                 if r.get("fused_floor_s"):
                     part += f", {r['median_s'] / r['fused_floor_s']:.1f}× fused floor"

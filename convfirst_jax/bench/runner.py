@@ -7,6 +7,7 @@ writes them out and draws the figures.
 from __future__ import annotations
 
 import itertools
+import re
 import sys
 import types
 from typing import Any, Callable, Sequence
@@ -154,17 +155,18 @@ def run_blocks(args: Any, ceilings: dict[str, Ceilings], opts: TimingOptions,
 
 # ----------------------------------------------------------------------------- models
 def _model_layer_breakdown(name: str, *, resolution: int, batch_size: int, dtype: str,
-                           num_classes: int, ceil: Ceilings, opts: TimingOptions
-                           ) -> list[dict[str, Any]]:
+                           num_classes: int, ceil: Ceilings, opts: TimingOptions,
+                           only: str | None = None) -> list[dict[str, Any]]:
     from convfirst_jax.complexity import fused_block_bytes
 
     table = mdl.model_table(name, resolution, batch_size, dtype, num_classes)
+    layers = [l for l in table.layers if only is None or re.search(only, l.name)]
     fb = None
     if mdl.has_conv_first_blocks(name):
         def fb(ls):
             return fused_block_bytes(ls, batch=batch_size, dtype_bytes=table.dtype_bytes)
-    log(f"[layers] {name}: timing {len(table.layers)} ops standalone, batch {batch_size} {dtype}")
-    return time_layers(list(table.layers), group=f"{name} @{resolution}px", batch_size=batch_size,
+    log(f"[layers] {name}: timing {len(layers)} ops standalone, batch {batch_size} {dtype}")
+    return time_layers(layers, group=f"{name} @{resolution}px", batch_size=batch_size,
                        dtype=dtype, resolution=resolution, ceil=ceil, opts=opts,
                        key=jax.random.key(opts.seed + 17), fused_bytes=fb)
 
@@ -202,9 +204,10 @@ def run_models(args: Any, ceilings: dict[str, Ceilings], opts: TimingOptions, no
                     table = mdl.model_table(name, res, b, dtype, ncls)
                     unfused, fused = mdl.model_floors(table, ceil)
                     bkey = jax.random.fold_in(key, mi * 1000 + b)
-                    sets = rotated_inputs(
-                        lambda kk: (state, random_normal(kk, (b, res, res, 3), dtype)), bkey,
-                        opts)
+                    # Rotate the images (weights are shared by every call, as in serving).
+                    xs = rotated_inputs(lambda kk: (random_normal(kk, (b, res, res, 3), dtype),),
+                                        bkey, opts)
+                    sets = [(state, *x) for x in xs]
                     log(f"[models] {name} {impl} {dtype} batch {b}: inference")
                     okey = (name, dtype, b)
                     first: dict[str, Any] = {}
@@ -229,10 +232,10 @@ def run_models(args: Any, ceilings: dict[str, Ceilings], opts: TimingOptions, no
 
                         def make(kk, b=b):
                             kx, ky = jax.random.split(kk)
-                            return (*state0, random_normal(kx, (b, res, res, 3), dtype),
+                            return (random_normal(kx, (b, res, res, 3), dtype),
                                     jax.random.randint(ky, (b,), 0, ncls, jnp.int32))
 
-                        sets = rotated_inputs(make, bkey, opts)
+                        sets = [(*state0, *xy) for xy in rotated_inputs(make, bkey, opts)]
                         log(f"[models] {name} {impl} {dtype} batch {b}: train step")
                         timing = opts.time(step, sets)
                         flops = mdl.TRAIN_FLOPS_FACTOR * table.flops
@@ -251,7 +254,8 @@ def run_models(args: Any, ceilings: dict[str, Ceilings], opts: TimingOptions, no
             dtype = args.dtypes[0]
             recs += _model_layer_breakdown(
                 name, resolution=res, batch_size=args.waterline_batch or args.batch_sizes[0],
-                dtype=dtype, num_classes=ncls, ceil=ceilings[dtype], opts=opts)
+                dtype=dtype, num_classes=ncls, ceil=ceilings[dtype], opts=opts,
+                only=getattr(args, "only", None))
     return recs
 
 
@@ -304,7 +308,7 @@ def run_layers(args: Any, ceilings: dict[str, Ceilings], opts: TimingOptions,
         recs += _model_layer_breakdown(name, resolution=args.resolution,
                                        batch_size=args.batch_size, dtype=dtype,
                                        num_classes=args.num_classes, ceil=ceilings[dtype],
-                                       opts=opts)
+                                       opts=opts, only=args.only)
     margs = types.SimpleNamespace(models=args.models, block_impls=args.block_impls,
                                   dtypes=[dtype], batch_sizes=[args.batch_size],
                                   resolution=args.resolution, num_classes=args.num_classes)

@@ -9,18 +9,19 @@ from convfirst_jax.models.blocks import check_block_impl
 from convfirst_jax.models.convfirst import ConvFirstNet
 from convfirst_jax.models.convnext import ConvNeXt
 from convfirst_jax.models.resnet import ResNet
-from convfirst_jax.specs import ConvFirstNetSpec, get_spec
+from convfirst_jax.specs import ConvFirstNetSpec, ModelSpec, ResNetSpec, get_spec
 
 _FAMILIES = {"convnext": ConvNeXt, "convfirst": ConvFirstNet}
 
 
-def create_model(name: str, *, num_classes: int = 1000, block_impl: str = "xla",
+def create_model(name: str | ModelSpec, *, num_classes: int = 1000, block_impl: str = "xla",
                  dtype=jnp.float32, param_dtype=jnp.float32, drop_path: float = 0.0,
                  seed: int = 0, rngs: nnx.Rngs | None = None) -> nnx.Module:
     """Build a registered model (names: ``convfirst_jax.list_models()``), in train mode.
 
     Args:
-      name: e.g. "convnext_tiny", "convfirst_atto", "convfirst_atto_gw8", "resnet50".
+      name: e.g. "convnext_tiny", "convfirst_atto", "convfirst_atto_gw8", "resnet50"; or
+        a spec object (``ConvFirstNetSpec`` / ``ResNetSpec``) for a custom architecture.
       num_classes: width of the classifier.
       block_impl: "xla" (Flax layers) or "pallas" (each conv-first block is one fused
         ``pallas_kernels.conv_first_block``; ConvFirst BN blocks use it in eval mode only).
@@ -34,7 +35,7 @@ def create_model(name: str, *, num_classes: int = 1000, block_impl: str = "xla",
 
     Returns a Flax NNX module; call ``model.eval()`` / ``model.train()`` to switch modes.
     """
-    spec = get_spec(name)
+    spec = name if isinstance(name, (ConvFirstNetSpec, ResNetSpec)) else get_spec(name)
     check_block_impl(block_impl)
     if not isinstance(num_classes, int) or num_classes < 1:
         raise ValueError(f"num_classes must be a positive int, got {num_classes!r}")

@@ -1,0 +1,338 @@
+"""Analytic complexity accounting vs published numbers, the real Flax models and XLA.
+
+References used here are independent of convfirst_jax.complexity: timm's published parameter
+counts / GMACs, the real models' parameter trees (built abstractly with nnx.eval_shape) and
+XLA's HloCostAnalysis of compiled programs (standalone ops and whole models).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import subprocess
+import sys
+
+import jax
+import jax.numpy as jnp
+import pytest
+from flax import nnx
+
+from convfirst_jax import create_model
+from convfirst_jax.complexity import (LAYER_KINDS, ComplexityTable, LayerRecorder,
+                                      fused_block_bytes, model_complexity, valid_taps)
+from convfirst_jax.specs import MODEL_SPECS, list_models
+from convfirst_jax import summary
+
+
+def _xla_cost(f, *args) -> dict:
+    cost = jax.jit(f).lower(*args).compile().cost_analysis()
+    if isinstance(cost, (list, tuple)):  # older jax: one dict per computation
+        cost = cost[0]
+    return cost
+
+
+def _n_params(tree) -> int:
+    return sum(math.prod(leaf.shape) for leaf in jax.tree.leaves(tree))
+
+
+# --------------------------------------------------------------------------------------------
+# Published numbers. timm's GMACs come from fvcore, which also counts LayerNorm (5/element),
+# eval BatchNorm (2/element) and adaptive average pooling (1/element) on top of convs +
+# linears: ``table.fvcore_macs`` follows that convention. torchvision's weight metadata
+# ("_ops", GFLOPS in their docs, 3 decimals) counts convs + linears only, which is the
+# contract's ``table.macs``.
+
+# timm publishes 3,708,400 for ConvNeXt-V2 atto, which differs from V1 atto only by GRN
+# (gamma + beta, 2 x 4C per block) in place of the layer scale (C per block).
+_V2_ATTO_PARAMS = 3_708_400
+_ATTO_V1_PARAMS = _V2_ATTO_PARAMS - sum(
+    d * (2 * 4 * c - c) for d, c in zip((2, 2, 6, 2), (40, 80, 160, 320)))
+
+TIMM = {  # name: (params, GMACs at 224 as published, 2 decimals)
+    "convnext_atto": (_ATTO_V1_PARAMS, 0.55),
+    "convnext_tiny": (28_589_128, 4.47),
+    "resnet18": (11_689_512, 1.82),
+    "resnet50": (25_557_032, 4.11),
+}
+TORCHVISION = {  # name: (num_params, _ops at 224, 3 decimals)
+    "convnext_tiny": (28_589_128, 4.456),
+    "convnext_small": (50_223_688, 8.684),
+    "convnext_base": (88_591_464, 15.355),
+    "resnet18": (11_689_512, 1.814),
+    "resnet50": (25_557_032, 4.089),
+}
+
+
+@pytest.mark.parametrize("name", sorted(TIMM))
+def test_params_and_gmacs_match_timm(name):
+    params, gmacs = TIMM[name]
+    t = model_complexity(name, resolution=224)
+    assert t.params == params
+    assert t.fvcore_macs / 1e9 == pytest.approx(gmacs, abs=0.005 + 1e-9)
+
+
+@pytest.mark.parametrize("name", sorted(TORCHVISION))
+def test_params_and_macs_match_torchvision(name):
+    params, gmacs = TORCHVISION[name]
+    t = model_complexity(name, resolution=224)
+    assert t.params == params
+    assert t.macs / 1e9 == pytest.approx(gmacs, abs=0.0005 + 1e-9)
+    assert t.macs < t.fvcore_macs
+
+
+def test_atto_v1_params_rounds_to_timm_card():
+    # timm's model card for convnext_atto lists 3.7 M params.
+    assert round(_ATTO_V1_PARAMS / 1e6, 1) == 3.7
+
+
+@pytest.mark.parametrize("size", ["atto", "femto", "pico", "nano", "tiny"])
+def test_convfirst_gmacs_at_most_convnext_of_same_name(size):
+    cf = model_complexity(f"convfirst_{size}")
+    cn = model_complexity(f"convnext_{size}")
+    assert cf.macs <= cn.macs
+
+
+# --------------------------------------------------------------------------------------------
+# Analytic params vs the real Flax models (abstract init: no weights are allocated).
+
+@pytest.fixture(scope="module")
+def abstract_models():
+    return {name: nnx.eval_shape(lambda name=name: create_model(name)) for name in list_models()}
+
+
+def _module_at(model, path: str):
+    obj = model
+    for part in path.split("."):
+        obj = obj[int(part)] if part.isdigit() else getattr(obj, part)
+    return obj
+
+
+def test_params_equal_real_model_for_every_model(abstract_models):
+    for name, model in abstract_models.items():
+        table = model_complexity(name)
+        assert table.params == _n_params(nnx.state(model, nnx.Param)), name
+        # every layer with parameters names a module (or Param) of the real model holding
+        # exactly that many parameters
+        for layer in table.layers:
+            if layer.params:
+                obj = _module_at(model, layer.name)
+                n = (_n_params(obj) if isinstance(obj, nnx.Variable)
+                     else _n_params(nnx.state(obj, nnx.Param)))
+                assert n == layer.params, (name, layer.name)
+
+
+# --------------------------------------------------------------------------------------------
+# Totals vs XLA's cost analysis of the real model's eval-mode forward at 64 px.
+#
+# Like with like: XLA's HloCostAnalysis charges a convolution 2 flops per multiply-add but only
+# for kernel taps that read real input (taps on the zero padding are skipped), so our side uses
+# count_padding=False; XLA reports exp / rsqrt / tanh / erf's exp in a separate
+# "transcendentals" count, which our flops also exclude (kept in .transcendentals).
+
+@pytest.mark.parametrize("name", ["convnext_atto", "convfirst_atto", "resnet18"])
+def test_totals_match_xla_cost_analysis(name):
+    xla = summary.xla_cost_analysis(name, resolution=64, batch_size=2)
+    ours = model_complexity(name, resolution=64, batch_size=2, count_padding=False)
+    assert ours.flops == pytest.approx(xla["flops"], rel=0.05)
+    assert ours.transcendentals == pytest.approx(xla["transcendentals"], rel=0.05)
+    # the every-tap convention only adds padding taps
+    assert model_complexity(name, resolution=64, batch_size=2).flops >= ours.flops
+
+
+# --------------------------------------------------------------------------------------------
+# Per-layer checks by hand and per-op counts vs XLA on tiny standalone ops.
+
+def test_depthwise_layer_by_hand():
+    # convnext_tiny stage 2 runs at 224 / 16 = 14 px with C = 384, 7x7 depthwise + bias.
+    t = model_complexity("convnext_tiny", resolution=224, batch_size=2, dtype_bytes=2)
+    (dw,) = [l for l in t.layers if l.name == "stages.2.blocks.3.conv_dw"]
+    assert dw.kind == "depthwise" and dw.block == "stages.2.blocks.3"
+    assert dw.in_shape == dw.out_shape == (14, 14, 384)
+    assert (dw.kernel_size, dw.stride, dw.groups, dw.padding) == (7, 1, 384, 3)
+    macs = 2 * 14 * 14 * 384 * 7 * 7
+    assert dw.macs == macs
+    assert dw.flops == 2 * macs + 2 * 14 * 14 * 384  # + bias add
+    assert dw.params == 7 * 7 * 384 + 384
+    assert dw.act_bytes_read == dw.act_bytes_written == 2 * 14 * 14 * 384 * 2
+    assert dw.weight_bytes == (7 * 7 * 384 + 384) * 2
+    assert dw.intensity == pytest.approx(dw.flops / (2 * dw.act_bytes_read + dw.weight_bytes))
+
+
+def test_pointwise_layer_by_hand():
+    t = model_complexity("convfirst_atto_gw8", resolution=128, batch_size=3)
+    layers = {l.name: l for l in t.layers}
+    fc1 = layers["stages.1.blocks.0.fc1"]  # 128 / 8 = 16 px, C = 64 -> 256, no bias (BN)
+    assert fc1.kind == "pointwise"
+    assert fc1.in_shape == (16, 16, 64) and fc1.out_shape == (16, 16, 256)
+    assert fc1.macs == 3 * 16 * 16 * 64 * 256
+    assert fc1.flops == 2 * fc1.macs
+    assert fc1.params == 64 * 256
+    assert fc1.act_bytes_read == 3 * 16 * 16 * 64 * 4
+    assert fc1.act_bytes_written == 3 * 16 * 16 * 256 * 4
+    conv = layers["stages.1.blocks.0.conv_dw"]
+    assert conv.kind == "grouped" and conv.groups == 64 // 8
+    assert conv.macs == 3 * 16 * 16 * 64 * 3 * 3 * 8
+    assert layers["stages.1.downsample.conv"].kind == "full_conv"
+    assert layers["head.fc"].kind == "linear" and layers["head.fc"].block is None
+
+
+def test_valid_taps_by_hand():
+    # 8 outputs of a 3-tap window with padding 1: the two border outputs lose one tap each.
+    assert valid_taps(8, 3, 1, 1) == 22
+    assert valid_taps(2, 7, 1, 3) == 4        # both outputs see both inputs
+    assert valid_taps(16, 4, 4, 0) == 16      # patchify: no padding, every tap valid
+    assert valid_taps(7, 3, 2, 1) == 4 * 3 - 1
+
+
+def _one_layer(method, *args, batch=2, count_padding=False, **kw):
+    rec = LayerRecorder(batch, 4, count_padding)
+    getattr(rec, method)(*args, **kw)
+    (layer,) = rec.layers
+    return layer
+
+
+def test_per_op_flops_match_xla_standalone():
+    """Each per-element constant of complexity.costs against XLA on a small standalone op."""
+    rngs = nnx.Rngs(0)
+    n, h, c = 2, 9, 24
+    x = jax.ShapeDtypeStruct((n, h, h, c), jnp.float32)
+    cases = []
+    ln = nnx.LayerNorm(c, epsilon=1e-6, use_fast_variance=False, rngs=rngs)
+    cases.append((lambda a: ln(a), _one_layer("norm", "ln", None, (h, h, c), "layernorm")))
+    bn = nnx.BatchNorm(c, use_running_average=True, use_fast_variance=False, rngs=rngs)
+    cases.append((lambda a: bn(a), _one_layer("norm", "bn", None, (h, h, c), "batchnorm")))
+    for fn, name in ((jax.nn.relu, "relu"), (jax.nn.silu, "silu"),
+                     (lambda a: jax.nn.gelu(a, approximate=False), "gelu"),
+                     (lambda a: jax.nn.gelu(a, approximate=True), "gelu_tanh")):
+        cases.append((fn, _one_layer("activation", name, None, (h, h, c), name)))
+    dw = nnx.Conv(c, c, (7, 7), padding=((3, 3), (3, 3)), feature_group_count=c, rngs=rngs)
+    cases.append((lambda a: dw(a), _one_layer("conv", "dw", None, (h, h, c), c, kernel_size=7,
+                                              padding=3, groups=c, bias=True)))
+    full = nnx.Conv(c, 16, (3, 3), strides=(2, 2), padding=((1, 1), (1, 1)), use_bias=False,
+                    rngs=rngs)
+    cases.append((lambda a: full(a), _one_layer("conv", "full", None, (h, h, c), 16,
+                                                kernel_size=3, stride=2, padding=1)))
+    cases.append((lambda a: nnx.max_pool(a, (3, 3), strides=(2, 2), padding=((1, 1), (1, 1))),
+                  _one_layer("max_pool", "mp", None, (h, h, c), kernel_size=3, stride=2,
+                             padding=1)))
+    cases.append((lambda a: a.mean(axis=(1, 2)),
+                  _one_layer("global_avg_pool", "gap", None, (h, h, c))))
+    fc = nnx.Linear(c, 40, rngs=rngs)
+    cases.append((lambda a: fc(a), _one_layer("dense", "fc", None, (h, h, c), 40)))
+    cases.append((lambda a: a + a[::-1], _one_layer("add", "add", None, (h, h, c))))
+    for fn, layer in cases:
+        cost = _xla_cost(fn, x)
+        assert layer.flops == cost.get("flops", 0.0), layer.name
+        assert layer.transcendentals == cost.get("transcendentals", 0.0), layer.name
+
+
+# --------------------------------------------------------------------------------------------
+# Table structure, fused-block floor.
+
+def test_table_structure():
+    t = model_complexity("convnext_atto", resolution=64)
+    assert isinstance(t, ComplexityTable)
+    assert all(l.kind in LAYER_KINDS for l in t.layers)
+    spec = MODEL_SPECS["convnext_atto"]
+    assert len(t.blocks) == sum(spec.depths)
+    for name, layers in t.blocks.items():
+        assert [l.kind for l in layers] == ["depthwise", "norm", "pointwise", "activation",
+                                            "pointwise", "scale", "add"], name
+    assert t.total.macs == sum(l.macs for l in t.layers) == t.macs
+    assert t.total.bytes == sum(l.bytes_total for l in t.layers)
+    rows = t.to_rows()
+    assert len(rows) == len(t.layers) and rows[0]["name"] == "stem.conv"
+    assert rows[0]["in_shape"] == "64x64x3"
+    json.dumps(rows)
+    md = t.to_markdown()
+    assert md.count("\n") == len(t.layers) + 2 and "| total |" in md
+    # batch scales everything but the weights
+    t2 = model_complexity("convnext_atto", resolution=64, batch_size=2)
+    assert t2.macs == 2 * t.macs and t2.params == t.params
+    assert t2.total.weight_bytes == t.total.weight_bytes
+    r = model_complexity("resnet50", resolution=64)
+    assert [l.name for l in r.blocks["layers.1.0"]][:2] == ["layers.1.0.downsample.conv",
+                                                            "layers.1.0.downsample.bn"]
+
+
+def test_fused_block_bytes():
+    t = model_complexity("convnext_tiny", resolution=224, batch_size=4, dtype_bytes=2)
+    layers = t.blocks["stages.1.blocks.2"]  # 28 x 28 x 192
+    c, e = 192, 768
+    params = 49 * c + c + 2 * c + c * e + e + e * c + c + c  # conv, LN, fc1, fc2, gamma
+    expect = 2 * 4 * 28 * 28 * c * 2 + params * 2
+    assert fused_block_bytes(layers, batch=4, dtype_bytes=2) == expect
+    cfg = MODEL_SPECS["convnext_tiny"].block_config(1)
+    assert fused_block_bytes(cfg, 28, 28, batch=4, dtype_bytes=2) == expect
+    assert expect < sum(l.bytes_total for l in layers)  # the hidden 4C never hits memory
+    with pytest.raises(ValueError, match="needs H and W"):
+        fused_block_bytes(cfg)
+    with pytest.raises(ValueError, match="ONE conv-first block"):
+        fused_block_bytes(t.layers[:3])
+
+
+def test_bad_inputs_raise():
+    with pytest.raises(ValueError, match="valid names"):
+        model_complexity("convnext_huge")
+    with pytest.raises(ValueError, match="resolution"):
+        model_complexity("resnet18", resolution=16)
+    with pytest.raises(ValueError, match="batch_size"):
+        model_complexity("resnet18", batch_size=0)
+
+
+# --------------------------------------------------------------------------------------------
+# CLI.
+
+def test_cli_prints_table_and_totals(capsys):
+    assert summary.main(["convfirst_atto", "--resolution", "64"]) == 0
+    out = capsys.readouterr().out
+    t = model_complexity("convfirst_atto", resolution=64)
+    assert "stages.3.blocks.1.fc2" in out and f"{t.params:,}" in out and f"{t.macs:,}" in out
+    summary.main(["resnet18", "--resolution", "64", "--format", "json", "--dtype", "bfloat16"])
+    data = json.loads(capsys.readouterr().out)
+    assert data["totals"]["macs"] == model_complexity("resnet18", 64).macs
+    assert data["dtype_bytes"] == 2 and len(data["layers"]) == len(model_complexity("resnet18").layers)
+    summary.main(["convnext_atto", "--format", "csv"])
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0].startswith("name,kind,block") and lines[-1].startswith("total,")
+    summary.main(["--all", "--markdown"])
+    out = capsys.readouterr().out
+    assert all(f"`{name}`" in out for name in list_models())
+    assert "| `convnext_tiny` | convnext | 7x7 dw, LN, gelu | 3-3-9-3 | 96-192-384-768 | 28.59 |" in out
+
+
+def test_cli_bad_model_exits_2_without_traceback():
+    proc = subprocess.run([sys.executable, "-m", "convfirst_jax.summary", "convnext_huge"],
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2
+    assert "unknown model 'convnext_huge'" in proc.stderr and "convnext_tiny" in proc.stderr
+    assert "Traceback" not in proc.stderr
+
+
+def test_cli_update_readme(tmp_path, capsys):
+    readme = tmp_path / "README.md"
+    readme.write_text("# x\n\nintro\n<!-- model-table:start -->\nold table\n"
+                      "<!-- model-table:end -->\n\nafter\n")
+    assert summary.main(["--update-readme", str(readme)]) == 0
+    text = readme.read_text()
+    assert "old table" not in text and text.startswith("# x\n\nintro\n")
+    assert text.endswith("<!-- model-table:end -->\n\nafter\n")
+    assert "| `resnet50` | resnet | bottleneck |" in text
+    summary.main(["--update-readme", str(readme)])  # idempotent
+    assert readme.read_text() == text
+    assert "unchanged" in capsys.readouterr().out
+    bare = tmp_path / "BARE.md"
+    bare.write_text("# no markers\n")
+    with pytest.raises(SystemExit) as exc:
+        summary.main(["--update-readme", str(bare)])
+    assert exc.value.code == 2
+    assert "model-table:start" in capsys.readouterr().err
+    assert bare.read_text() == "# no markers\n"
+
+
+def test_cli_check_xla(capsys):
+    assert summary.main(["convfirst_atto", "--resolution", "32", "--check-xla"]) == 0
+    out = capsys.readouterr().out
+    assert "XLA flops" in out and "ours / XLA = " in out
+    ratio = float(out.split("ours / XLA = ")[1].split(")")[0])
+    assert abs(ratio - 1) < 0.05

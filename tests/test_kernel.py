@@ -1,0 +1,314 @@
+"""Fused conv-first block kernel (pallas_kernels) vs an independent jnp/numpy reference.
+
+Runs the Pallas interpreter on the CPU. Each forward case writes into a NaN-poisoned,
+input/output-aliased output buffer, so any pixel or channel the kernel forgets to write fails.
+"""
+
+from __future__ import annotations
+
+import functools
+import itertools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from jax import lax
+
+from pallas_kernels import (LAUNCH_TABLE, BlockOptions, LaunchConfig, conv_first_block,
+                            conv_first_block_reference, fused_forward, launch_config)
+from pallas_kernels.testing import AXES, CASES, Case, random_block_inputs
+from pallas_kernels.tuning import default_launch_config
+
+A, L = "affine", "layernorm"
+
+
+# --------------------------------------------------------------------------------------
+# Independent reference: a numpy float64 implementation written separately from
+# pallas_kernels.reference (explicit shifted-window loops, erf from math).
+# --------------------------------------------------------------------------------------
+def _np_act(name: str, h: np.ndarray) -> np.ndarray:
+    if name == "relu":
+        return np.maximum(h, 0.0)
+    if name == "silu":
+        return h / (1.0 + np.exp(-h))
+    if name == "gelu":
+        from math import erf, sqrt
+        return 0.5 * h * (1.0 + np.vectorize(erf)(h / sqrt(2.0)))
+    if name == "gelu_tanh":
+        return 0.5 * h * (1.0 + np.tanh(np.sqrt(2.0 / np.pi) * (h + 0.044715 * h ** 3)))
+    raise AssertionError(name)
+
+
+def numpy_block(x, p, *, k, gw, norm, act, eps, branch_scale=None):
+    """float64 numpy conv-first block (same equation as the kernel docstring)."""
+    x = np.asarray(x, np.float64)
+    p = {n_: (None if v is None else np.asarray(v, np.float64)) for n_, v in p.items()}
+    n, h, w, c = x.shape
+    pad = k // 2
+    xp = np.pad(x, ((0, 0), (pad, pad), (pad, pad), (0, 0)))
+    y = np.zeros_like(x)
+    groups = np.arange(c) // gw * gw
+    for dy in range(k):
+        for dx in range(k):
+            win = xp[:, dy:dy + h, dx:dx + w, :]
+            for i in range(gw):
+                y += win[..., groups + i] * p["conv_w"][dy, dx, i]
+    y += p["conv_b"]
+    if norm == "layernorm":
+        y = (y - y.mean(-1, keepdims=True)) / np.sqrt(y.var(-1, keepdims=True) + eps)
+    y = y * p["norm_scale"] + p["norm_shift"]
+    z = _np_act(act, y @ p["w1"] + p["b1"]) @ p["w2"] + p["b2"]
+    if p.get("layer_scale") is not None:
+        z = z * p["layer_scale"]
+    if branch_scale is not None:
+        z = z * np.asarray(branch_scale, np.float64)[:, None, None, None]
+    return x + z
+
+
+def test_covering_design_covers():
+    for axis, values in AXES.items():
+        seen = {getattr(cs, axis) for cs in CASES}
+        assert set(values) <= seen, (axis, set(values) - seen)
+    for a, b in [("k", "c"), ("norm", "act"), ("dtype", "norm")]:
+        seen = {(getattr(cs, a), getattr(cs, b)) for cs in CASES}
+        missing = set(itertools.product(AXES[a], AXES[b])) - seen
+        assert not missing, (a, b, missing)
+    assert {cs.gw for cs in CASES} == {1, 8}
+    assert any(cs.ls and cs.bs for cs in CASES) and any(not cs.ls for cs in CASES)
+
+
+def _round_like(params, dtype):
+    """Params rounded to ``dtype`` precision but kept float32 (exactly representable)."""
+    return {n_: v.astype(dtype).astype(jnp.float32) for n_, v in params.items()}
+
+
+# Tolerances, relative to the output scale s = max|reference|:
+#   float32: the kernel and the float64 reference differ by f32 rounding and summation
+#            order only (interpret mode: full-f32 dots; erf via A&S 7.1.26, |err| <= 1.5e-7)
+#            -> 1e-5 * s (observed <= 5e-7 * s).
+#   bfloat16/float16: inputs are pre-rounded, so the reference (float64 on those exact
+#            values) differs from the kernel by three roundings: y -> dtype before the expand,
+#            h -> dtype before the project (each <= 2^-9 relative per element for bf16,
+#            propagated through unit-gain 1x1 layers with random-sign weights) and out ->
+#            dtype (<= 2^-9 * s). Summing the three with 2x headroom for the extremes over
+#            a few thousand elements gives 6 * 2^-9 * s ~= 1.2e-2 * s (observed <= 4e-3 * s);
+#            float16 has 3 more mantissa bits -> 1.5e-3 * s (observed 4e-4 * s).
+TOL = {"float32": 1e-5, "bfloat16": 6 * 2.0 ** -9, "float16": 6 * 2.0 ** -12}
+
+
+@pytest.mark.parametrize("case", CASES, ids=lambda cs: cs.id)
+def test_forward_matches_reference(case: Case):
+    seed = CASES.index(case)
+    dtype = jnp.dtype(case.dtype)
+    x, params, bs = random_block_inputs(
+        seed, batch=case.n, height=case.hw[0], width=case.hw[1], channels=case.c,
+        hidden=case.e * case.c, kernel_size=case.k, group_width=case.gw, dtype=dtype,
+        layer_scale=case.ls, branch_scale=case.bs)
+    params = _round_like(params, dtype)
+    opts = BlockOptions(kernel_size=case.k, norm=case.norm, activation=case.act,
+                        group_width=case.gw, eps=1e-6, interpret=True)
+    poison = jnp.full(x.shape, jnp.nan, dtype)
+    out = jax.jit(lambda x_, p_, b_, o_: fused_forward(x_, p_, opts, b_, out_init=o_))(
+        x, params, bs, poison)
+    assert out.dtype == dtype and out.shape == x.shape
+    out = np.asarray(out.astype(jnp.float32))
+    assert np.isfinite(out).all(), "kernel left poisoned (unwritten) output elements"
+    ref = numpy_block(np.asarray(x.astype(jnp.float32)), params, k=case.k, gw=case.gw,
+                      norm=case.norm, act=case.act, eps=1e-6, branch_scale=bs)
+    scale = np.abs(ref).max()
+    err = np.abs(out - ref).max()
+    assert err <= TOL[case.dtype] * scale, f"max err {err:.3g} vs scale {scale:.3g}"
+
+
+def test_reference_matches_numpy():
+    """The jnp reference (used for the backward pass) agrees with the numpy one."""
+    case = CASES[6]  # grouped conv, layer scale, branch scale
+    x, params, bs = random_block_inputs(
+        99, batch=case.n, height=case.hw[0], width=case.hw[1], channels=case.c,
+        hidden=case.e * case.c, kernel_size=case.k, group_width=case.gw,
+        layer_scale=True, branch_scale=True)
+    for norm, act in [(A, "gelu"), (L, "silu")]:
+        ref = conv_first_block_reference(x, params, kernel_size=case.k, norm=norm,
+                                         activation=act, group_width=case.gw,
+                                         branch_scale=bs)
+        want = numpy_block(x, params, k=case.k, gw=case.gw, norm=norm, act=act, eps=1e-6,
+                           branch_scale=bs)
+        np.testing.assert_allclose(np.asarray(ref), want, rtol=0,
+                                   atol=2e-5 * np.abs(want).max())
+
+
+# --------------------------------------------------------------------------------------
+# Public API: jit + grad + vmap through the custom_vjp.
+# --------------------------------------------------------------------------------------
+GRAD_CONFIGS = [
+    dict(k=7, c=40, e=4, gw=1, norm=L, act="gelu", hw=(5, 6), n=2, ls=True, bs=True),
+    dict(k=3, c=16, e=2, gw=8, norm=A, act="silu", hw=(4, 4), n=2, ls=False, bs=False),
+]
+
+
+@pytest.mark.parametrize("cfg", GRAD_CONFIGS, ids=lambda c: f"k{c['k']}-C{c['c']}-gw{c['gw']}")
+def test_gradients_match_reference(cfg):
+    x, params, bs = random_block_inputs(
+        7, batch=cfg["n"], height=cfg["hw"][0], width=cfg["hw"][1], channels=cfg["c"],
+        hidden=cfg["e"] * cfg["c"], kernel_size=cfg["k"], group_width=cfg["gw"],
+        layer_scale=cfg["ls"], branch_scale=cfg["bs"])
+    kw = dict(kernel_size=cfg["k"], norm=cfg["norm"], activation=cfg["act"],
+              group_width=cfg["gw"])
+    cot = jnp.asarray(np.random.default_rng(3).standard_normal(x.shape).astype(np.float32))
+
+    def loss(block, x_, p_, b_):
+        out = block(x_, p_, branch_scale=b_, **kw)
+        return jnp.sum(out * cot), out
+
+    argnums = (0, 1, 2) if cfg["bs"] else (0, 1)
+
+    @jax.jit  # one compile for both sides
+    def grads(x_, p_, b_):
+        return tuple(jax.grad(functools.partial(loss, block), argnums, has_aux=True)(x_, p_, b_)
+                     for block in (conv_first_block, conv_first_block_reference))
+
+    (gk, out_k), (gr, out_r) = grads(x, params, bs)
+    np.testing.assert_allclose(out_k, out_r, rtol=0, atol=2e-5 * np.abs(out_r).max())
+    flat_k, tree_k = jax.tree.flatten(gk)
+    flat_r, tree_r = jax.tree.flatten(gr)
+    assert tree_k == tree_r
+    names = [jax.tree_util.keystr(p) for p, _ in jax.tree_util.tree_flatten_with_path(gk)[0]]
+    assert len(flat_k) == (2 if cfg["bs"] else 1) + len(params)
+    for name, a, b in zip(names, flat_k, flat_r):
+        assert a.shape == b.shape and a.dtype == b.dtype, name
+        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-4 * np.abs(b).max() + 1e-12,
+                                   err_msg=name)
+
+
+def test_vmap_and_default_interpret():
+    """vmap over an extra leading axis; interpret=None picks the interpreter on CPU."""
+    x, params, _ = random_block_inputs(5, batch=2, height=3, width=5, channels=24, hidden=48,
+                                       kernel_size=3, layer_scale=True)
+    xs = jnp.stack([x, -0.5 * x])
+    kw = dict(kernel_size=3, norm=L, activation="gelu_tanh")
+    out = jax.jit(jax.vmap(lambda x_: conv_first_block(x_, params, **kw)))(xs)
+    for i in range(2):
+        want = numpy_block(xs[i], params, k=3, gw=1, norm=L, act="gelu_tanh", eps=1e-6)
+        np.testing.assert_allclose(out[i], want, rtol=0, atol=2e-5 * np.abs(want).max())
+
+
+@pytest.mark.skipif(jax.default_backend() != "gpu", reason="needs a GPU (Triton path)")
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
+def test_triton_forward_on_gpu(dtype):
+    """Compiled Triton kernel vs numpy. f32 dots run in TF32 (10-bit mantissa, like XLA's
+    default GPU precision), so f32 gets the bf16-style rounding budget with 2^-11 units."""
+    case = Case(7, 96, 4, (14, 14), 3, L, "gelu", dtype, ls=True, bs=True)
+    x, params, bs = random_block_inputs(11, batch=3, height=14, width=14, channels=96,
+                                        hidden=384, kernel_size=7, dtype=jnp.dtype(dtype),
+                                        layer_scale=True, branch_scale=True)
+    params = _round_like(params, jnp.dtype(dtype))
+    out = jax.jit(lambda x_, p_, b_: conv_first_block(
+        x_, p_, kernel_size=7, norm=L, activation="gelu", branch_scale=b_))(x, params, bs)
+    ref = numpy_block(np.asarray(x.astype(jnp.float32)), params, k=7, gw=1, norm=L,
+                      act="gelu", eps=1e-6, branch_scale=bs)
+    tol = 6 * 2.0 ** -11 if dtype == "float32" else TOL[dtype]
+    err = np.abs(np.asarray(out.astype(jnp.float32)) - ref).max()
+    assert err <= tol * np.abs(ref).max(), (case.id, err)
+
+
+# --------------------------------------------------------------------------------------
+# Bad inputs -> one clear ValueError.
+# --------------------------------------------------------------------------------------
+def _good():
+    x, params, _ = random_block_inputs(0, batch=1, height=4, width=4, channels=16, hidden=32,
+                                       kernel_size=3)
+    return x, params, dict(kernel_size=3, norm=A, activation="relu")
+
+
+def _with(params, **changes):
+    out = dict(params)
+    out.update(changes)
+    return out
+
+
+BAD = {
+    "channels": (lambda x, p, kw: (jnp.zeros((1, 4, 4, 12)), p, kw), "multiple of 8"),
+    "kernel_size": (lambda x, p, kw: (x, p, {**kw, "kernel_size": 9}), "kernel_size"),
+    "even_kernel": (lambda x, p, kw: (x, p, {**kw, "kernel_size": 4}), "kernel_size"),
+    "norm": (lambda x, p, kw: (x, p, {**kw, "norm": "batchnorm"}), "unknown norm"),
+    "activation": (lambda x, p, kw: (x, p, {**kw, "activation": "tanh"}), "unknown activation"),
+    "group_width": (lambda x, p, kw: (x, p, {**kw, "group_width": 4}), "group_width"),
+    "int_dtype": (lambda x, p, kw: (x.astype(jnp.int32), p, kw), "floating"),
+    "f64_dtype": (lambda x, p, kw: (np.zeros((1, 4, 4, 16), np.float64), p, kw), "float32"),
+    "rank": (lambda x, p, kw: (x[0], p, kw), "4 dims"),
+    "w1_shape": (lambda x, p, kw: (x, _with(p, w1=p["w1"][:8]), kw), "w1"),
+    "conv_w_layout": (lambda x, p, kw: (x, _with(p, conv_w=p["conv_w"].reshape(3, 3, 16, 1)),
+                                        kw), "conv_w"),
+    "missing_param": (lambda x, p, kw: (x, {n_: v for n_, v in p.items() if n_ != "b2"}, kw),
+                      "missing"),
+    "unknown_param": (lambda x, p, kw: (x, _with(p, gamma=p["b2"]), kw), "unknown"),
+    "layer_scale_shape": (lambda x, p, kw: (x, _with(p, layer_scale=p["b1"]), kw),
+                          "layer_scale"),
+    "branch_scale_shape": (lambda x, p, kw: (x, p, {**kw, "branch_scale": jnp.ones((3,))}),
+                           "branch_scale"),
+}
+
+
+@pytest.mark.parametrize("name", sorted(BAD))
+def test_bad_inputs_raise_value_error(name):
+    make, fragment = BAD[name]
+    x, params, kw = make(*_good())
+    with pytest.raises(ValueError, match=fragment) as info:
+        conv_first_block(x, params, **kw)
+    if name not in ("rank", "w1_shape", "conv_w_layout", "missing_param", "unknown_param",
+                    "layer_scale_shape", "branch_scale_shape", "even_kernel"):
+        assert 'block_impl="xla"' in str(info.value)
+
+
+def test_reference_accepts_what_the_kernel_rejects():
+    """The reference has no tiling constraints (C=12, k=9, group width 4)."""
+    x = jnp.asarray(np.random.default_rng(0).standard_normal((1, 5, 5, 12)), jnp.float32)
+    _, params, _ = random_block_inputs(0, batch=1, height=5, width=5, channels=12, hidden=24,
+                                       kernel_size=9, group_width=4)
+    out = conv_first_block_reference(x, params, kernel_size=9, norm=L, activation="relu",
+                                     group_width=4)
+    want = numpy_block(x, params, k=9, gw=4, norm=L, act="relu", eps=1e-6)
+    np.testing.assert_allclose(out, want, rtol=0, atol=2e-5 * np.abs(want).max())
+
+
+# --------------------------------------------------------------------------------------
+# Launch table.
+# --------------------------------------------------------------------------------------
+def test_launch_table_overrides_default(monkeypatch):
+    key = (128, 3, 1, 512, "bfloat16")
+    default = launch_config(*key)
+    assert default == default_launch_config(*key)
+    tuned = LaunchConfig(tile=64, hidden_chunk=32, num_warps=8, num_stages=3)
+    monkeypatch.setitem(LAUNCH_TABLE, key, tuned)
+    assert launch_config(*key) is tuned
+    assert launch_config(128, 3, 1, 512, "float32") == default_launch_config(
+        128, 3, 1, 512, "float32")
+
+
+@pytest.mark.parametrize("cp", [16, 32, 64, 128, 256, 512, 1024, 2048])
+def test_default_rule_respects_triton_limits(cp):
+    for gw, hidden in [(1, 4 * cp), (8, 4 * cp), (1, 16), (1, 24)]:
+        lc = default_launch_config(cp, 7, gw, hidden, "bfloat16")
+        for v in (lc.tile, lc.hidden_chunk):
+            assert v >= 16 and v & (v - 1) == 0
+        assert lc.tile * cp <= 8192 or lc.tile == 16
+        assert lc.hidden_chunk * cp <= 8192 or lc.hidden_chunk == 16
+
+
+def test_launch_config_rejects_bad_values():
+    with pytest.raises(ValueError, match="power of two"):
+        LaunchConfig(tile=24, hidden_chunk=32)
+    with pytest.raises(ValueError, match="num_warps"):
+        LaunchConfig(tile=32, hidden_chunk=32, num_warps=3)
+
+
+def test_reference_is_plain_xla():
+    """Sanity: the reference lowers to one grouped convolution (no Pallas)."""
+    x, params, _ = random_block_inputs(0, batch=1, height=4, width=4, channels=16, hidden=32,
+                                       kernel_size=3, group_width=8)
+    jaxpr = jax.make_jaxpr(lambda x_: conv_first_block_reference(
+        x_, params, kernel_size=3, norm=A, activation="relu", group_width=8))(x)
+    prims = {e.primitive for e in jaxpr.jaxpr.eqns}
+    assert lax.conv_general_dilated_p in prims
+    assert not any("pallas" in p.name for p in prims)

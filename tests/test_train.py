@@ -1,0 +1,319 @@
+"""Training loop: loss falls, sharded == single-device, kill -9 resume, NaN stop, bad files,
+FLOPs-to-target bookkeeping.
+
+Tiny everything: a 4-class synthetic set generated into tmp (32 px crops), batch 8. The runs
+that exercise the loop's bookkeeping use a 1-conv model (compiles in seconds); the runs that
+exercise the real training step use convfirst_atto, the smallest ConvFirst.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import math
+import os
+import pathlib
+import shutil
+import signal
+import subprocess
+import sys
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from flax import nnx
+from jax.sharding import NamedSharding
+from jax.sharding import PartitionSpec as P
+from PIL import Image
+
+from train import data, flops, loop
+from train import state as state_lib
+
+REPO = pathlib.Path(__file__).resolve().parents[1]
+BATCH = 8
+
+
+# ----------------------------------------------------------------------------------------------
+# Fixtures
+
+
+@pytest.fixture(scope="module")
+def tiny_data(tmp_path_factory) -> pathlib.Path:
+    """4 classes x 16 train (two full batches of 8 per class) + 4 val images, 40 px."""
+    return data.ensure_synthetic_dataset(tmp_path_factory.mktemp("synth"), num_classes=4,
+                                         train_per_class=16, val_per_class=4, image_size=40)
+
+
+def tiny_config(data_dir, **overrides):
+    from configs import default
+    c = default.get_config()
+    c.update(dict(model="convfirst_atto", data_dir=str(data_dir), image_size=32,
+                  batch_size=BATCH, eval_batch_size=BATCH, num_workers=0, max_steps=8,
+                  eval_every_steps=4, log_every_steps=2, checkpoint_every_steps=2,
+                  speed_check_batches=0, progress_bar=False, warmup_epochs=0.5,
+                  learning_rate=2e-2))
+    c.update(overrides)
+    c.lock()
+    return c
+
+
+class TinyNet(nnx.Module):
+    """conv 3x3 / 2 -> BatchNorm -> ReLU -> mean pool -> linear: the loop's bookkeeping model."""
+
+    def __init__(self, num_classes: int, dtype, param_dtype, rngs: nnx.Rngs):
+        self.conv = nnx.Conv(3, 8, (3, 3), strides=2, dtype=dtype, param_dtype=param_dtype,
+                             rngs=rngs)
+        self.bn = nnx.BatchNorm(8, dtype=dtype, param_dtype=param_dtype, rngs=rngs)
+        self.head = nnx.Linear(8, num_classes, dtype=dtype, param_dtype=param_dtype, rngs=rngs)
+
+    def __call__(self, x):
+        x = nnx.relu(self.bn(self.conv(x)))
+        return self.head(x.mean(axis=(1, 2))).astype(jnp.float32)
+
+
+def tiny_factory(name, *, num_classes, block_impl, dtype, param_dtype, drop_path, seed):
+    del name, block_impl, drop_path
+    return TinyNet(num_classes, dtype, param_dtype, nnx.Rngs(seed))
+
+
+# ----------------------------------------------------------------------------------------------
+# Pure bookkeeping
+
+
+def test_flops_to_target_on_scripted_sequence():
+    tracker = flops.TargetTracker([0.8, 0.5, 0.7, 0.95])
+    counter = flops.FlopsCounter(step_flops=1e9, forward_flops_per_image=1e6)
+    script = [(100, 0.30), (200, 0.55), (300, 0.52), (400, 0.72), (500, 0.85), (600, 0.60)]
+    reached_at = {}
+    done = 0
+    for step, top1 in script:
+        counter.add_steps(step - done, 64 * (step - done))
+        done = step
+        for rec in tracker.update(step=step, epoch=step / 100, wall_time_s=step * 0.5,
+                                  train_flops=counter.train_flops, top1=top1):
+            reached_at[rec.target] = rec
+    # Independent expectation: first eval with top1 >= target.
+    assert {t: r.step for t, r in reached_at.items()} == {0.5: 200, 0.7: 400, 0.8: 500}
+    assert tracker.records[0.95] is None
+    assert reached_at[0.7].train_flops == pytest.approx(400 * 1e9)
+    assert reached_at[0.7].wall_time_s == pytest.approx(200.0)
+    assert reached_at[0.8].top1 == pytest.approx(0.85)
+    # Cumulative counters: XLA = step FLOPs x steps; analytic = 3 x forward x images.
+    assert counter.xla_flops == pytest.approx(600 * 1e9)
+    assert counter.analytic_flops == pytest.approx(3 * 1e6 * 64 * 600)
+    assert counter.ratio == pytest.approx(600e9 / (3e6 * 64 * 600))
+    # JSON round trip (checkpoint meta) keeps the records; a later dip changes nothing.
+    back = flops.TargetTracker.from_json(json.loads(json.dumps(tracker.to_json())))
+    assert back.records == tracker.records
+    assert back.update(step=700, epoch=7, wall_time_s=1, train_flops=1, top1=0.99)[0].target == 0.95
+
+    # Ratios against a baseline (Hernandez & Brown's "x less compute").
+    runs = {"base": {"targets": tracker.to_json()},
+            "fast": {"targets": {"0.5": {"train_flops": 50e9}, "0.7": {"train_flops": 100e9},
+                                 "0.8": None, "0.95": None}}}
+    ratios = flops.flops_to_target_ratios(runs, "base")
+    assert ratios["fast"][0.5] == pytest.approx(50e9 / 200e9)
+    assert ratios["fast"][0.7] == pytest.approx(100e9 / 400e9)
+    assert ratios["fast"][0.8] is None and ratios["base"][0.8] == pytest.approx(1.0)
+    with pytest.raises(ValueError, match="baseline run 'nope' not found"):
+        flops.flops_to_target_ratios(runs, "nope")
+    with pytest.raises(ValueError, match="fractions"):
+        flops.TargetTracker([70])
+
+
+def test_lr_schedule_and_decay_mask():
+    sched = state_lib.lr_schedule(1.0, total_steps=10, warmup_steps=4)
+    steps = np.arange(10)
+    ref = np.where(steps < 4, (steps + 1) / 4,
+                   0.5 * (1 + np.cos(np.pi * np.clip((steps - 4) / 6, 0, 1))))
+    np.testing.assert_allclose(np.asarray(jax.vmap(sched)(steps)), ref, rtol=1e-6, atol=1e-7)
+    params = nnx.state(TinyNet(3, jnp.float32, jnp.float32, nnx.Rngs(0)), nnx.Param)
+    mask = state_lib.weight_decay_mask(params)
+    from flax import traverse_util
+    flat = traverse_util.flatten_dict(nnx.to_pure_dict(mask), sep="/")
+    assert flat == {"bn/bias": False, "bn/scale": False, "conv/bias": False,
+                    "conv/kernel": True, "head/bias": False, "head/kernel": True}
+
+
+# ----------------------------------------------------------------------------------------------
+# The real training step (convfirst_atto)
+
+
+@pytest.fixture(scope="module")
+def atto_setup(tiny_data):
+    """convfirst_atto, one initial state, and 30 real batches from the train loader."""
+    from convfirst_jax import create_model
+    model = create_model("convfirst_atto", num_classes=4, seed=0)
+    sched = state_lib.lr_schedule(4e-3, total_steps=30, warmup_steps=3)
+    tx = state_lib.make_optimizer(sched, weight_decay=0.05, grad_clip_norm=1.0)
+    defs, state0 = state_lib.create_train_state(model, tx, use_ema=False)
+    it = iter(data.build_train_loader(tiny_data, image_size=32, global_batch_size=BATCH, seed=0,
+                                      num_workers=0))
+    batches = [next(it) for _ in range(30)]
+    return defs, tx, sched, state0, batches
+
+
+def _run_steps(setup, devices, n_steps):
+    defs, tx, sched, state0, batches = setup
+    mesh = loop.make_mesh(devices)
+    with jax.set_mesh(mesh):
+        jit_train, _ = loop.jit_steps(defs, tx, sched, mesh, label_smoothing=0.1)
+        state = jax.device_put(jax.tree.map(jnp.copy, state0), NamedSharding(mesh, P()))
+        losses = []
+        for b in batches[:n_steps]:
+            state, m = jit_train(state, loop._to_global(b, NamedSharding(mesh, P("data"))))
+            losses.append(float(m["loss"]))
+    return jax.device_get(state), losses
+
+
+def test_loss_falls_over_30_steps(atto_setup):
+    _, losses = _run_steps(atto_setup, jax.devices()[:1], 30)
+    assert all(math.isfinite(x) for x in losses)
+    first, last = np.mean(losses[:5]), np.mean(losses[-5:])
+    # 4 classes: chance-level smoothed cross-entropy is ln 4 = 1.386.
+    assert first > 1.2
+    assert last < 0.8 * first, losses
+
+
+def test_sharded_step_equals_single_device(atto_setup):
+    if len(jax.devices()) < 4:
+        pytest.skip("needs 4 devices (tests/conftest.py sets 4 simulated CPU devices)")
+    s1, l1 = _run_steps(atto_setup, jax.devices()[:1], 2)
+    s4, l4 = _run_steps(atto_setup, jax.devices()[:4], 2)
+    np.testing.assert_allclose(l4, l1, rtol=1e-5)
+    for name in ("params", "batch_stats"):
+        a = jax.tree.leaves(getattr(s1, name))
+        b = jax.tree.leaves(getattr(s4, name))
+        assert len(a) == len(b) > 0
+        for x, y in zip(a, b):
+            np.testing.assert_allclose(np.asarray(y), np.asarray(x), rtol=1e-4, atol=2e-5)
+
+
+# ----------------------------------------------------------------------------------------------
+# The loop's bookkeeping (tiny model, in-process)
+
+
+def _corrupt_copy(src: pathlib.Path, dst: pathlib.Path) -> None:
+    """Copy the set; 2 unreadable train files, 1 unreadable val file, 1 grayscale train JPEG."""
+    shutil.copytree(src, dst)
+    train_files = sorted((dst / "train").rglob("*.*"))
+    train_files = [p for p in train_files if p.suffix.lower() in data.IMAGE_EXTENSIONS]
+    train_files[0].write_bytes(b"this is not an image")
+    train_files[1].write_bytes(train_files[1].read_bytes()[:100])  # truncated header
+    gray = train_files[2]
+    Image.open(gray).convert("L").save(gray.with_suffix(".JPEG"), "JPEG")
+    if gray.suffix != ".JPEG":
+        gray.unlink()
+    val_files = sorted(p for p in (dst / "val").rglob("*.*")
+                       if p.suffix.lower() in data.IMAGE_EXTENSIONS)
+    val_files[0].write_bytes(b"")
+
+
+def test_corrupt_and_grayscale_files_are_masked_and_counted(tiny_data, tmp_path):
+    root = tmp_path / "corrupt"
+    _corrupt_copy(tiny_data, root)
+    n_train = len(data.list_images(root, "train")[0])
+    assert n_train == 64  # 8 full batches: one epoch sees every file exactly once
+    config = tiny_config(root, max_steps=8, eval_every_steps=8, checkpoint_every_steps=8)
+    summary = loop.train_and_evaluate(config, tmp_path / "run", model_factory=tiny_factory)
+    assert summary["invalid_train_images"] == 2
+    final_eval = [r for r in _jsonl(tmp_path / "run" / "metrics.jsonl") if r["split"] == "eval"]
+    assert final_eval[-1]["unreadable"] == 1 and final_eval[-1]["count"] == 15
+    epoch = [r for r in _jsonl(tmp_path / "run" / "metrics.jsonl") if r["split"] == "epoch"]
+    assert epoch[0]["invalid_train_images"] == 2
+    assert math.isfinite(summary["final"]["loss"]) and math.isfinite(summary["final"]["train_loss"])
+
+
+def test_nan_loss_stops_with_message_and_keeps_last_good_checkpoint(tiny_data, tmp_path,
+                                                                    monkeypatch, capsys):
+    import convfirst_jax
+    from train.__main__ import main
+    monkeypatch.setattr(convfirst_jax, "create_model", tiny_factory)
+    workdir = tmp_path / "nan"
+    rc = main(["--config", str(REPO / "configs" / "convfirst_atto_cpu.py"),
+               "--workdir", str(workdir), f"--config.data_dir={tiny_data}",
+               "--config.image_size=32", "--config.batch_size=8", "--config.eval_batch_size=8",
+               "--config.num_workers=0", "--config.max_steps=8", "--config.eval_every_steps=8",
+               "--config.checkpoint_every_steps=2", "--config.log_every_steps=4",
+               "--config.speed_check_batches=0", "--config.progress_bar=false",
+               "--config.debug_nan_step=5"])
+    err = capsys.readouterr().err
+    assert rc == 1
+    assert "non-finite training loss nan at step 5" in err
+    assert "last good checkpoint is step 4" in err
+    steps = sorted(int(p.name) for p in (workdir / "checkpoints").iterdir() if p.name.isdigit())
+    assert steps and max(steps) == 4
+    assert not (workdir / "summary.json").exists()
+
+
+def _jsonl(path):
+    return [json.loads(line) for line in pathlib.Path(path).read_text().splitlines() if line]
+
+
+# ----------------------------------------------------------------------------------------------
+# kill -9 and resume (the real command line, a subprocess per run)
+
+
+def _cli(workdir: pathlib.Path, data_dir: pathlib.Path, env: dict) -> subprocess.Popen:
+    cmd = [sys.executable, "-m", "train", "--config", "configs/convfirst_atto_cpu.py",
+           "--workdir", str(workdir), f"--config.data_dir={data_dir}", "--config.image_size=32",
+           "--config.batch_size=8", "--config.eval_batch_size=8", "--config.num_workers=0",
+           "--config.max_steps=12", "--config.eval_every_steps=4",
+           "--config.checkpoint_every_steps=2", "--config.log_every_steps=2",
+           "--config.speed_check_batches=0", "--config.progress_bar=false",
+           "--config.warmup_epochs=0.5", "--config.ema_decay=0.9"]
+    return subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True)
+
+
+def _finish(proc: subprocess.Popen, timeout: float = 240) -> str:
+    out, _ = proc.communicate(timeout=timeout)
+    assert proc.returncode == 0, out
+    return out
+
+
+def test_resume_after_kill_9_equals_uninterrupted(tiny_data, tmp_path):
+    env = dict(os.environ)
+    env.update(XLA_FLAGS="--xla_force_host_platform_device_count=2", JAX_PLATFORMS="cpu",
+               JAX_COMPILATION_CACHE_DIR=str(tmp_path / "jax_cache"),
+               JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0",
+               JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES="0")
+    killed, straight = tmp_path / "killed", tmp_path / "straight"
+
+    proc = _cli(killed, tiny_data, env)
+    ckpts = killed / "checkpoints"
+    deadline = time.time() + 300
+    while time.time() < deadline and proc.poll() is None:
+        if ckpts.exists() and any(p.name.isdigit() for p in ckpts.iterdir()):
+            break
+        time.sleep(0.02)
+    assert proc.poll() is None, "the run ended before its first checkpoint:\n" + proc.stdout.read()
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    proc.stdout.close()
+    assert not (killed / "summary.json").exists(), "killed too late: the run had finished"
+
+    # Resume (same command) and the uninterrupted reference run side by side (compile cache).
+    resumed_proc = _cli(killed, tiny_data, env)
+    straight_proc = _cli(straight, tiny_data, env)
+    resumed_out = _finish(resumed_proc)
+    _finish(straight_proc)
+    assert "resumed from checkpoint step" in resumed_out, resumed_out
+
+    a = json.loads((straight / "summary.json").read_text())
+    b = json.loads((killed / "summary.json").read_text())
+    for key in ("top1", "top5", "loss", "train_loss"):
+        assert b["final"][key] == pytest.approx(a["final"][key], rel=1e-5, abs=1e-6), key
+    assert [h["top1"] for h in b["history"]] == pytest.approx([h["top1"] for h in a["history"]])
+    assert [h["loss"] for h in b["history"]] == pytest.approx(
+        [h["loss"] for h in a["history"]], rel=1e-5)
+    assert b["train_flops_xla"] == pytest.approx(a["train_flops_xla"])
+    assert {k: (v or {}).get("step") for k, v in b["targets"].items()} == \
+        {k: (v or {}).get("step") for k, v in a["targets"].items()}
+    # metrics.jsonl of the resumed run has no duplicate steps and matches the reference.
+    ra = [(r["split"], r["step"], r.get("loss")) for r in _jsonl(straight / "metrics.jsonl")]
+    rb = [(r["split"], r["step"], r.get("loss")) for r in _jsonl(killed / "metrics.jsonl")]
+    assert [x[:2] for x in rb] == [x[:2] for x in ra]
+    np.testing.assert_allclose([x[2] or 0 for x in rb], [x[2] or 0 for x in ra], rtol=1e-5)
