@@ -19,6 +19,7 @@ import argparse
 import csv
 import io
 import json
+import os
 import sys
 
 from convfirst_jax.complexity import (ComplexityTable, model_complexity, model_table_markdown,
@@ -190,6 +191,10 @@ def main(argv: list[str] | None = None) -> int:
             out = sys.stderr if fmt in ("csv", "json") else sys.stdout
             print("", file=out)
             print(_check_xla_text(args, args.dtype), file=out)
+    except BrokenPipeError:  # e.g. `convfirst-summary convnext_tiny | head`
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())  # keep the interpreter from failing on flush
+        return 1
     except (ValueError, OSError) as e:
         parser.exit(2, f"{parser.prog}: error: {e}\n")
     return 0

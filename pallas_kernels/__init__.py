@@ -7,7 +7,7 @@ interpreter elsewhere); ``conv_first_block_reference`` is the same block in plai
 Launch parameters live in :mod:`pallas_kernels.tuning`.
 """
 
-from pallas_kernels.conv_first_block import conv_first_block, fused_forward
+from pallas_kernels.fused_block import conv_first_block, fused_forward
 from pallas_kernels.options import ACTIVATIONS, NORMS, BlockOptions
 from pallas_kernels.reference import conv_first_block_reference
 from pallas_kernels.tuning import LAUNCH_TABLE, LaunchConfig, launch_config

@@ -29,7 +29,7 @@ def _erfc_nonneg(u: jax.Array) -> jax.Array:
 
 
 def gelu_exact_kernel(x: jax.Array) -> jax.Array:
-    """Exact (erf) GELU, x * Phi(x) (Hendrycks & Gimpel 2016, Eq. 1), without lax.erf.
+    """Exact (erf) GELU, x * Phi(x) (Hendrycks & Gimpel 2016), without lax.erf.
 
     Phi(x) = 1 - erfc(x/sqrt2)/2 for x >= 0 and erfc(-x/sqrt2)/2 for x < 0, so the negative
     tail is computed without cancellation. Absolute error of Phi <= 7.5e-8.
@@ -40,7 +40,7 @@ def gelu_exact_kernel(x: jax.Array) -> jax.Array:
 
 
 def gelu_tanh(x: jax.Array) -> jax.Array:
-    """tanh-approximated GELU (Hendrycks & Gimpel 2016, Sec. 2)."""
+    """tanh-approximated GELU (Hendrycks & Gimpel 2016)."""
     inner = math.sqrt(2.0 / math.pi) * (x + 0.044715 * (x * x * x))
     return 0.5 * x * (1.0 + jnp.tanh(inner))
 

@@ -1,6 +1,6 @@
 """Static options of a conv-first block call and the checks behind its ValueErrors.
 
-Shared by the fused kernel (:mod:`pallas_kernels.conv_first_block`) and the plain-jnp
+Shared by the fused kernel (:mod:`pallas_kernels.fused_block`) and the plain-jnp
 reference (:mod:`pallas_kernels.reference`) so both accept exactly the same inputs; the kernel
 additionally enforces the constraints of its Triton tiling (``kernel_only=True``).
 """
@@ -39,7 +39,9 @@ class BlockOptions:
 
 
 def _fail(msg: str, kernel_only: bool) -> None:
-    raise ValueError(f"conv_first_block: {msg}" + (f" ({_XLA_HINT})." if kernel_only else "."))
+    if kernel_only:
+        raise ValueError(f"conv_first_block: {msg} ({_XLA_HINT}).")
+    raise ValueError(f"conv_first_block_reference: {msg}.")
 
 
 def _shape(a: Any) -> tuple[int, ...]:

@@ -27,7 +27,7 @@ def conv_first_block_reference(
     eps: float = 1e-6,
     branch_scale: jax.Array | None = None,
 ) -> jax.Array:
-    """One conv-first block (Lavin 2024, Sec. 3; Liu et al. 2022, Fig. 4), unfused::
+    """One conv-first block (Lavin 2024, "ConvFirst block"; Liu et al. 2022, ConvNeXt), unfused::
 
         y   = conv_kxk(x, groups=C/group_width, padding=k//2) + conv_b
         y   = norm(y)            # "affine": y*scale+shift ; "layernorm": per-pixel LN over C

@@ -11,14 +11,19 @@ hidden width E*C, and ``dtype_name`` the activation dtype (``"float32"``, ``"bfl
 ``"float16"``).
 
 Register/shared-memory budget behind the default rule (one program = one tile of ``tile``
-output pixels with all ``c_padded`` channels; Lavin 2024, Sec. 4 "block fusion"):
+output pixels with all ``c_padded`` channels; Lavin 2024, "block fusion"):
 
 * two f32 accumulators of ``tile x c_padded`` (conv output y and projection z) live in
-  registers for the whole program, so ``tile * c_padded`` is capped at 4096 elements
-  (8192 when c_padded >= 512, where the tile cannot shrink below Triton's dot minimum 16);
+  registers for the whole program, so ``tile * c_padded`` is capped at 8192 elements (32
+  registers per thread each at 8 warps), except at c_padded = 1024 where the tile cannot
+  shrink below Triton's dot minimum 16; 8 warps above 4096 elements, else 4;
 * per hidden chunk the expand weights ``(c_padded, hidden_chunk)`` and project weights
-  ``(hidden_chunk, c_padded)`` are staged through shared memory; ``c_padded * hidden_chunk`` is
-  capped at 8192 elements (16 KiB in bf16, 32 KiB in f32 per operand per pipeline stage);
+  ``(hidden_chunk, c_padded)`` are staged through shared memory: ``hidden_chunk`` (<= 128) is
+  sized so both fit in 32 KiB, and then 2 pipeline stages are used; when even
+  hidden_chunk = 16 does not fit (c_padded >= 512 in float32, 1024 in bfloat16: 64-128 KiB)
+  a single stage is used -- those blocks are shared-memory bound, bfloat16 is the intended
+  fast path;
+* group_width 8 halves tiles above 32 (8x the CUDA-core FMAs and gathers per tap);
 * every dot dimension is >= 16 (Triton ``tl.dot`` minimum) and a power of two.
 
 These defaults are educated guesses, not measurements: the table ships empty and is meant to
@@ -29,10 +34,15 @@ from __future__ import annotations
 
 import dataclasses
 
+import jax.numpy as jnp
 import numpy as np
 
 # Triton's tl.dot needs every dimension >= 16.
 MIN_DOT_DIM = 16
+# Register budget: elements of each of the two (tile, c_padded) f32 accumulators.
+ACC_ELEMENTS = 8192
+# Shared-memory budget of one pipeline stage of expand + project weight chunks.
+STAGE_BYTES = 32 * 1024
 
 
 @dataclasses.dataclass(frozen=True)
@@ -87,17 +97,21 @@ def padded_channels(channels: int) -> int:
 def default_launch_config(c_padded: int, kernel_size: int, group_width: int, hidden: int,
                           dtype_name: str) -> LaunchConfig:
     """The default rule used when :data:`LAUNCH_TABLE` has no entry (see module docstring)."""
-    del kernel_size, dtype_name  # The default rule only budgets registers/shared memory.
-    acc_budget = 4096 if c_padded < 512 else 8192
-    tile = int(np.clip(acc_budget // c_padded, MIN_DOT_DIM, 128))
-    hidden_chunk = int(np.clip(8192 // c_padded, MIN_DOT_DIM, 128))
-    hidden_chunk = max(MIN_DOT_DIM, min(hidden_chunk, next_power_of_2(hidden)))
+    del kernel_size  # The default rule only budgets registers and shared memory.
+    itemsize = np.dtype(jnp.dtype(dtype_name)).itemsize
+    tile = int(np.clip(ACC_ELEMENTS // c_padded, MIN_DOT_DIM, 128))
     # Grouped convs (group_width 8) do 8x the CUDA-core FMAs per tap: smaller tiles keep the
     # gathered operands in registers.
     if group_width > 1 and tile > 32:
         tile //= 2
+    # Expand + project weight chunks: 2 * c_padded * hidden_chunk * itemsize bytes per
+    # pipeline stage.
+    hidden_chunk = int(np.clip(STAGE_BYTES // (2 * c_padded * itemsize), MIN_DOT_DIM, 128))
+    hidden_chunk = max(MIN_DOT_DIM, min(hidden_chunk, next_power_of_2(hidden)))
+    num_stages = 2 if 2 * c_padded * hidden_chunk * itemsize <= STAGE_BYTES else 1
     num_warps = 4 if tile * c_padded <= 4096 else 8
-    return LaunchConfig(tile=tile, hidden_chunk=hidden_chunk, num_warps=num_warps, num_stages=2)
+    return LaunchConfig(tile=tile, hidden_chunk=hidden_chunk, num_warps=num_warps,
+                        num_stages=num_stages)
 
 
 def launch_config(c_padded: int, kernel_size: int, group_width: int, hidden: int,

@@ -97,7 +97,18 @@ def test_convfirst_gmacs_at_most_convnext_of_same_name(size):
 
 @pytest.fixture(scope="module")
 def abstract_models():
-    return {name: nnx.eval_shape(lambda name=name: create_model(name)) for name in list_models()}
+    # Speed only: while tracing the init, flax probes ``tracer.sharding`` on every RNG-count
+    # update, and jax builds the (unused) AttributeError message by walking the whole jaxpr,
+    # which makes nnx.eval_shape quadratic in model size (~5x slower for the 36-block models).
+    # Blanking that message text changes no traced value; without the private hook (another
+    # jax version) the fixture is just slower.
+    from jax._src.interpreters import partial_eval as pe
+
+    with pytest.MonkeyPatch.context() as mp:
+        if hasattr(getattr(pe, "DynamicJaxprTracer", None), "_origin_msg"):
+            mp.setattr(pe.DynamicJaxprTracer, "_origin_msg", lambda self: "")
+        return {name: nnx.eval_shape(lambda name=name: create_model(name))
+                for name in list_models()}
 
 
 def _module_at(model, path: str):
@@ -181,7 +192,8 @@ def test_valid_taps_by_hand():
     assert valid_taps(8, 3, 1, 1) == 22
     assert valid_taps(2, 7, 1, 3) == 4        # both outputs see both inputs
     assert valid_taps(16, 4, 4, 0) == 16      # patchify: no padding, every tap valid
-    assert valid_taps(7, 3, 2, 1) == 4 * 3 - 1
+    # 7 px, 3x3/2, pad 1 -> 4 outputs; the first reads pixel -1, the last pixel 7 (padding)
+    assert valid_taps(7, 3, 2, 1) == 4 * 3 - 2
 
 
 def _one_layer(method, *args, batch=2, count_padding=False, **kw):
@@ -191,38 +203,73 @@ def _one_layer(method, *args, batch=2, count_padding=False, **kw):
     return layer
 
 
+def _standalone_modules(c: int, rngs: nnx.Rngs) -> dict:
+    return {
+        "ln": nnx.LayerNorm(c, epsilon=1e-6, use_fast_variance=False, rngs=rngs),
+        "bn": nnx.BatchNorm(c, use_running_average=True, use_fast_variance=False, rngs=rngs),
+        "dw": nnx.Conv(c, c, (7, 7), padding=((3, 3), (3, 3)), feature_group_count=c,
+                       rngs=rngs),
+        "full": nnx.Conv(c, 16, (3, 3), strides=(2, 2), padding=((1, 1), (1, 1)),
+                         use_bias=False, rngs=rngs),
+        "fc": nnx.Linear(c, 40, rngs=rngs),
+    }
+
+
 def test_per_op_flops_match_xla_standalone():
-    """Each per-element constant of complexity.costs against XLA on a small standalone op."""
-    rngs = nnx.Rngs(0)
+    """Each per-op count of complexity.costs against XLA on a small standalone op.
+
+    Parameters enter the jitted function as arguments, as in the real model (closed-over
+    constants would let XLA fold the ones/zeros of a fresh norm away). Window and matmul ops
+    must match exactly. Element-wise counts are a convention calibrated on XLA: how XLA fuses
+    a reduction changes its count a little with the shape (LayerNorm measured 7 to 9.25
+    flops/element over shapes on jax 0.10.2), so norms and activations get 10 %.
+    """
     n, h, c = 2, 9, 24
     x = jax.ShapeDtypeStruct((n, h, h, c), jnp.float32)
-    cases = []
-    ln = nnx.LayerNorm(c, epsilon=1e-6, use_fast_variance=False, rngs=rngs)
-    cases.append((lambda a: ln(a), _one_layer("norm", "ln", None, (h, h, c), "layernorm")))
-    bn = nnx.BatchNorm(c, use_running_average=True, use_fast_variance=False, rngs=rngs)
-    cases.append((lambda a: bn(a), _one_layer("norm", "bn", None, (h, h, c), "batchnorm")))
-    for fn, name in ((jax.nn.relu, "relu"), (jax.nn.silu, "silu"),
-                     (lambda a: jax.nn.gelu(a, approximate=False), "gelu"),
-                     (lambda a: jax.nn.gelu(a, approximate=True), "gelu_tanh")):
-        cases.append((fn, _one_layer("activation", name, None, (h, h, c), name)))
-    dw = nnx.Conv(c, c, (7, 7), padding=((3, 3), (3, 3)), feature_group_count=c, rngs=rngs)
-    cases.append((lambda a: dw(a), _one_layer("conv", "dw", None, (h, h, c), c, kernel_size=7,
-                                              padding=3, groups=c, bias=True)))
-    full = nnx.Conv(c, 16, (3, 3), strides=(2, 2), padding=((1, 1), (1, 1)), use_bias=False,
-                    rngs=rngs)
-    cases.append((lambda a: full(a), _one_layer("conv", "full", None, (h, h, c), 16,
-                                                kernel_size=3, stride=2, padding=1)))
-    cases.append((lambda a: nnx.max_pool(a, (3, 3), strides=(2, 2), padding=((1, 1), (1, 1))),
-                  _one_layer("max_pool", "mp", None, (h, h, c), kernel_size=3, stride=2,
-                             padding=1)))
-    cases.append((lambda a: a.mean(axis=(1, 2)),
-                  _one_layer("global_avg_pool", "gap", None, (h, h, c))))
-    fc = nnx.Linear(c, 40, rngs=rngs)
-    cases.append((lambda a: fc(a), _one_layer("dense", "fc", None, (h, h, c), 40)))
-    cases.append((lambda a: a + a[::-1], _one_layer("add", "add", None, (h, h, c))))
-    for fn, layer in cases:
-        cost = _xla_cost(fn, x)
-        assert layer.flops == cost.get("flops", 0.0), layer.name
+    modules = nnx.eval_shape(lambda: _standalone_modules(c, nnx.Rngs(0)))
+    exact = [  # (function of (module or None, x), our LayerCost)
+        (lambda m, a: m(a), "dw", _one_layer("conv", "dw", None, (h, h, c), c, kernel_size=7,
+                                              padding=3, groups=c, bias=True)),
+        (lambda m, a: m(a), "full", _one_layer("conv", "full", None, (h, h, c), 16,
+                                                kernel_size=3, stride=2, padding=1)),
+        (lambda m, a: m(a), "fc", _one_layer("dense", "fc", None, (h, h, c), 40)),
+        (lambda m, a: nnx.max_pool(a, (3, 3), strides=(2, 2), padding=((1, 1), (1, 1))), None,
+         _one_layer("max_pool", "mp", None, (h, h, c), kernel_size=3, stride=2, padding=1)),
+        (lambda m, a: a.mean(axis=(1, 2)), None,
+         _one_layer("global_avg_pool", "gap", None, (h, h, c))),
+        (lambda m, a: a + a[::-1], None, _one_layer("add", "add", None, (h, h, c))),
+    ]
+    approx = [
+        (lambda m, a: m(a), "ln", _one_layer("norm", "ln", None, (h, h, c), "layernorm")),
+        (lambda m, a: m(a), "bn", _one_layer("norm", "bn", None, (h, h, c), "batchnorm")),
+        (lambda m, a: jax.nn.relu(a), None, _one_layer("activation", "relu", None, (h, h, c), "relu")),
+        (lambda m, a: jax.nn.silu(a), None, _one_layer("activation", "silu", None, (h, h, c), "silu")),
+        (lambda m, a: jax.nn.gelu(a, approximate=False), None,
+         _one_layer("activation", "gelu", None, (h, h, c), "gelu")),
+        (lambda m, a: jax.nn.gelu(a, approximate=True), None,
+         _one_layer("activation", "gelu_tanh", None, (h, h, c), "gelu_tanh")),
+    ]
+
+    def xla(fn, key):
+        if key is None:
+            return _xla_cost(lambda a: fn(None, a), x)
+        graphdef, state = nnx.split(modules[key])
+        return _xla_cost(lambda st, a: fn(nnx.merge(graphdef, st), a), state, x)
+
+    # One compile for all the exact ops (independent outputs of one program: XLA's count is
+    # the sum of the per-op counts).
+    graphdef, state = nnx.split(modules)
+
+    def exact_ops(st, a):
+        mods = nnx.merge(graphdef, st)
+        return [fn(mods[key] if key else None, a) for fn, key, _ in exact]
+
+    cost = _xla_cost(exact_ops, state, x)
+    assert sum(l.flops for _, _, l in exact) == cost["flops"], [(l.name, l.flops) for _, _, l in exact]
+    assert cost.get("transcendentals", 0.0) == 0
+    for fn, key, layer in approx:
+        cost = xla(fn, key)
+        assert layer.flops == pytest.approx(cost.get("flops", 0.0), rel=0.1), layer.name
         assert layer.transcendentals == cost.get("transcendentals", 0.0), layer.name
 
 
@@ -331,7 +378,7 @@ def test_cli_update_readme(tmp_path, capsys):
 
 
 def test_cli_check_xla(capsys):
-    assert summary.main(["convfirst_atto", "--resolution", "32", "--check-xla"]) == 0
+    assert summary.main(["resnet18", "--resolution", "32", "--check-xla"]) == 0
     out = capsys.readouterr().out
     assert "XLA flops" in out and "ours / XLA = " in out
     ratio = float(out.split("ours / XLA = ")[1].split(")")[0])

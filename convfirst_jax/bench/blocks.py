@@ -21,6 +21,7 @@ from typing import Any, Callable
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from jax import lax
 
 from convfirst_jax.bench.layers import ACTIVATIONS
@@ -55,28 +56,29 @@ class BlockCase:
                     group_width=self.group_width, eps=self.eps)
 
 
-def make_block_params(key: jax.Array, case: BlockCase, dtype: str | None = None
+def make_block_params(rng: np.random.Generator, case: BlockCase, dtype: str | None = None
                       ) -> dict[str, jax.Array]:
     """Random block parameters in the kernel's ``params`` layout (variance-preserving scales)."""
+    from convfirst_jax.bench.common import random_normal
+
     c, k, gw, e = case.channels, case.kernel_size, case.group_width, case.expansion
     dt = dtype or case.dtype
-    ks = jax.random.split(key, 9)
 
-    def rnd(kk, shape, scale):
-        return (scale * jax.random.normal(kk, shape, jnp.float32)).astype(dt)
+    def rnd(shape, scale, shift=0.0):
+        return random_normal(rng, shape, dt, scale, shift)
 
     p = {
-        "conv_w": rnd(ks[0], (k, k, gw, c), (k * k * gw) ** -0.5),
-        "conv_b": rnd(ks[1], (c,), 0.1),
-        "norm_scale": (1.0 + rnd(ks[2], (c,), 0.1).astype(jnp.float32)).astype(dt),
-        "norm_shift": rnd(ks[3], (c,), 0.1),
-        "w1": rnd(ks[4], (c, e * c), c ** -0.5),
-        "b1": rnd(ks[5], (e * c,), 0.1),
-        "w2": rnd(ks[6], (e * c, c), (e * c) ** -0.5),
-        "b2": rnd(ks[7], (c,), 0.1),
+        "conv_w": rnd((k, k, gw, c), (k * k * gw) ** -0.5),
+        "conv_b": rnd((c,), 0.1),
+        "norm_scale": rnd((c,), 0.1, 1.0),
+        "norm_shift": rnd((c,), 0.1),
+        "w1": rnd((c, e * c), c ** -0.5),
+        "b1": rnd((e * c,), 0.1),
+        "w2": rnd((e * c, c), (e * c) ** -0.5),
+        "b2": rnd((c,), 0.1),
     }
     if case.layer_scale:
-        p["layer_scale"] = (0.5 + 0.1 * jax.random.normal(ks[8], (c,))).astype(dt)
+        p["layer_scale"] = rnd((c,), 0.1, 0.5)
     return p
 
 

@@ -54,18 +54,23 @@ def pallas_skip_note() -> str:
     return CPU_PALLAS_NOTE.format(platform=jax.default_backend())
 
 
-def random_normal(key: jax.Array, shape: Sequence[int], dtype: str, scale: float = 1.0):
-    """Random N(0, scale^2) data (never zeros: zeros can take fast paths)."""
-    return (scale * jax.random.normal(key, tuple(shape), jnp.float32)).astype(dtype)
+def random_normal(rng: np.random.Generator, shape: Sequence[int], dtype: str,
+                  scale: float = 1.0, shift: float = 0.0) -> jax.Array:
+    """Random N(shift, scale^2) data on the device (never zeros: zeros can take fast paths).
+
+    Drawn with numpy and transferred, so making inputs never compiles anything.
+    """
+    a = shift + scale * rng.standard_normal(tuple(shape), dtype=np.float32)
+    return jnp.asarray(a.astype(jnp.dtype(dtype)))
 
 
-def rotated_inputs(make: Callable[[jax.Array], tuple], key: jax.Array,
+def rotated_inputs(make: Callable[[np.random.Generator], tuple], seed: int | Sequence[int],
                    opts: TimingOptions) -> list[tuple]:
-    """``make(key)`` once to size one set, then enough independent sets to defeat caches."""
-    first = make(key)
+    """``make(rng)`` once to size one set, then enough independent sets to defeat caches."""
+    rng = np.random.default_rng(seed)
+    first = make(rng)
     n = opts.n_buffers(tree_nbytes(first))
-    keys = jax.random.split(jax.random.fold_in(key, 1), n - 1) if n > 1 else []
-    return [first] + [make(k) for k in keys]
+    return [first] + [make(rng) for _ in range(n - 1)]
 
 
 def environment(argv: Sequence[str]) -> dict[str, Any]:
@@ -127,6 +132,7 @@ def make_record(*, suite: str, name: str, impl: str, mode: str, dtype: str, batc
 def skipped_record(*, suite: str, name: str, impl: str, mode: str, dtype: str,
                    batch_size: int | None, note: str, **extra: Any) -> dict[str, Any]:
     """A measurement that was not taken, and why (kept in the results, never silently lost)."""
+    extra.setdefault("kind", {"blocks": "block", "models": "model"}.get(suite, ""))
     return {"suite": suite, "name": name, "impl": impl, "mode": mode, "dtype": dtype,
             "batch_size": batch_size, "status": "skipped", "note": note, **extra}
 

@@ -12,7 +12,10 @@ from typing import Any, Callable
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from jax import lax
+
+from convfirst_jax.bench.common import random_normal
 
 ACTIVATIONS: dict[str, Callable[[jax.Array], jax.Array]] = {
     "relu": jax.nn.relu,
@@ -54,11 +57,11 @@ def _max_pool(x, *, k: int, stride: int, padding: int):
 
 
 def layer_op(layer: Any, batch_size: int, dtype: str
-             ) -> tuple[Callable[..., jax.Array], Callable[[jax.Array], tuple]]:
+             ) -> tuple[Callable[..., jax.Array], Callable[[np.random.Generator], tuple]]:
     """(fn, make_args) that run ``layer`` standalone for ``batch_size`` images.
 
-    ``make_args(key)`` draws a fresh random input set (activations and weights), so several
-    sets can be rotated. Raises ValueError for an op it does not know.
+    ``make_args(rng)`` draws a fresh random input set (activations and weights) from a numpy
+    Generator, so several sets can be rotated. Raises ValueError for an op it does not know.
     """
     h, w, c = layer.in_shape
     co = layer.out_shape[2]
@@ -66,59 +69,44 @@ def layer_op(layer: Any, batch_size: int, dtype: str
     op = getattr(layer, "op", "") or _infer_op(layer)
     x_shape = (batch_size, h, w, c)
 
-    def rnd(key, shape, scale=1.0):
-        return (scale * jax.random.normal(key, shape, jnp.float32)).astype(dtype)
+    def rnd(rng, shape, scale=1.0, shift=0.0, dt=dtype):
+        return random_normal(rng, shape, dt, scale, shift)
 
     if op == "conv":
         bias = getattr(layer, "bias", False)
 
-        def make(key):
-            kx, kw, kb = jax.random.split(key, 3)
-            args = (rnd(kx, x_shape), rnd(kw, (k, k, c // g, co), (k * k * c / g) ** -0.5))
-            return args + ((rnd(kb, (co,)),) if bias else ())
+        def make(rng):
+            args = (rnd(rng, x_shape), rnd(rng, (k, k, c // g, co), (k * k * c / g) ** -0.5))
+            return args + ((rnd(rng, (co,)),) if bias else ())
 
         return (lambda x, w, *b: _conv(x, w, *b, stride=s, padding=p, groups=g)), make
     if op == "dense":
         bias = getattr(layer, "bias", False)
 
-        def make(key):
-            kx, kw, kb = jax.random.split(key, 3)
-            args = (rnd(kx, x_shape), rnd(kw, (c, co), c ** -0.5))
-            return args + ((rnd(kb, (co,)),) if bias else ())
+        def make(rng):
+            args = (rnd(rng, x_shape), rnd(rng, (c, co), c ** -0.5))
+            return args + ((rnd(rng, (co,)),) if bias else ())
 
         return _dense, make
     if op == "layernorm":
-        def make(key):
-            kx, kg, kb = jax.random.split(key, 3)
-            return rnd(kx, x_shape), rnd(kg, (c,)), rnd(kb, (c,))
-
-        return _layernorm, make
+        return _layernorm, lambda rng: (rnd(rng, x_shape), rnd(rng, (c,)), rnd(rng, (c,)))
     if op == "batchnorm":
-        def make(key):
-            kx, km, kv, kg, kb = jax.random.split(key, 5)
-            var = jnp.abs(rnd(kv, (c,))).astype(jnp.float32) + 0.5
-            return (rnd(kx, x_shape), rnd(km, (c,)).astype(jnp.float32), var,
-                    rnd(kg, (c,)).astype(jnp.float32), rnd(kb, (c,)).astype(jnp.float32))
+        def make(rng):
+            f32 = "float32"
+            return (rnd(rng, x_shape), rnd(rng, (c,), dt=f32), rnd(rng, (c,), 0.1, 1.0, f32),
+                    rnd(rng, (c,), dt=f32), rnd(rng, (c,), dt=f32))
 
         return _batchnorm, make
     if op in ACTIVATIONS:
-        return ACTIVATIONS[op], lambda key: (rnd(key, x_shape),)
+        return ACTIVATIONS[op], lambda rng: (rnd(rng, x_shape),)
     if op == "max":
-        return (lambda x: _max_pool(x, k=k, stride=s, padding=p)), lambda key: (rnd(key, x_shape),)
+        return (lambda x: _max_pool(x, k=k, stride=s, padding=p)), lambda rng: (rnd(rng, x_shape),)
     if op == "mean":
-        return (lambda x: x.mean(axis=(1, 2), keepdims=True)), lambda key: (rnd(key, x_shape),)
+        return (lambda x: x.mean(axis=(1, 2), keepdims=True)), lambda rng: (rnd(rng, x_shape),)
     if op == "add":
-        def make(key):
-            ka, kb = jax.random.split(key)
-            return rnd(ka, x_shape), rnd(kb, x_shape)
-
-        return (lambda a, b: a + b), make
+        return (lambda a, b: a + b), lambda rng: (rnd(rng, x_shape), rnd(rng, x_shape))
     if op == "mul":
-        def make(key):
-            kx, kg = jax.random.split(key)
-            return rnd(kx, x_shape), rnd(kg, (c,))
-
-        return (lambda x, g_: x * g_), make
+        return (lambda x, g_: x * g_), lambda rng: (rnd(rng, x_shape), rnd(rng, (c,)))
     raise ValueError(f"layer {layer.name!r}: cannot rebuild op {op!r} (kind {layer.kind!r}) "
                      "standalone; known ops: conv, dense, layernorm, batchnorm, "
                      f"{', '.join(ACTIVATIONS)}, max, mean, add, mul")

@@ -40,7 +40,7 @@ class Notes(list):
 
 # ----------------------------------------------------------------------------- layers
 def time_layers(layers: Sequence[Any], *, group: str, batch_size: int, dtype: str,
-                resolution: int, ceil: Ceilings, opts: TimingOptions, key: jax.Array,
+                resolution: int, ceil: Ceilings, opts: TimingOptions, seed: Sequence[int],
                 fused_bytes: Callable[[list], int] | None = None) -> list[dict[str, Any]]:
     """Time every layer standalone (waterline chart), then one aggregate record per block.
 
@@ -51,7 +51,7 @@ def time_layers(layers: Sequence[Any], *, group: str, batch_size: int, dtype: st
     peak, bw = ceil.peak_flops, ceil.bandwidth
     for i, layer in enumerate(layers):
         fn, make = layer_op(layer, batch_size, dtype)
-        sets = rotated_inputs(make, jax.random.fold_in(key, i), opts)
+        sets = rotated_inputs(make, [*seed, i], opts)
         timing = opts.time(fn, sets)
         nbytes = roofline.layer_bytes(layer)
         recs.append(make_record(
@@ -93,7 +93,6 @@ def run_blocks(args: Any, ceilings: dict[str, Ceilings], opts: TimingOptions,
                notes: Notes) -> list[dict[str, Any]]:
     """Suite "blocks": one conv-first block per configuration, every impl and batch size."""
     recs: list[dict[str, Any]] = []
-    key = jax.random.key(opts.seed)
     grid = itertools.product(args.dtype, args.channels, args.resolution, args.kernel_size,
                              args.expansion, args.norm, args.activation)
     for ci, (dtype, c, r, k, e, norm, act) in enumerate(grid):
@@ -101,7 +100,6 @@ def run_blocks(args: Any, ceilings: dict[str, Ceilings], opts: TimingOptions,
                              group_width=args.group_width, norm=norm, activation=act,
                              layer_scale=args.layer_scale, dtype=dtype)
         ceil = ceilings[dtype]
-        ckey = jax.random.fold_in(key, ci)
         for b in args.batch_sizes:
             layers = blk.block_layer_costs(case, b)
             flops = sum(l.flops for l in layers)
@@ -109,10 +107,8 @@ def run_blocks(args: Any, ceilings: dict[str, Ceilings], opts: TimingOptions,
             wl = roofline.waterline(layers, ceil.peak_flops, ceil.bandwidth)
             fused = roofline.fused_block_floor(layers, ceil.peak_flops, ceil.bandwidth)
 
-            def make(kk, b=b):
-                kx, kp = jax.random.split(kk)
-                return (random_normal(kx, (b, r, r, c), dtype),
-                        blk.make_block_params(kp, case))
+            def make(rng, b=b):
+                return random_normal(rng, (b, r, r, c), dtype), blk.make_block_params(rng, case)
 
             sets = None
             ref_out: dict[str, Any] = {}
@@ -131,7 +127,7 @@ def run_blocks(args: Any, ceilings: dict[str, Ceilings], opts: TimingOptions,
                     recs.append(skipped_record(note=msg, **common))
                     continue
                 if sets is None:
-                    sets = rotated_inputs(make, jax.random.fold_in(ckey, b), opts)
+                    sets = rotated_inputs(make, [opts.seed, ci, b], opts)
                 log(f"[blocks] {case.label} {dtype} batch {b} impl {impl}")
                 timing = opts.time(fn, sets, on_first=lambda out, i=impl: ref_out.__setitem__(i, out))
                 diff = (max_abs_diff(ref_out[impl], ref_out["xla"])
@@ -147,7 +143,7 @@ def run_blocks(args: Any, ceilings: dict[str, Ceilings], opts: TimingOptions,
             layers = blk.block_layer_costs(case, b)
             recs += time_layers(
                 layers, group=f"{case.label} {dtype}", batch_size=b, dtype=dtype, resolution=r,
-                ceil=ceil, opts=opts, key=jax.random.fold_in(ckey, 7919),
+                ceil=ceil, opts=opts, seed=[opts.seed, ci, 7919],
                 fused_bytes=lambda ls: (ls[0].act_bytes_read + ls[-1].act_bytes_written
                                         + sum(l.weight_bytes for l in ls)))
     return recs
@@ -168,7 +164,7 @@ def _model_layer_breakdown(name: str, *, resolution: int, batch_size: int, dtype
     log(f"[layers] {name}: timing {len(layers)} ops standalone, batch {batch_size} {dtype}")
     return time_layers(layers, group=f"{name} @{resolution}px", batch_size=batch_size,
                        dtype=dtype, resolution=resolution, ceil=ceil, opts=opts,
-                       key=jax.random.key(opts.seed + 17), fused_bytes=fb)
+                       seed=[opts.seed, 17], fused_bytes=fb)
 
 
 def run_models(args: Any, ceilings: dict[str, Ceilings], opts: TimingOptions, notes: Notes,
@@ -177,7 +173,6 @@ def run_models(args: Any, ceilings: dict[str, Ceilings], opts: TimingOptions, no
     """Suite "models": whole-model inference (and train step) per impl, dtype and batch."""
     recs: list[dict[str, Any]] = []
     top1 = top1 or {}
-    key = jax.random.key(opts.seed)
     res, ncls = args.resolution, args.num_classes
     outputs: dict[tuple, Any] = {}
     for mi, name in enumerate(args.models):
@@ -203,10 +198,9 @@ def run_models(args: Any, ceilings: dict[str, Ceilings], opts: TimingOptions, no
                 for b in args.batch_sizes:
                     table = mdl.model_table(name, res, b, dtype, ncls)
                     unfused, fused = mdl.model_floors(table, ceil)
-                    bkey = jax.random.fold_in(key, mi * 1000 + b)
                     # Rotate the images (weights are shared by every call, as in serving).
-                    xs = rotated_inputs(lambda kk: (random_normal(kk, (b, res, res, 3), dtype),),
-                                        bkey, opts)
+                    xs = rotated_inputs(lambda rng: (random_normal(rng, (b, res, res, 3), dtype),),
+                                        [opts.seed, mi, b], opts)
                     sets = [(state, *x) for x in xs]
                     log(f"[models] {name} {impl} {dtype} batch {b}: inference")
                     okey = (name, dtype, b)
@@ -228,14 +222,12 @@ def run_models(args: Any, ceilings: dict[str, Ceilings], opts: TimingOptions, no
                     step, state0 = mdl.train_step_fn(model)
                     for b in args.batch_sizes:
                         table = mdl.model_table(name, res, b, dtype, ncls)
-                        bkey = jax.random.fold_in(key, mi * 1000 + b + 500)
+                        def make(rng, b=b):
+                            return (random_normal(rng, (b, res, res, 3), dtype),
+                                    jnp.asarray(rng.integers(0, ncls, (b,)), jnp.int32))
 
-                        def make(kk, b=b):
-                            kx, ky = jax.random.split(kk)
-                            return (random_normal(kx, (b, res, res, 3), dtype),
-                                    jax.random.randint(ky, (b,), 0, ncls, jnp.int32))
-
-                        sets = [(*state0, *xy) for xy in rotated_inputs(make, bkey, opts)]
+                        sets = [(*state0, *xy)
+                                for xy in rotated_inputs(make, [opts.seed, mi, b, 1], opts)]
                         log(f"[models] {name} {impl} {dtype} batch {b}: train step")
                         timing = opts.time(step, sets)
                         flops = mdl.TRAIN_FLOPS_FACTOR * table.flops

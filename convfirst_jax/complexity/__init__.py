@@ -7,8 +7,8 @@ registered model, built from ``convfirst_jax.specs`` so it can never drift from 
 
     >>> from convfirst_jax.complexity import model_complexity
     >>> t = model_complexity("convnext_tiny")
-    >>> t.params, round(t.macs / 1e9, 2)
-    (28589128, 4.47)
+    >>> t.params, round(t.macs / 1e9, 3), round(t.fvcore_macs / 1e9, 2)
+    (28589128, 4.456, 4.47)
 """
 
 from convfirst_jax.complexity.costs import (  # noqa: F401

@@ -8,8 +8,8 @@ One program computes a tile of ``tile`` output pixels of one image with all chan
     out = x + branch_scale[n] * layer_scale * (z + b2)
 
 and writes only ``out``: the E*C hidden activations exist one (tile, HC) chunk at a time in
-registers/shared memory and never reach device memory (Lavin 2024, Sec. 4 and Fig. 5; the
-waterline of the fused block counts only x, the weights and out).
+registers/shared memory and never reach device memory (Lavin 2024, arXiv 2404.03617, "block
+fusion"; the waterline of the fused block counts only x, the weights and out).
 
 Layout and padding. Channels are padded inside the kernel to ``Cp`` = next power of two >= 16
 (Triton block shapes are powers of two and ``tl.dot`` needs dims >= 16): loads of x use a
@@ -252,7 +252,7 @@ def conv_first_block(
     interpret: bool | None = None,
     batch_axis: str = "data",
 ) -> jax.Array:
-    """Fused conv-first block (Lavin 2024, Sec. 4 "block fusion") as one Pallas Triton kernel.
+    """Fused conv-first block (Lavin 2024, "block fusion") as one Pallas Triton kernel.
 
     Computes ``x + branch_scale[n] * layer_scale * (act(norm(dwconv(x) + conv_b) @ w1 + b1)
     @ w2 + b2)`` exactly like :func:`pallas_kernels.conv_first_block_reference`, writing
@@ -291,6 +291,10 @@ def conv_first_block(
     params = validate_inputs(x, params, kernel_size=kernel_size, norm=norm,
                              activation=activation, group_width=group_width, eps=eps,
                              branch_scale=branch_scale, kernel_only=True)
+    x = jnp.asarray(x)
+    params = {k: (None if v is None else jnp.asarray(v)) for k, v in params.items()}
+    if branch_scale is not None:
+        branch_scale = jnp.asarray(branch_scale)
     if interpret is None:
         interpret = jax.default_backend() != "gpu"
     opts = BlockOptions(kernel_size=int(kernel_size), norm=norm, activation=activation,
