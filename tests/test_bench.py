@@ -315,3 +315,14 @@ def test_timm_name_mapping():
     assert timm_name("convfirst_tiny_gw8") == "convnext_tiny"
     assert timm_name("convnext_atto") == "convnext_atto"
     assert timm_name("resnet50") == "resnet50"
+
+
+def test_pallas_impl_plumbing_traces():
+    """The lab's pallas callable matches the kernel's signature (abstract trace, no lowering)."""
+    case = blk.BlockCase(channels=16, resolution=5, kernel_size=3, expansion=2)
+    rng = np.random.default_rng(0)
+    x = jnp.asarray(rng.standard_normal((2, 5, 5, 16), np.float32))
+    p = blk.make_block_params(rng, case)
+    for impl in ("pallas", "reference"):
+        out = jax.eval_shape(blk.block_impl_fn(impl, case), x, p)
+        assert out.shape == x.shape and out.dtype == x.dtype

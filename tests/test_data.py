@@ -311,6 +311,29 @@ def test_train_iterator_state_resume(small_synthetic):
             np.testing.assert_array_equal(want[k], got[k])
 
 
+def test_train_state_resume_with_worker_processes(small_synthetic):
+    kw = dict(image_size=16, global_batch_size=8, seed=2, num_workers=2)
+    it = iter(data.build_train_loader(small_synthetic, **kw))
+    _take(it, 3)
+    state = it.get_state()
+    expected = [{k: np.array(v) for k, v in b.items()} for b in _take(it, 4)]  # crosses epoch
+    del it
+    it2 = iter(data.build_train_loader(small_synthetic, **kw))
+    it2.set_state(state)
+    for want, got in zip(expected, _take(it2, 4)):
+        for k in want:
+            np.testing.assert_array_equal(want[k], got[k])
+    del it2
+
+
+def test_workers_refused_for_stdin_program(colour_dir, monkeypatch):
+    import __main__
+
+    monkeypatch.setattr(__main__, "__file__", "<stdin>", raising=False)
+    with pytest.raises(ValueError, match="num_workers=0"):
+        data.build_train_loader(colour_dir, image_size=8, global_batch_size=4, num_workers=2)
+
+
 def test_eval_loader_covers_val_once_with_padding(colour_dir):
     loader = data.build_eval_loader(colour_dir, image_size=16, batch_size=3, num_workers=0)
     batches = list(loader)

@@ -7,7 +7,7 @@ clutter (small lines and blobs). About 10% of the images are stored as grayscale
 gone: shape and texture still decide), a few as CMYK JPEGs and as palette / RGB PNGs, so the
 loader's mode-conversion paths are exercised on every run.
 
-The default set (10 classes x 260 train + 50 val at 96 px, about 3,100 files, ~12 MB) is written
+The default set (10 classes x 260 train + 50 val at 96 px, about 3,100 files, ~19 MB) is written
 once to ``~/.cache/convfirst_jax/synthetic-v1`` (atomically: generated in a temporary sibling
 folder, then renamed) and reused afterwards. Generation is seeded and deterministic.
 
@@ -132,7 +132,7 @@ def _texture(size: int, texture: str, primary: np.ndarray, secondary: np.ndarray
     if texture == "solid":
         return np.broadcast_to(primary, (size, size, 3)).astype(np.float32)
     y, x = np.mgrid[0:size, 0:size].astype(np.float32)
-    a = rng.uniform(0, math.pi)
+    a = float(rng.uniform(0, math.pi))
     u = x * math.cos(a) + y * math.sin(a) + rng.uniform(0, size)
     v = -x * math.sin(a) + y * math.cos(a) + rng.uniform(0, size)
     period = size * rng.uniform(0.07, 0.11)
@@ -150,13 +150,15 @@ def _texture(size: int, texture: str, primary: np.ndarray, secondary: np.ndarray
 
 def _background(size: int, rng) -> np.ndarray:
     """Desaturated two-colour linear gradient in a random direction, plus Gaussian noise."""
-    c = rng.uniform(25, 200, size=(2, 3))
+    c = rng.uniform(25, 200, size=(2, 3)).astype(np.float32)
     c = 0.5 * c + 0.5 * c.mean(axis=1, keepdims=True)
     a = rng.uniform(0, 2 * math.pi)
-    y, x = np.mgrid[0:size, 0:size].astype(np.float32) / max(size - 1, 1)
-    t = np.clip(0.5 + (x - 0.5) * math.cos(a) + (y - 0.5) * math.sin(a), 0, 1)[..., None]
-    img = c[0] * (1 - t) + c[1] * t
-    return img + rng.normal(0, rng.uniform(3, 18), size=img.shape)
+    ramp = (np.arange(size, dtype=np.float32) / max(size - 1, 1)) - 0.5
+    t = np.clip(0.5 + ramp[None, :] * math.cos(a) + ramp[:, None] * math.sin(a), 0, 1)[..., None]
+    img = c[0] + (c[1] - c[0]) * t
+    noise = rng.standard_normal(size=img.shape, dtype=np.float32)
+    noise *= np.float32(rng.uniform(3, 18))
+    return img + noise
 
 
 def _clutter(img: Image.Image, rng) -> None:
@@ -186,14 +188,14 @@ def render_image(class_index: int, image_size: int, rng: np.random.Generator) ->
         mask_img = Image.new("L", (image_size * ss, image_size * ss), 0)
         _draw_shape(ImageDraw.Draw(mask_img), shape, cx * ss, cy * ss, r * ss, rng.uniform(0, 2 * math.pi))
         mask = np.asarray(mask_img.resize((image_size, image_size), Image.Resampling.BOX), np.float32)
-        mask = (mask / 255.0)[..., None]
+        mask = (mask * np.float32(1 / 255))[..., None]
         jitter = rng.uniform(-22, 22, size=3)
         fill = _texture(
             image_size, texture, np.asarray(primary) + jitter, np.asarray(secondary) + jitter, rng
         )
-        shade = rng.uniform(0.8, 1.1)
-        canvas = canvas * (1 - mask) + fill * shade * mask
-    canvas += rng.normal(0, 3, size=canvas.shape)
+        shade = np.float32(rng.uniform(0.8, 1.1))
+        canvas = canvas + mask * (fill * shade - canvas)
+    canvas += np.float32(3) * rng.standard_normal(size=canvas.shape, dtype=np.float32)
     return Image.fromarray(np.clip(canvas, 0, 255).astype(np.uint8), "RGB")
 
 

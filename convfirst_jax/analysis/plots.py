@@ -54,6 +54,7 @@ def _finish(fig, env, dtypes, path) -> pathlib.Path:
 def _plain_log(axis) -> None:
     """Plain numbers (0.5, 20, 300) instead of 10^x mantissas on a log axis."""
     fmt = matplotlib.ticker.FuncFormatter(lambda v, _: f"{v:g}")
+    axis.set_major_locator(matplotlib.ticker.LogLocator(base=10, subs=(1.0, 2.0, 5.0)))
     axis.set_major_formatter(fmt)
     axis.set_minor_formatter(matplotlib.ticker.NullFormatter())
 

@@ -10,7 +10,8 @@ from typing import Any, Iterable, Sequence
 
 # CSV columns, in order (raw samples stay in the JSON).
 CSV_FIELDS: tuple[str, ...] = (
-    "suite", "name", "impl", "mode", "dtype", "batch_size", "resolution", "kind", "block",
+    "suite", "name", "impl", "mode", "dtype", "batch_size", "resolution", "kind", "group",
+    "block", "bound",
     "status", "median_s", "p10_s", "p90_s", "q25_s", "q75_s", "iqr_s", "min_s", "mean_s",
     "repeats", "number", "warmup", "buffers", "compile_s", "first_call_s", "flops", "macs",
     "bytes", "params", "ideal_s", "waterline_s", "fused_floor_s", "efficiency",

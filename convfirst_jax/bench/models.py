@@ -12,6 +12,7 @@ from typing import Any, Callable
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from convfirst_jax.analysis import roofline
 from convfirst_jax.analysis.ceilings import Ceilings
@@ -53,11 +54,50 @@ def model_floors(table: Any, ceil: Ceilings) -> tuple[float, float | None]:
     return unfused, fused
 
 
-def build_model(name: str, *, block_impl: str, dtype: str, num_classes: int, seed: int):
+def build_model(name: str, *, block_impl: str, dtype: str, num_classes: int, seed: int,
+                random_fill: bool = True):
+    """``create_model(name, ...)``, by default with its state filled from numpy draws.
+
+    ``random_fill``: build the module abstractly (``nnx.eval_shape``) and fill every array
+    with seeded, variance-preserving random values (weights ~ N(0, 1/fan_in), norm scales
+    ~ 1, BatchNorm running variances > 0). Latency does not depend on the values, and this
+    skips the model's initialisers, which on CPU compile op by op for a minute or more.
+    The same seed gives the same weights for every ``block_impl`` (outputs comparable).
+    """
     from convfirst_jax import create_model
 
-    return create_model(name, num_classes=num_classes, block_impl=block_impl,
-                        dtype=jnp.dtype(dtype), param_dtype=jnp.float32, seed=seed)
+    def make():
+        return create_model(name, num_classes=num_classes, block_impl=block_impl,
+                            dtype=jnp.dtype(dtype), param_dtype=jnp.float32, seed=seed)
+
+    if not random_fill:
+        return make()
+    from flax import nnx
+
+    graphdef, abstract = nnx.split(nnx.eval_shape(make))
+    rng = np.random.default_rng(seed)
+
+    def fill(path, leaf):
+        keys = [str(getattr(k, "key", getattr(k, "name", getattr(k, "idx", k)))) for k in path]
+        field = next((k for k in reversed(keys) if k not in ("value", ".value")), "")
+        shape, dt = tuple(leaf.shape), leaf.dtype
+        if jax.dtypes.issubdtype(dt, jax.dtypes.prng_key):
+            return jax.random.key(seed)
+        if not jnp.issubdtype(dt, jnp.floating):
+            return jnp.zeros(shape, dt)
+        z = rng.standard_normal(shape).astype(np.float32)
+        if field == "var":
+            v = 1.0 + 0.1 * np.abs(z)
+        elif field in ("scale", "gamma"):
+            v = 1.0 + 0.1 * z
+        elif field in ("bias", "mean") or len(shape) <= 1:
+            v = 0.05 * z
+        else:  # conv (k, k, cin/g, cout) / linear (cin, cout) kernels
+            v = z / np.sqrt(max(1, int(np.prod(shape[:-1]))))
+        return jnp.asarray(v.astype(dt))
+
+    state = jax.tree_util.tree_map_with_path(fill, abstract)
+    return nnx.merge(graphdef, state)
 
 
 def inference_fn(model) -> tuple[Callable[..., jax.Array], Any]:

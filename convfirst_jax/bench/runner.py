@@ -41,11 +41,13 @@ class Notes(list):
 # ----------------------------------------------------------------------------- layers
 def time_layers(layers: Sequence[Any], *, group: str, batch_size: int, dtype: str,
                 resolution: int, ceil: Ceilings, opts: TimingOptions, seed: Sequence[int],
-                fused_bytes: Callable[[list], int] | None = None) -> list[dict[str, Any]]:
+                fused_bytes: Callable[[list], int] | None = None,
+                block_sizes: dict[str, int] | None = None) -> list[dict[str, Any]]:
     """Time every layer standalone (waterline chart), then one aggregate record per block.
 
     ``fused_bytes(block_layers)`` gives the device-memory bytes of the fused block (x +
-    weights + out); None leaves the fused floor out.
+    weights + out); None leaves the fused floor out. ``block_sizes`` (block -> number of
+    layers) restricts the aggregates to blocks whose every layer was timed.
     """
     recs: list[dict[str, Any]] = []
     peak, bw = ceil.peak_flops, ceil.bandwidth
@@ -66,6 +68,8 @@ def time_layers(layers: Sequence[Any], *, group: str, batch_size: int, dtype: st
             by_block.setdefault(layer.block, []).append((layer, rec))
     for name, pairs in by_block.items():
         ls = [p[0] for p in pairs]
+        if block_sizes is not None and block_sizes.get(name) != len(ls):
+            continue  # only part of this block was selected (--only)
         med = sum(p[1]["median_s"] for p in pairs)
         floor = sum(p[1]["waterline_s"] for p in pairs)
         flops = sum(l.flops for l in ls)
@@ -161,10 +165,14 @@ def _model_layer_breakdown(name: str, *, resolution: int, batch_size: int, dtype
     if mdl.has_conv_first_blocks(name):
         def fb(ls):
             return fused_block_bytes(ls, batch=batch_size, dtype_bytes=table.dtype_bytes)
+    if not layers:
+        log(f"[layers] {name}: --only {only!r} matches none of its {len(table.layers)} layers")
+        return []
     log(f"[layers] {name}: timing {len(layers)} ops standalone, batch {batch_size} {dtype}")
     return time_layers(layers, group=f"{name} @{resolution}px", batch_size=batch_size,
                        dtype=dtype, resolution=resolution, ceil=ceil, opts=opts,
-                       seed=[opts.seed, 17], fused_bytes=fb)
+                       seed=[opts.seed, 17], fused_bytes=fb,
+                       block_sizes={k: len(v) for k, v in table.blocks.items()})
 
 
 def run_models(args: Any, ceilings: dict[str, Ceilings], opts: TimingOptions, notes: Notes,

@@ -46,8 +46,9 @@ The element-wise counts are a calibrated convention, not an invariant of XLA: ho
 reduction moves its count a little with the shape (a standalone LayerNorm measured 7 to 9.25
 flops/element across shapes), and other backends lower ``erf`` differently. Whole-model totals
 agree with XLA's cost analysis to within 1 % (0.1 to 0.6 % measured at 64 and 224 px;
-tests/test_complexity.py), because convolutions and matmuls dominate. XLA only charges conv taps that read real input, never the zero
-padding; ``count_padding=False`` reproduces that for the cross-check.
+tests/test_complexity.py), because convolutions and matmuls dominate. XLA only charges conv
+taps that read real input, never the zero padding; ``count_padding=False`` reproduces that for
+the cross-check.
 
 Bytes are counted for the UNFUSED op sequence: each op reads every input tensor and writes its
 output tensor once (``elements * dtype_bytes``), and reads its parameters once
@@ -218,7 +219,8 @@ class LayerRecorder:
         """A 2-D convolution: MACs = H_out W_out C_out k^2 C_in / groups per image."""
         h, w, c = shape
         if c % groups or out_channels % groups:
-            raise ValueError(f"{name}: channels {c}->{out_channels} not divisible by groups={groups}")
+            raise ValueError(
+                f"{name}: channels {c}->{out_channels} not divisible by groups={groups}")
         ho = conv_output_size(h, kernel_size, stride, padding)
         wo = conv_output_size(w, kernel_size, stride, padding)
         if self.count_padding:
@@ -235,7 +237,8 @@ class LayerRecorder:
                 kind = "depthwise"
             else:
                 kind = "grouped"
-        params = kernel_size * kernel_size * (c // groups) * out_channels + (out_channels if bias else 0)
+        params = (kernel_size * kernel_size * (c // groups) * out_channels
+                  + (out_channels if bias else 0))
         flops = 2 * macs + (self._elements(out) if bias else 0)
         return self._add(name, kind, block, shape, out, macs=macs, flops=flops, params=params,
                          kernel_size=kernel_size, stride=stride, groups=groups, padding=padding,

@@ -11,7 +11,8 @@ from __future__ import annotations
 
 from convfirst_jax.complexity.costs import LayerCost, LayerRecorder, Shape
 from convfirst_jax.complexity.table import ComplexityTable
-from convfirst_jax.specs import ConvFirstBlockConfig, ConvFirstNetSpec, ModelSpec, ResNetSpec, get_spec
+from convfirst_jax.specs import (ConvFirstBlockConfig, ConvFirstNetSpec, ModelSpec, ResNetSpec,
+                                  get_spec)
 
 
 def conv_first_block_layers(rec: LayerRecorder, prefix: str, shape: Shape,

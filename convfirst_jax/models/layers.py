@@ -46,6 +46,37 @@ def activation_fn(name: str) -> Callable[[Array], Array]:
             f"unknown activation {name!r}; valid: {', '.join(_ACTIVATIONS)}") from None
 
 
+class BatchNorm(nnx.BatchNorm):
+    """Channel-last BatchNorm (Ioffe & Szegedy 2015) with PyTorch semantics.
+
+    Same variables as ``nnx.BatchNorm`` (``scale``, ``bias`` params; ``mean``, ``var`` batch
+    stats), so folding, checkpoints and ``model.train()/eval()`` work unchanged. Differences:
+    statistics and normalisation are computed in float32 (then cast to ``dtype``), the
+    variance is the exact two-pass biased one, and the running averages are written with
+    ``Variable.set_value``: flax 0.12's ``var[...] = v`` probes ``tracer.sharding``, whose
+    error message JAX builds by scanning the whole trace, which made tracing a ConvFirst
+    train step quadratic in depth (~100 BNs: seconds -> tens of seconds).
+    """
+
+    def __call__(self, x: Array) -> Array:
+        axes = tuple(range(x.ndim - 1))
+        xf = x.astype(jnp.promote_types(x.dtype, jnp.float32))
+        if self.use_running_average:
+            mean, var = self.mean[...], self.var[...]
+        else:
+            mean = xf.mean(axes)
+            var = jnp.square(xf - mean).mean(axes)
+            m = self.momentum
+            self.mean.set_value(jax.lax.stop_gradient(m * self.mean[...] + (1 - m) * mean))
+            self.var.set_value(jax.lax.stop_gradient(m * self.var[...] + (1 - m) * var))
+        y = (xf - mean) * jax.lax.rsqrt(var + self.epsilon)
+        if self.scale is not None:
+            y = y * self.scale[...]
+        if self.bias is not None:
+            y = y + self.bias[...]
+        return y.astype(self.dtype or x.dtype)
+
+
 def make_norm(kind: str, features: int, *, eps: float, dtype, param_dtype,
               rngs: nnx.Rngs, scale_init=nnx.initializers.ones) -> nnx.Module:
     """Channel-last norm layer: "layernorm" (per pixel, over C) or "batchnorm" (over N, H, W).
@@ -57,7 +88,7 @@ def make_norm(kind: str, features: int, *, eps: float, dtype, param_dtype,
         return nnx.LayerNorm(features, epsilon=eps, dtype=dtype, param_dtype=param_dtype,
                              use_fast_variance=False, rngs=rngs)
     if kind == "batchnorm":
-        return nnx.BatchNorm(features, epsilon=eps, momentum=BN_MOMENTUM, dtype=dtype,
+        return BatchNorm(features, epsilon=eps, momentum=BN_MOMENTUM, dtype=dtype,
                              param_dtype=param_dtype, use_fast_variance=False,
                              scale_init=scale_init, rngs=rngs)
     raise ValueError(f"unknown norm {kind!r}; valid: layernorm, batchnorm")
@@ -84,7 +115,12 @@ class DropPath(nnx.Module):
         if self.deterministic or self.rate == 0.0:
             return None
         keep_prob = 1.0 - self.rate
-        keep = jax.random.bernoulli(self.rngs(), keep_prob, (batch,))
+        # Draw like ``RngStream.__call__`` but update the counter with ``set_value`` (see
+        # BatchNorm: ``count[...] += 1`` makes tracing quadratic in depth on flax 0.12).
+        stream = self.rngs
+        key = jax.random.fold_in(stream.key[...], stream.count[...])
+        stream.count.set_value(stream.count[...] + 1)
+        keep = jax.random.bernoulli(key, keep_prob, (batch,))
         return keep.astype(jnp.float32) / keep_prob
 
     def set_view(self, deterministic: bool | None = None):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import jax
 import jax.numpy as jnp
 from flax import nnx
 
@@ -45,7 +46,9 @@ def create_model(name: str | ModelSpec, *, num_classes: int = 1000, block_impl: 
         if not jnp.issubdtype(jnp.dtype(dt), jnp.floating):
             raise ValueError(f"{label} must be a floating dtype, got {dt!r}")
     if rngs is None:
-        rngs = nnx.Rngs(params=seed, dropout=seed + 1_000_003)
+        # Explicit keys (not ints) so ``seed`` may also be traced, e.g. under nnx.jit.
+        rngs = nnx.Rngs(params=jax.random.key(seed),
+                        dropout=jax.random.fold_in(jax.random.key(seed), 1))
     kw = dict(num_classes=num_classes, block_impl=block_impl, dtype=dtype,
               param_dtype=param_dtype, drop_path=drop_path, rngs=rngs)
     if isinstance(spec, ConvFirstNetSpec):
