@@ -32,9 +32,8 @@ def x32():
     return jax.random.normal(jax.random.key(7), (2, 32, 32, 3), jnp.float32)
 
 
-@pytest.mark.parametrize("name", ["convfirst_atto", TINY_GW8])
-def test_folded_model_equals_eval_mode(name, x32):
-    model = random_model(name, num_classes=10, seed=11)
+def test_folded_model_equals_eval_mode(x32):
+    model = random_model("convfirst_atto", num_classes=10, seed=11)
     model.eval()
     want = nnx.jit(lambda m, v: m(v))(model, x32)
     folded = fold_batchnorm(model)

@@ -23,6 +23,7 @@ from collections.abc import Mapping
 from typing import Any
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import orbax.checkpoint as ocp
 from orbax.checkpoint import checkpoint_managers as ocm
@@ -123,8 +124,11 @@ class Checkpointer:
         """Save ``state`` and JSON ``meta`` at ``step``; a step already saved is skipped."""
         if step in self._manager.all_steps():
             return False
+        # A private copy: the train step donates the live state's buffers, and a background
+        # write must never read memory that the next step reuses.
+        snapshot = jax.tree.map(jnp.copy, _keys_to_data(state))
         args = ocp.args.Composite(**{
-            STATE: ocp.args.StandardSave(_keys_to_data(state)),
+            STATE: ocp.args.StandardSave(snapshot),
             META: ocp.args.JsonSave(dict(meta)),
         })
         return self._manager.save(step, args=args,

@@ -177,7 +177,7 @@ def jit_steps(defs: state_lib.ModelDefs, tx: Any, schedule: state_lib.Schedule, 
         label_smoothing=label_smoothing, ema_decay=ema_decay, debug_nan_step=debug_nan_step)
     eval_step = functools.partial(state_lib.eval_step, graphdef=defs.eval)
     jit_train = jax.jit(train_step, in_shardings=(replicated, batch_sharding),
-                        out_shardings=(replicated, replicated), donate_argnums=() if os.environ.get("NODONATE") else 0)
+                        out_shardings=(replicated, replicated), donate_argnums=0)
     jit_eval = jax.jit(eval_step, in_shardings=(replicated,) * 3 + (batch_sharding,),
                        out_shardings=replicated)
     return jit_train, jit_eval

@@ -1,0 +1,95 @@
+"""configs/*.py and the command line of ``python -m train``: keys, types, one clear error."""
+
+from __future__ import annotations
+
+import pathlib
+import subprocess
+import sys
+
+import pytest
+
+from convfirst_jax.specs import MODEL_SPECS
+from train import __main__ as cli
+
+REPO = pathlib.Path(__file__).resolve().parents[1]
+CONFIG_FILES = sorted(p for p in (REPO / "configs").glob("*.py") if p.name != "__init__.py")
+REQUIRED_KEYS = {
+    "model", "num_classes", "data_dir", "image_size", "batch_size", "num_epochs",
+    "learning_rate", "warmup_epochs", "weight_decay", "label_smoothing", "grad_clip_norm",
+    "ema_decay", "dtype", "block_impl", "drop_path", "seed", "num_workers", "eval_every_epochs",
+    "log_every_steps", "checkpoint_every_steps", "keep_checkpoints", "accuracy_targets",
+    "max_steps", "eval_batch_size"}
+
+
+def test_expected_config_files_exist():
+    names = {p.stem for p in CONFIG_FILES}
+    assert {"default", "convfirst_atto_cpu", "convnext_atto_cpu", "resnet18_cpu",
+            "convfirst_tiny_gpu", "convnext_tiny_gpu", "resnet50_gpu"} <= names
+
+
+@pytest.mark.parametrize("path", CONFIG_FILES, ids=lambda p: p.stem)
+def test_config_file_is_valid(path):
+    from train import loop
+    config = cli.load_config_file(str(path))
+    cli.check_keys(config, str(path))
+    assert REQUIRED_KEYS <= set(config.keys())
+    assert config.model in MODEL_SPECS
+    loop.validate_config(config, num_devices=1)
+    if path.stem.endswith("_gpu"):
+        assert config.image_size == 224 and config.dtype == "bfloat16"
+    if path.stem.endswith("_cpu"):
+        assert config.image_size == 64 and config.data_dir == ""
+
+
+def test_overrides_are_parsed_as_the_default_type(tmp_path):
+    config, workdir = cli.build_config([
+        "--config", str(REPO / "configs" / "convfirst_atto_cpu.py"), "--workdir", str(tmp_path),
+        "--config.num_epochs=3", "--config.learning_rate", "1e-3",
+        "--config.accuracy_targets=0.5,0.9", "--config.progress_bar=false",
+        "--config.data_dir=/some/where", "--config.dtype=bfloat16"])
+    assert workdir == str(tmp_path)
+    assert config.num_epochs == 3 and isinstance(config.num_epochs, int)
+    assert config.learning_rate == pytest.approx(1e-3)
+    assert config.accuracy_targets == (0.5, 0.9)
+    assert config.progress_bar is False
+    assert config.data_dir == "/some/where" and config.dtype == "bfloat16"
+    with pytest.raises(AttributeError):  # locked: a typo in code fails too
+        config.lerning_rate = 1.0
+
+
+def test_bad_override_value_and_missing_arguments():
+    cfg = str(REPO / "configs" / "default.py")
+    with pytest.raises(ValueError, match=r"--config.num_epochs='ten': expected a value of type int"):
+        cli.build_config(["--config", cfg, "--workdir", "w", "--config.num_epochs=ten"])
+    with pytest.raises(ValueError, match="--config and --workdir are required"):
+        cli.build_config(["--config", cfg])
+    with pytest.raises(ValueError, match="does not exist"):
+        cli.build_config(["--config", "configs/nope.py", "--workdir", "w"])
+
+
+def test_config_file_with_unknown_key_lists_valid_keys(tmp_path):
+    bad = tmp_path / "bad.py"
+    bad.write_text("from configs import default\n\ndef get_config():\n"
+                   "    c = default.get_config()\n    c.modle = 'resnet18'\n    return c\n")
+    sys.path.insert(0, str(REPO))
+    try:
+        with pytest.raises(ValueError, match=r"unknown config key\(s\) modle; valid keys: .*model"):
+            cli.check_keys(cli.load_config_file(str(bad)), str(bad))
+    finally:
+        sys.path.remove(str(REPO))
+
+
+def test_unknown_key_on_the_command_line_is_one_clear_error(tmp_path):
+    proc = subprocess.run(
+        [sys.executable, "-m", "train", "--config", "configs/convfirst_atto_cpu.py",
+         "--workdir", str(tmp_path / "w"), "--config.lerning_rate=0.1"],
+        cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and "Traceback" not in proc.stderr, proc.stderr
+    msg = lines[0]
+    assert msg.startswith("error: unknown config key 'lerning_rate'")
+    assert "did you mean 'learning_rate'?" in msg
+    listed = msg.split("valid keys: ", 1)[1].split(", ")
+    assert REQUIRED_KEYS <= set(listed)
+    assert not (tmp_path / "w").exists()  # nothing started
