@@ -14,7 +14,7 @@ from flax import nnx
 
 from convfirst_jax.models import blocks as blocks_module
 from convfirst_jax.models import ConvFirstBlock
-from convfirst_jax.models.testing import random_fill, random_model
+from convfirst_jax.models.testing import abstract_model, random_fill, random_model
 from convfirst_jax.specs import ConvFirstBlockConfig
 from pallas_kernels import conv_first_block  # noqa: F401  (must exist: fail, not skip)
 
@@ -52,17 +52,28 @@ def xla_eval_f32(x32):
 
     def get(name):
         if name not in cache:
-            model, _ = _pair(name)
+            model = random_model(name, num_classes=10, seed=3)
             model.eval()
             cache[name] = _fwd(model, x32)
         return cache[name]
     return get
 
 
-def _pair(name, **kw):
-    """Two models with identical state, one per block_impl."""
-    return tuple(random_model(name, num_classes=10, seed=3, block_impl=impl, **kw)
-                 for impl in ("xla", "pallas"))
+def _count_kernel_launches(model, x) -> int:
+    graphdef, state = nnx.split(model)
+    jaxpr = jax.make_jaxpr(lambda s, v: nnx.merge(graphdef, s)(v))(state, x)
+    return str(jaxpr).count("pallas_call")
+
+
+@pytest.mark.parametrize("name,train_launches", [("convnext_atto", 12), ("convfirst_atto", 0)])
+def test_every_block_is_one_kernel(name, train_launches, x32):
+    """Eval: one fused kernel per block (12 in atto). Train: LN blocks stay fused, BN
+    blocks need batch statistics and run XLA."""
+    model = abstract_model(name, block_impl="pallas")
+    model.eval()
+    assert _count_kernel_launches(model, x32) == 12
+    model.train()
+    assert _count_kernel_launches(model, x32) == train_launches
 
 
 @pytest.mark.parametrize("name", ["convnext_atto", "convfirst_atto"])

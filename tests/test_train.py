@@ -9,7 +9,6 @@ smallest ConvFirst, on 4 simulated devices, sharing one persistent compilation c
 
 from __future__ import annotations
 
-import functools
 import json
 import math
 import os
@@ -258,7 +257,7 @@ def _cli(workdir: pathlib.Path, data_dir: pathlib.Path, env: dict) -> subprocess
            "--workdir", str(workdir), f"--config.data_dir={data_dir}", "--config.image_size=32",
            "--config.batch_size=16", "--config.eval_batch_size=8", "--config.num_workers=0",
            f"--config.max_steps={CLI_STEPS}", "--config.eval_every_steps=10",
-           "--config.checkpoint_every_steps=5", "--config.log_every_steps=2",
+           "--config.checkpoint_every_steps=10", "--config.log_every_steps=2",
            "--config.speed_check_batches=0", "--config.progress_bar=false",
            "--config.learning_rate=0.1", "--config.warmup_epochs=0.5", "--config.ema_decay=0.9"]
     return subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.PIPE,

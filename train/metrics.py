@@ -81,8 +81,6 @@ def _jsonable(x: Any) -> Any:
     if isinstance(x, (np.generic, np.ndarray)) or hasattr(x, "__array__"):
         x = np.asarray(x)
         return x.item() if x.ndim == 0 else x.tolist()
-    if isinstance(x, float) and not math.isfinite(x):
-        return None if math.isnan(x) else x
     raise TypeError(f"not JSON serialisable: {type(x).__name__}")
 
 

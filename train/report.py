@@ -266,7 +266,9 @@ def write_report(run_dirs: Sequence[str | pathlib.Path], out: str | pathlib.Path
 
     _scatter(runs, "macs_per_image", "arithmetic complexity (GMACs per image, analytic)",
              "Top-1 vs complexity", paths["top1_vs_gmacs"], xscale=1e-9)
-    _scatter(runs, "eval_latency_ms_per_batch", "measured eval latency (ms per batch)",
+    sizes = sorted({s.get("eval_batch_size") for s in runs.values()} - {None})
+    per = f"batch of {sizes[0]} images" if len(sizes) == 1 else "eval batch (sizes differ)"
+    _scatter(runs, "eval_latency_ms_per_batch", f"measured eval latency (ms per {per})",
              "Top-1 vs measured latency", paths["top1_vs_latency"])
     plot_learning_curves(runs, tgts, paths["learning_curves"])
     plot_flops_to_target(runs, tgts, base, paths["flops_to_target"])
