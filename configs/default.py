@@ -32,6 +32,7 @@ def get_config() -> ml_collections.ConfigDict:
     c.batch_size = 64            # global batch, split over all devices (must divide evenly)
     c.eval_batch_size = 128      # global eval batch (must divide by the device count)
     c.num_workers = 2            # grain worker processes (0 = in-process, fully deterministic)
+    c.crop_min_scale = 0.08      # RandomResizedCrop area scale range (crop_min_scale, 1.0)
 
     # Optimisation (AdamW, linear warm-up + cosine decay).
     c.num_epochs = 10

@@ -100,6 +100,8 @@ def validate_config(config: ml_collections.ConfigDict, num_devices: int) -> None
                          f"(got num_epochs={c.num_epochs}, max_steps={c.max_steps})")
     if not 0.0 <= c.ema_decay < 1.0:
         raise ValueError(f"config.ema_decay must be in [0, 1) (0 = off), got {c.ema_decay}")
+    if not 0.0 < c.crop_min_scale <= 1.0:
+        raise ValueError(f"config.crop_min_scale must be in (0, 1], got {c.crop_min_scale}")
     if not 0.0 <= c.label_smoothing < 1.0:
         raise ValueError(f"config.label_smoothing must be in [0, 1), got {c.label_smoothing}")
     if c.learning_rate <= 0:
@@ -257,7 +259,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | os.Path
                   else int(config.eval_every_epochs) * steps_per_epoch)
     loader_kwargs = dict(image_size=config.image_size, global_batch_size=config.batch_size,
                          seed=config.seed, num_workers=config.num_workers,
-                         shard_index=jax.process_index(), shard_count=jax.process_count())
+                         shard_index=jax.process_index(), shard_count=jax.process_count(),
+                         scale=(float(config.crop_min_scale), 1.0))
     train_loader = data_module.build_train_loader(data_dir, **loader_kwargs)
     eval_loader = data_module.build_eval_loader(
         data_dir, image_size=config.image_size,
