@@ -1,0 +1,57 @@
+"""The CPU depthwise path (shifted slices) computes exactly what the library conv computes."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from jax import lax
+
+from convfirst_jax import create_model
+from convfirst_jax.models.layers import (depthwise_conv_shift_add, depthwise_impl,
+                                         use_shift_add_depthwise)
+
+
+def _lax_depthwise(x, w, b):
+    k = w.shape[0]
+    y = lax.conv_general_dilated(x, w, (1, 1), [(k // 2, k // 2)] * 2,
+                                 dimension_numbers=("NHWC", "HWIO", "NHWC"),
+                                 feature_group_count=x.shape[-1],
+                                 precision=lax.Precision.HIGHEST)
+    return y + b
+
+
+@pytest.mark.parametrize("k,c,h,w", [(3, 8, 5, 7), (7, 16, 3, 3), (5, 24, 1, 1)])
+def test_shift_add_equals_lax_conv(k, c, h, w):
+    kx, kw, kb = jax.random.split(jax.random.key(k * c + h), 3)
+    x = jax.random.normal(kx, (2, h, w, c))
+    wt = jax.random.normal(kw, (k, k, 1, c))
+    b = jax.random.normal(kb, (c,))
+    np.testing.assert_allclose(depthwise_conv_shift_add(x, wt, b), _lax_depthwise(x, wt, b),
+                               rtol=1e-5, atol=1e-5)
+    gx, gw = jax.grad(lambda x, wt: jnp.sum(depthwise_conv_shift_add(x, wt, b) ** 2),
+                      argnums=(0, 1))(x, wt)
+    rx, rw = jax.grad(lambda x, wt: jnp.sum(_lax_depthwise(x, wt, b) ** 2), argnums=(0, 1))(x, wt)
+    np.testing.assert_allclose(gx, rx, rtol=1e-4, atol=1e-4)
+    np.testing.assert_allclose(gw, rw, rtol=1e-4, atol=1e-3)
+
+
+def test_model_output_same_with_either_depthwise_impl():
+    model = create_model("convnext_atto", num_classes=10, seed=0)
+    model.eval()
+    x = jax.random.normal(jax.random.key(1), (2, 32, 32, 3))
+    with depthwise_impl("conv"):
+        ref = model(x)
+    with depthwise_impl("shift_add"):
+        out = model(x)
+    np.testing.assert_allclose(out, ref, rtol=1e-4, atol=1e-5)
+
+
+def test_impl_selection_and_bad_name():
+    with depthwise_impl("conv"):
+        assert not use_shift_add_depthwise()
+    with depthwise_impl("shift_add"):
+        assert use_shift_add_depthwise()
+    assert use_shift_add_depthwise() == (jax.default_backend() == "cpu")
+    with pytest.raises(ValueError, match="valid: auto, conv, shift_add"):
+        with depthwise_impl("winograd"):
+            pass
