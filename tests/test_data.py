@@ -15,7 +15,10 @@ from train import data, synthetic, transforms
 # Published ImageNet channel statistics (typed in independently of train/transforms.py).
 MEAN = np.array([0.485, 0.456, 0.406])
 STD = np.array([0.229, 0.224, 0.225])
-IMAGENETTE = pathlib.Path("/work/shared/data/imagenette")
+# ../shared/data/imagenette beside the checkout (CI layout); CONVFIRST_IMAGENETTE overrides.
+IMAGENETTE = pathlib.Path(os.environ.get(
+    "CONVFIRST_IMAGENETTE",
+    pathlib.Path(__file__).resolve().parents[2] / "shared" / "data" / "imagenette"))
 
 
 def denorm(x: np.ndarray) -> np.ndarray:

@@ -1,7 +1,7 @@
 """Command line of the training job (console script ``convfirst-train``).
 
     python -m train --config configs/convfirst_atto_cpu.py --workdir runs/convfirst_atto \\
-        [--config.data_dir=/work/shared/data/imagenette] [--config.num_epochs=20] ...
+        [--config.data_dir=../shared/data/imagenette] [--config.num_epochs=20] ...
 
 ``--config`` names a Python file whose ``get_config()`` returns an ``ml_collections.ConfigDict``
 (see configs/default.py for every key). ``--config.KEY=VALUE`` (or ``--config.KEY VALUE``)

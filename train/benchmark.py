@@ -1,6 +1,6 @@
 """Imagenette benchmark: the smallest ConvFirst, ConvNeXt and ResNet-18 at 64 px, then a report.
 
-    python -m train.benchmark --data-dir /work/shared/data/imagenette --out runs/bench-imagenette
+    python -m train.benchmark --data-dir ../shared/data/imagenette --out runs/bench-imagenette
 
 Trains ``configs/convfirst_atto_cpu.py``, ``configs/convnext_atto_cpu.py`` and
 ``configs/resnet18_cpu.py`` one after the other (each ``python -m train`` in its own process,
