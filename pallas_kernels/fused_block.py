@@ -32,6 +32,7 @@ the weight gradients are summed over the batch axis with ``psum``.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 from collections.abc import Mapping
 from typing import Any
@@ -158,6 +159,10 @@ def block_launch_config(x_shape: tuple[int, ...], x_dtype: Any, params: Mapping[
                          params["w1"].shape[1], jnp.dtype(x_dtype).name)
 
 
+# Lowering platforms that get the compiled Triton kernel when ``interpret=None``.
+TRITON_PLATFORMS = ("cuda", "rocm")
+
+
 def fused_forward(x: jax.Array, params: Mapping[str, Any], opts: BlockOptions,
                   branch_scale: jax.Array | None = None,
                   out_init: jax.Array | None = None) -> jax.Array:
@@ -166,7 +171,26 @@ def fused_forward(x: jax.Array, params: Mapping[str, Any], opts: BlockOptions,
     ``params`` must already be validated. ``out_init`` (optional, shape/dtype of ``x``) is
     aliased to the output buffer, so pixels the kernel fails to write keep its values; tests
     pass a NaN-filled buffer to catch unwritten tiles.
+
+    ``opts.interpret`` True / False forces the interpreter / the Triton lowering; None picks
+    per *lowering* platform (``lax.platform_dependent``): the Triton kernel for
+    :data:`TRITON_PLATFORMS`, the interpreter elsewhere. Only the branch of the platform being
+    lowered is lowered, so ``jax.export(platforms=["cuda"])`` on a CPU host embeds the Triton
+    kernel and no interpreter.
     """
+    if opts.interpret is None:
+        def branch(interpret: bool):
+            o = dataclasses.replace(opts, interpret=interpret)
+            return lambda x_, p_, b_, i_: _pallas_forward(x_, p_, o, b_, i_)
+        return lax.platform_dependent(
+            x, dict(params), branch_scale, out_init, default=branch(True),
+            **{platform: branch(False) for platform in TRITON_PLATFORMS})
+    return _pallas_forward(x, params, opts, branch_scale, out_init)
+
+
+def _pallas_forward(x: jax.Array, params: Mapping[str, Any], opts: BlockOptions,
+                    branch_scale: jax.Array | None, out_init: jax.Array | None) -> jax.Array:
+    """One ``pallas_call`` with ``opts.interpret`` a bool (see :func:`fused_forward`)."""
     n, h, w, c = x.shape
     hidden = params["w1"].shape[1]
     lc = block_launch_config(x.shape, x.dtype, params, opts.kernel_size, opts.group_width)
@@ -271,13 +295,15 @@ def conv_first_block(
       group_width: 1 (depthwise) or 8 (channels per conv group).
       eps: LayerNorm epsilon.
       branch_scale: optional (N,) per-sample multiplier of the residual branch (drop path).
-      interpret: run the Pallas interpreter (CPU); None chooses it unless the default
-        backend is a GPU. False forces the Triton lowering (e.g. to export for CUDA).
+      interpret: True forces the Pallas interpreter, False the Triton lowering; None (default)
+        chooses per lowering platform: Triton when lowered for CUDA/ROCm, the interpreter
+        otherwise (``lax.platform_dependent``), so ``jax.export(platforms=["cuda"])`` on a
+        CPU host yields the Triton kernel while CPU execution uses the interpreter.
       batch_axis: inside ``jax.set_mesh(mesh)`` with this axis, the kernel runs per batch
         shard via ``jax.shard_map`` (no all-gather); N must divide evenly.
 
     Returns:
-      (N, H, W, C) array of ``x.dtype``.
+      (N, H, W, C) array of ``x.dtype`` (empty when N, H or W is 0, like the reference).
 
     Differentiable (jit / vmap / grad): a ``jax.custom_vjp`` whose backward pass recomputes
     the block through XLA (``jax.vjp`` of the jnp reference), giving gradients for x, every
@@ -295,9 +321,14 @@ def conv_first_block(
     params = {k: (None if v is None else jnp.asarray(v)) for k, v in params.items()}
     if branch_scale is not None:
         branch_scale = jnp.asarray(branch_scale)
-    if interpret is None:
-        interpret = jax.default_backend() != "gpu"
+    if x.size == 0:
+        # N, H or W is 0: nothing to launch (a zero-size grid); the reference gives the empty
+        # result of the right shape/dtype and (zero) gradients for every input.
+        return conv_first_block_reference(
+            x, params, kernel_size=int(kernel_size), norm=norm, activation=activation,
+            group_width=int(group_width), eps=float(eps), branch_scale=branch_scale)
     opts = BlockOptions(kernel_size=int(kernel_size), norm=norm, activation=activation,
-                        group_width=int(group_width), eps=float(eps), interpret=bool(interpret),
+                        group_width=int(group_width), eps=float(eps),
+                        interpret=None if interpret is None else bool(interpret),
                         batch_axis=batch_axis)
     return _fused_block(opts, x, params, branch_scale)

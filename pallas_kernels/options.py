@@ -27,14 +27,18 @@ _XLA_HINT = 'block_impl="xla" works for any configuration'
 
 @dataclasses.dataclass(frozen=True)
 class BlockOptions:
-    """Hashable static configuration of one block call (the non-array arguments)."""
+    """Hashable static configuration of one block call (the non-array arguments).
+
+    ``interpret``: True = Pallas interpreter, False = Triton lowering, None = chosen per
+    lowering platform (see :func:`pallas_kernels.fused_block.fused_forward`).
+    """
 
     kernel_size: int
     norm: str
     activation: str
     group_width: int = 1
     eps: float = 1e-6
-    interpret: bool = True
+    interpret: bool | None = True
     batch_axis: str = "data"
 
 

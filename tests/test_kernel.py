@@ -349,3 +349,29 @@ def test_reference_is_plain_xla():
     prims = {e.primitive for e in jaxpr.jaxpr.eqns}
     assert lax.conv_general_dilated_p in prims
     assert not any("pallas" in p.name for p in prims)
+
+
+# --------------------------------------------------------------------------------------
+# Empty inputs: N, H or W = 0 give the empty result (forward and gradient), like the reference.
+# --------------------------------------------------------------------------------------
+@pytest.mark.parametrize("shape", [(0, 4, 4, 16), (2, 0, 4, 16), (2, 4, 0, 16)],
+                         ids=["N0", "H0", "W0"])
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
+def test_empty_inputs(shape, dtype):
+    _, params, _ = random_block_inputs(0, batch=1, height=1, width=1, channels=16, hidden=32,
+                                       kernel_size=3)
+    x = jnp.zeros(shape, dtype)
+    bs = jnp.ones((shape[0],), jnp.float32)
+    kw = dict(kernel_size=3, norm=L, activation="gelu")
+    out = conv_first_block(x, params, branch_scale=bs, **kw)
+    ref = conv_first_block_reference(x, params, branch_scale=bs, **kw)
+    assert out.shape == ref.shape == shape and out.dtype == ref.dtype == jnp.dtype(dtype)
+
+    def loss(x_, p_, b_):
+        return jnp.sum(conv_first_block(x_, p_, branch_scale=b_, **kw).astype(jnp.float32))
+
+    gx, gp, gb = jax.jit(jax.grad(loss, argnums=(0, 1, 2)))(x, params, bs)
+    assert gx.shape == shape and gx.dtype == x.dtype and gb.shape == bs.shape
+    for name, g in gp.items():
+        assert g.shape == params[name].shape, name
+        np.testing.assert_array_equal(g, 0.0, err_msg=name)
