@@ -315,6 +315,9 @@ def read_training_summaries(patterns: Sequence[str], notes: list[str] | None = N
 def main(argv: Sequence[str] | None = None) -> int:
     """Console entry point (``convfirst-bench``)."""
     argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["static"]:  # static H100 report: no timing, own options
+        from convfirst_jax.bench.static import main as static_main
+        return static_main(argv[1:])
     parser = build_parser()
     args = parser.parse_args(argv)
     validate(parser, args)

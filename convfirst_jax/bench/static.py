@@ -1,0 +1,671 @@
+"""Static H100 (sm_90) report of the fused conv-first block kernel, on a machine with no GPU.
+
+``python -m convfirst_jax.bench static [--preset brief] [--config C=128,HW=28,k=3,...]``
+
+Pipeline, per block configuration:
+
+1. ``jax.export(platforms=["cuda"])`` of :func:`pallas_kernels.conv_first_block` (``interpret=
+   False``); a hook on the Pallas-Triton lowering keeps the generated Triton module as text
+   (TTIR); num_warps / num_stages / grid come from the ``__gpu$xla.gpu.triton`` backend config.
+2. The optional ``triton`` package (extra ``static``: ``pip install -e .[static]``) compiles
+   the TTIR for sm_90a (TTGIR, PTX, cubin); its bundled ``ptxas -v`` gives registers / spills
+   and ``nvdisasm`` the SASS. On a GPU, XLA compiles the same TTIR with its own Triton, so
+   register counts can differ by ~ +-30.
+3. Occupancy on the H100 (registers, shared memory, warps, CTAs per SM), waves at the given
+   batch and at batch 1, tensor-core instruction mix (wgmma = HGMMA, mma.sync = HMMA) and the
+   share of their work that is useful.
+4. A throughput model: dynamic warp instructions per phase (conv = everything before the first
+   loop with tensor-core instructions, mlp = that loop, rest = after) charged to the H100 pipes
+   (issue, FP32, ALU, MUFU, conversions, L1 wavefronts, tensor cores, L2->SM bytes, HBM).
+   "overlap" = max over pipes (everything overlaps); "serial" = sum over phases of each phase's
+   max. Both ignore latency, so both are optimistic.
+5. The floors come from the project's cost model (:mod:`convfirst_jax.complexity` layer costs,
+   :mod:`convfirst_jax.analysis.roofline`): fused floor max(2 * MACs / peak, (x + weights +
+   out) / bandwidth) and XLA's unfused floor (the waterline: every layer of the block its own
+   kernel, each at max(flops / peak, bytes / bandwidth)).
+
+Steps 3-5 are plain functions of numbers and SASS text (tested without triton); steps 1-2 need
+the Pallas Triton lowering (jax) and, for 2, triton.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import datetime
+import json
+import math
+import os
+import pathlib
+import re
+import subprocess
+import tempfile
+import time
+from collections import Counter
+from collections.abc import Sequence
+from typing import Any
+
+from convfirst_jax.analysis.roofline import bound, kernel_floor, waterline
+from convfirst_jax.complexity.costs import LayerRecorder
+from convfirst_jax.complexity.networks import conv_first_block_layers
+from convfirst_jax.specs import ConvFirstBlockConfig
+
+TRITON_CALL = "__gpu$xla.gpu.triton"
+TRITON_VERSION = "3.9.0"  # the version the "static" extra pins
+STATIC_LABEL = "static model, not measured"
+
+
+# ------------------------------------------------------------------------------ hardware model
+@dataclasses.dataclass(frozen=True)
+class H100Model:
+    """H100 SXM5 (sm_90) numbers the static model charges instructions and bytes to.
+
+    ``peak_flops`` / ``hbm_bw`` are practical dense bf16 tensor-core and HBM rates (below the
+    datasheet's 989 TFLOP/s and 3.35 TB/s); ``l2_bw`` and ``clock`` are assumptions.
+    ``pipe_rate``: warp instructions per clock per SM (CUDA guide throughput table, cc 9.0).
+    """
+
+    num_sms: int = 132
+    regs_per_sm: int = 65536
+    smem_per_sm: int = 228 * 1024
+    smem_reserved_per_cta: int = 1024
+    max_warps_per_sm: int = 64
+    max_ctas_per_sm: int = 32
+    reg_alloc_unit: int = 256
+    peak_flops: float = 800e12
+    hbm_bw: float = 3.0e12
+    l2_bw: float = 5.5e12
+    clock: float = 1.755e9
+    mma_sync_fraction: float = 0.6  # mma.sync (HMMA) throughput relative to wgmma on Hopper
+
+    @property
+    def pipe_rate(self) -> dict[str, float]:
+        return dict(issue=4.0, fp32=4.0, alu=2.0, mufu=0.5, cvt=0.5, l1=1.0)
+
+
+# ------------------------------------------------------------------------------ configurations
+@dataclasses.dataclass(frozen=True)
+class StaticConfig:
+    """One fused-block call: shapes, block options, batch and dtype."""
+
+    C: int
+    H: int
+    W: int
+    k: int
+    gw: int = 1
+    norm: str = "layernorm"
+    act: str = "gelu"
+    ls: bool = True
+    N: int = 128
+    dtype: str = "bfloat16"
+    E: int = 4
+
+    @property
+    def name(self) -> str:
+        style = {("layernorm", "gelu"): "LN-gelu", ("affine", "silu"): "aff-silu"}.get(
+            (self.norm, self.act), f"{self.norm}-{self.act}")
+        return (f"C{self.C} {self.H}x{self.W} k{self.k} gw{self.gw} {style}"
+                f"{' ls' if self.ls else ''}")
+
+    @property
+    def itemsize(self) -> int:
+        return 4 if self.dtype == "float32" else 2
+
+    def block_config(self) -> ConvFirstBlockConfig:
+        """The model block this call stands for: LayerNorm = ConvNeXt (biases), affine =
+        ConvFirst with its BatchNorms (folded in the kernel, separate layers for XLA)."""
+        convnext = self.norm == "layernorm"
+        return ConvFirstBlockConfig(
+            channels=self.C, kernel_size=self.k, group_width=self.gw, expansion=self.E,
+            norm="layernorm" if convnext else "batchnorm", activation=self.act,
+            layer_scale_init=1e-6 if self.ls else None, conv_bias=convnext, mlp_bias=convnext)
+
+
+_INT_KEYS = ("C", "H", "W", "k", "gw", "N", "E")
+
+
+def parse_config(text: str, **defaults: Any) -> StaticConfig:
+    """``"C=128,HW=28,k=3,gw=1,norm=affine,act=silu,ls=0,N=1,dtype=bfloat16,E=4"``."""
+    kv: dict[str, Any] = dict(C=64, H=56, W=56, k=3)
+    kv.update(defaults)
+    fields = {f.name for f in dataclasses.fields(StaticConfig)}
+    for part in filter(None, (p.strip() for p in text.split(","))):
+        if "=" not in part:
+            raise ValueError(f"config item {part!r} is not KEY=VALUE (e.g. C=64,HW=56,k=7)")
+        key, val = (s.strip() for s in part.split("=", 1))
+        if key == "HW":
+            kv["H"] = kv["W"] = int(val)
+        elif key in _INT_KEYS:
+            kv[key] = int(val)
+        elif key == "ls":
+            kv["ls"] = val.lower() in ("1", "true", "yes")
+        elif key in fields:
+            kv[key] = val
+        else:
+            raise ValueError(f"unknown config key {key!r}; valid: HW, {', '.join(sorted(fields))}")
+    return StaticConfig(**kv)
+
+
+BRIEF_SHAPES = ((64, 56), (128, 28), (256, 14), (512, 7))
+
+
+def brief_configs(batch: int = 128, dtype: str = "bfloat16") -> list[StaticConfig]:
+    """The 24 configurations of issue 9: 4 (C, H=W) x k {3, 7} x {ConvNeXt LN-GELU + layer
+    scale, ConvFirst affine-SiLU gw1, ConvFirst affine-SiLU gw8}."""
+    out = []
+    for c, hw in BRIEF_SHAPES:
+        for k in (3, 7):
+            out.append(StaticConfig(c, hw, hw, k, 1, "layernorm", "gelu", True, batch, dtype))
+            out.append(StaticConfig(c, hw, hw, k, 1, "affine", "silu", False, batch, dtype))
+            out.append(StaticConfig(c, hw, hw, k, 8, "affine", "silu", False, batch, dtype))
+    return out
+
+
+# ------------------------------------------------------------------------------ floors
+def floors(cfg: StaticConfig, hw: H100Model) -> dict[str, Any]:
+    """Fused floor and XLA's unfused floor (waterline) from the project's layer costs.
+
+    Fused floor = max(2 * MACs / peak, (x + weights + out) bytes / bandwidth) (issue 9: the
+    elementwise work of the fused block hides under the matmuls); XLA floor = the waterline
+    of the block's unfused layers (each layer max(flops / peak, bytes / bandwidth)).
+    """
+    rec = LayerRecorder(batch_size=cfg.N, dtype_bytes=cfg.itemsize)
+    conv_first_block_layers(rec, "block", (cfg.H, cfg.W, cfg.C), cfg.block_config())
+    layers = rec.layers
+    ops = 2 * sum(l.macs for l in layers)
+    fused_bytes = layers[0].act_bytes_read + layers[-1].act_bytes_written + sum(
+        l.weight_bytes for l in layers)
+    unfused_bytes = sum(l.act_bytes_read + l.act_bytes_written + l.weight_bytes
+                        for l in layers)
+    floor = kernel_floor(ops, fused_bytes, hw.peak_flops, hw.hbm_bw)
+    xla_floor = waterline(layers, hw.peak_flops, hw.hbm_bw)
+    conv_macs = sum(l.macs for l in layers if l.kind in ("depthwise", "grouped"))
+    return dict(gflop=ops / 1e9, conv_share=2 * conv_macs / ops, fused_mb=fused_bytes / 1e6,
+                unfused_mb=unfused_bytes / 1e6, floor_us=floor * 1e6,
+                floor_bound=bound(ops, fused_bytes, hw.peak_flops, hw.hbm_bw),
+                xla_floor_us=xla_floor * 1e6, fusion_bound=xla_floor / floor)
+
+
+# ------------------------------------------------------------------------------ occupancy
+def occupancy(regs: int, smem: int, warps: int, hw: H100Model) -> dict[str, Any]:
+    """CTAs per SM and which resource limits them."""
+    regs_per_warp = math.ceil(max(regs, 1) * 32 / hw.reg_alloc_unit) * hw.reg_alloc_unit
+    limits = {
+        "regs": (hw.regs_per_sm // regs_per_warp) // warps,
+        "smem": (hw.smem_per_sm // (smem + hw.smem_reserved_per_cta) if smem
+                 else hw.max_ctas_per_sm),
+        "warps": hw.max_warps_per_sm // warps,
+        "ctas": hw.max_ctas_per_sm,
+    }
+    limiter = min(limits, key=limits.get)
+    ctas = limits[limiter]
+    return dict(ctas_per_sm=ctas, limiter=limiter, warps_per_sm=ctas * warps,
+                occupancy=ctas * warps / hw.max_warps_per_sm)
+
+
+def waves(grid: int, ctas_per_sm: int, hw: H100Model) -> float:
+    """Programs / programs resident at once (inf when a CTA does not fit)."""
+    resident = ctas_per_sm * hw.num_sms
+    return grid / resident if resident else float("inf")
+
+
+# ------------------------------------------------------------------------------ SASS
+_SASS_LINE = re.compile(r"/\*([0-9a-f]{4,})\*/\s+(@!?U?P[T0-9]+\s+)?([A-Z][A-Z0-9_]*)"
+                        r"((?:\.[A-Za-z0-9_]+)*)([^;]*);")
+_LABEL = re.compile(r"^(\.L_x_\d+|\.L_\w+):")
+MMA_OPS = ("HGMMA", "HMMA")
+_FP32 = {"FFMA", "FADD", "FMUL", "FFMA2", "FADD2", "FMUL2", "HFMA2", "HADD2", "HMUL2", "FMNMX"}
+_CVT = {"F2F", "F2I", "I2F", "FRND"}
+_MEM = {"LDG", "STG", "LDS", "STS", "LD", "ST", "LDL", "STL", "LDGSTS", "LDSM", "STSM", "ATOM",
+        "ATOMS", "RED", "ATOMG"}
+_CTRL = {"NOP", "BRA", "EXIT", "BAR", "WARPGROUP", "DEPBAR", "LDGDEPBAR", "MEMBAR", "S2R",
+         "S2UR", "CS2R", "LDC", "WARPSYNC", "BSSY", "BSYNC", "YIELD", "FENCE", "SYNCS", "ELECT",
+         "R2UR", "VOTEU", "CCTL", "ERRBAR", "CALL", "RET"}
+
+
+@dataclasses.dataclass(frozen=True)
+class SassInstr:
+    addr: int
+    pred: str
+    op: str
+    mods: str
+    args: str
+
+
+def parse_sass(text: str) -> tuple[list[SassInstr], dict[str, int]]:
+    """Instructions and label addresses of ``nvdisasm -c`` output."""
+    instrs: list[SassInstr] = []
+    labels: dict[str, int] = {}
+    pending: list[str] = []
+    for line in text.splitlines():
+        lm = _LABEL.match(line.strip())
+        if lm:
+            pending.append(lm.group(1))
+            continue
+        m = _SASS_LINE.search(line)
+        if not m:
+            continue
+        addr = int(m.group(1), 16)
+        for lab in pending:
+            labels[lab] = addr
+        pending = []
+        instrs.append(SassInstr(addr, (m.group(2) or "").strip(), m.group(3), m.group(4),
+                                m.group(5).strip()))
+    return instrs, labels
+
+
+def classify(ins: SassInstr) -> tuple[str, int]:
+    """(pipe, L1 wavefronts) of one instruction; pipes: fp32 alu mufu cvt tensor lsu ctrl."""
+    op, mods = ins.op, ins.mods
+    if op in _FP32:
+        return "fp32", 0
+    if op == "MUFU":
+        return "mufu", 0
+    if op in _CVT:
+        return "cvt", 0
+    if op in MMA_OPS:
+        return "tensor", 0
+    if op in _MEM:
+        if op == "LDSM":
+            return "lsu", 4 if ".X4" in mods else 2 if ".X2" in mods else 1
+        return "lsu", 4 if ".128" in mods else 2 if ".64" in mods else 1
+    if op == "SHFL":
+        return "lsu", 1
+    if op.startswith("U") or op in _CTRL:
+        return "ctrl", 0
+    return "alu", 0  # IADD3 LOP3 SHF PRMT ISETP FSETP FSEL SEL LEA IMAD MOV F2FP ...
+
+
+def mma_flops(ins: SassInstr) -> float:
+    """FLOPs one warp's copy of a tensor-core instruction performs."""
+    if ins.op == "HGMMA":  # a warpgroup (4 warps) issues it; each warp does a quarter
+        m = re.match(r"\.(\d+)x(\d+)x(\d+)", ins.mods)
+        return 2 * int(m.group(1)) * int(m.group(2)) * int(m.group(3)) / 4 if m else 0.0
+    if ins.op == "HMMA":
+        key = ins.mods.split(".")[1] if "." in ins.mods else ""
+        mnk = {"16816": (16, 8, 16), "1688": (16, 8, 8), "884": (8, 8, 4),
+               "16832": (16, 8, 32)}.get(key, (0, 0, 0))
+        return 2.0 * mnk[0] * mnk[1] * mnk[2]
+    return 0.0
+
+
+def find_loops(instrs: Sequence[SassInstr], labels: dict[str, int]) -> list[tuple[int, int]]:
+    """(first, last) instruction index of each loop (a predicated backward branch)."""
+    index = {ins.addr: i for i, ins in enumerate(instrs)}
+    loops = []
+    for i, ins in enumerate(instrs):
+        if ins.op != "BRA" or not ins.pred:
+            continue
+        m = re.search(r"(\.L_x_\d+|\.L_\w+)", ins.args)
+        if m and m.group(1) in labels and labels[m.group(1)] <= ins.addr:
+            loops.append((index[labels[m.group(1)]], i))
+    return loops
+
+
+def dynamic_counts(instrs: Sequence[SassInstr], labels: dict[str, int], mlp_trips: int,
+                   other_trips: int) -> tuple[dict[str, Counter], list[dict[str, Any]]]:
+    """Per-warp dynamic counts per phase and pipe.
+
+    A loop with tensor-core instructions is the MLP loop (``mlp_trips`` iterations); other
+    loops (the conv loop of a non-unrolled design) run ``other_trips`` times. Phases:
+    "conv" = everything before the first MLP loop, "mlp" = that loop, "rest" = after.
+    """
+    loops = find_loops(instrs, labels)
+    mult = [1] * len(instrs)
+    loop_info = []
+    mlp_span = None
+    for lo, hi in loops:
+        is_mlp = any(x.op in MMA_OPS for x in instrs[lo:hi + 1])
+        trips = mlp_trips if is_mlp else other_trips
+        if is_mlp and mlp_span is None:
+            mlp_span = (lo, hi)
+        loop_info.append(dict(kind="mlp" if is_mlp else "other", n_instr=hi - lo + 1,
+                              trips=trips))
+        for j in range(lo, hi + 1):
+            mult[j] *= trips
+    counts = {p: Counter() for p in ("conv", "mlp", "rest")}
+    for j, (ins, m) in enumerate(zip(instrs, mult)):
+        if mlp_span is None or j < mlp_span[0]:
+            phase = "conv"
+        elif j <= mlp_span[1]:
+            phase = "mlp"
+        else:
+            phase = "rest"
+        pipe, wavefronts = classify(ins)
+        c = counts[phase]
+        c["issue"] += m
+        if pipe in ("fp32", "alu", "mufu", "cvt"):
+            c[pipe] += m
+        elif pipe == "lsu":
+            c["l1"] += m * wavefronts
+        elif pipe == "tensor":
+            c["tc_flops_" + ins.op] += m * mma_flops(ins)
+        c["op_" + ins.op] += m
+    return counts, loop_info
+
+
+def l2_bytes(cfg: StaticConfig, tile: int, grid: int, weight_bytes_per_program: int) -> float:
+    """Bytes from L2 into the SMs: per program the x rows its taps touch (flattened N*H*W
+    pixel order, halo of k//2 rows and columns) plus its weights."""
+    pad = cfg.k // 2
+    total_px = cfg.N * cfg.H * cfg.W
+    halo = pad * cfg.W + pad
+    rows = 0
+    for t in range(grid):
+        p0, p1 = t * tile, min(total_px, (t + 1) * tile) - 1
+        rows += min(total_px - 1, p1 + halo) - max(0, p0 - halo) + 1
+    return rows * cfg.C * cfg.itemsize + grid * weight_bytes_per_program
+
+
+def pipe_model(counts: dict[str, Counter], warps_total: int, l2: dict[str, float],
+               hbm_bytes: float, hw: H100Model) -> dict[str, Any]:
+    """Seconds per pipe and phase; "overlap" and "serial" totals (see module docstring)."""
+    per_sm = warps_total / hw.num_sms
+    phase_t: dict[str, dict[str, float]] = {}
+    for phase, c in counts.items():
+        t = {p: c[p] * per_sm / rate / hw.clock for p, rate in hw.pipe_rate.items()}
+        t["tensor"] = (c["tc_flops_HGMMA"] / hw.peak_flops + c["tc_flops_HMMA"] / (
+            hw.peak_flops * hw.mma_sync_fraction)) * warps_total
+        t["l2"] = l2.get(phase, 0.0) / hw.l2_bw
+        phase_t[phase] = t
+    totals: Counter = Counter()
+    for t in phase_t.values():
+        totals.update(t)
+    totals["hbm"] = hbm_bytes / hw.hbm_bw
+    overlap = max(totals.values())
+    serial = max(sum(max(t.values()) for t in phase_t.values()), totals["hbm"])
+    return dict(overlap_s=overlap, serial_s=serial, bottleneck=max(totals, key=totals.get),
+                pipe_us={p: v * 1e6 for p, v in totals.items()},
+                phase_us={ph: {p: v * 1e6 for p, v in t.items()} for ph, t in phase_t.items()},
+                phase_bound={ph: max(t, key=t.get) for ph, t in phase_t.items()})
+
+
+# ------------------------------------------------------------------------------ jax + triton
+def triton_available() -> tuple[bool, str]:
+    """(available, reason): the static compile needs the optional triton package."""
+    try:
+        import triton  # noqa: F401
+        from triton.backends.compiler import GPUTarget  # noqa: F401
+    except ImportError as e:
+        return False, f"triton is not installed ({e}); pip install -e .[static]"
+    return True, ""
+
+
+def _param_specs(cfg: StaticConfig):
+    import jax
+    import jax.numpy as jnp
+
+    s = lambda *shape: jax.ShapeDtypeStruct(shape, jnp.float32)  # noqa: E731
+    hid = cfg.E * cfg.C
+    p = dict(conv_w=s(cfg.k, cfg.k, cfg.gw, cfg.C), conv_b=s(cfg.C), norm_scale=s(cfg.C),
+             norm_shift=s(cfg.C), w1=s(cfg.C, hid), b1=s(hid), w2=s(hid, cfg.C), b2=s(cfg.C))
+    if cfg.ls:
+        p["layer_scale"] = s(cfg.C)
+    return p
+
+
+def export_triton_module(cfg: StaticConfig) -> tuple[str, dict[str, Any]]:
+    """(TTIR text, launch info) of the kernel exported for CUDA on this host."""
+    import jax
+    import jax.numpy as jnp
+    from jax._src.pallas.triton import pallas_call_registration as reg
+
+    from pallas_kernels import conv_first_block
+    from pallas_kernels.fused_block import block_launch_config
+
+    captured: list[str] = []
+    orig = reg.lowering.lower_jaxpr_to_triton_module
+
+    def hook(*a, **kw):
+        res = orig(*a, **kw)
+        captured.append(res.module.operation.get_asm(enable_debug_info=False))
+        return res
+
+    params = _param_specs(cfg)
+    x = jax.ShapeDtypeStruct((cfg.N, cfg.H, cfg.W, cfg.C), jnp.dtype(cfg.dtype))
+    lc = block_launch_config(x.shape, x.dtype, params, cfg.k, cfg.gw)
+    info: dict[str, Any] = dict(tile=lc.tile, hidden_chunk=lc.hidden_chunk,
+                                num_warps=lc.num_warps, num_stages=lc.num_stages)
+
+    def f(x_, p_):
+        return conv_first_block(x_, p_, kernel_size=cfg.k, group_width=cfg.gw, norm=cfg.norm,
+                                activation=cfg.act, interpret=False)
+
+    reg.lowering.lower_jaxpr_to_triton_module = hook
+    try:
+        exported = jax.export.export(
+            jax.jit(f), platforms=["cuda"],
+            disabled_checks=[jax.export.DisabledSafetyCheck.custom_call(TRITON_CALL)])(x, params)
+        text = exported.mlir_module()
+        for key in ("num_warps", "num_stages", "grid_x", "grid_y", "grid_z"):
+            m = re.search(rf"\b{key} = (\d+) : i32", text)
+            if m:
+                info[key] = int(m.group(1))
+    except RuntimeError:  # a jaxlib that compiles Triton while lowering: module was captured
+        if not captured:
+            raise
+    finally:
+        reg.lowering.lower_jaxpr_to_triton_module = orig
+    if len(captured) != 1:
+        raise RuntimeError(f"expected one Triton module, got {len(captured)}")
+    if "grid_x" not in info:
+        raise RuntimeError("no grid in the exported backend config")
+    return captured[0], info
+
+
+def _triton_tool(name: str) -> str:
+    import triton
+    return os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin", name)
+
+
+def compile_sm90(ttir: str, num_warps: int, num_stages: int, workdir: str,
+                 tag: str) -> dict[str, Any]:
+    """Compiles TTIR for sm_90a with pip triton; ptxas -v and SASS. Needs triton."""
+    import triton
+    from triton.backends.compiler import GPUTarget
+    from triton.backends.nvidia.compiler import get_ptxas
+
+    path = os.path.join(workdir, f"{tag}.ttir")
+    pathlib.Path(path).write_text(ttir)
+    kernel = triton.compile(path, target=GPUTarget("cuda", 90, 32),
+                            options=dict(num_warps=num_warps, num_stages=num_stages))
+    for ext in ("ttgir", "ptx"):
+        pathlib.Path(workdir, f"{tag}.{ext}").write_text(kernel.asm[ext])
+    cubin = os.path.join(workdir, f"{tag}.cubin")
+    pathlib.Path(cubin).write_bytes(kernel.asm["cubin"])
+    ptxas = get_ptxas(90)
+    res = subprocess.run([ptxas.path, "-v", "--regAllocOptLevel=2", "--gpu-name=sm_90a",
+                          os.path.join(workdir, f"{tag}.ptx"), "-o",
+                          os.path.join(workdir, "ptxas.o")], capture_output=True, text=True)
+    out = dict(ptxas_version=str(ptxas.version), dyn_smem=int(kernel.metadata.shared),
+               **parse_ptxas_log(res.stdout + res.stderr))
+    sass = subprocess.run([_triton_tool("nvdisasm"), "-c", cubin], capture_output=True,
+                          text=True, check=True).stdout
+    pathlib.Path(workdir, f"{tag}.sass").write_text(sass)
+    out["sass"] = sass
+    out["ptx_wgmma"] = len(re.findall(r"wgmma\.mma_async", kernel.asm["ptx"]))
+    out["ptx_mma_sync"] = len(re.findall(r"\bmma\.sync", kernel.asm["ptx"]))
+    return out
+
+
+def parse_ptxas_log(log: str) -> dict[str, int | None]:
+    """Registers, spill bytes and static shared memory from ``ptxas -v`` output."""
+    m = re.search(r"Used (\d+) registers", log)
+    out: dict[str, int | None] = dict(regs=int(m.group(1)) if m else None)
+    m = re.search(r"(\d+) bytes stack frame, (\d+) bytes spill stores, (\d+) bytes spill loads",
+                  log)
+    out["stack"], out["spill_st"], out["spill_ld"] = (map(int, m.groups()) if m
+                                                      else (None, None, None))
+    m = re.search(r"(\d+) bytes smem", log)
+    out["static_smem"] = int(m.group(1)) if m else 0
+    return out
+
+
+# ------------------------------------------------------------------------------ one row
+def analyse(cfg: StaticConfig, hw: H100Model, workdir: str) -> dict[str, Any]:
+    """Every number of the report for one configuration (needs jax's Triton lowering and
+    triton)."""
+    from pallas_kernels.tuning import padded_channels
+
+    t0 = time.time()
+    ttir, info = export_triton_module(cfg)
+    tag = re.sub(r"[^A-Za-z0-9]+", "_", cfg.name).strip("_") + f"_N{cfg.N}"
+    comp = compile_sm90(ttir, info["num_warps"], info["num_stages"], workdir, tag)
+    sass = comp.pop("sass")
+    instrs, labels = parse_sass(sass)
+    row: dict[str, Any] = dict(cfg=cfg.name, config=dataclasses.asdict(cfg), **info, **comp)
+    grid = info["grid_x"] * info.get("grid_y", 1) * info.get("grid_z", 1)
+    smem = comp["dyn_smem"] + comp["static_smem"]
+    occ = occupancy(comp["regs"] or 255, smem, info["num_warps"], hw)
+    row.update(occ, grid=grid, smem_kib=smem / 1024, waves=waves(grid, occ["ctas_per_sm"], hw))
+    grid_n1 = math.ceil(cfg.H * cfg.W / info["tile"])  # batch 1: one image's pixel tiles
+    row.update(grid_n1=grid_n1, waves_n1=waves(grid_n1, occ["ctas_per_sm"], hw))
+    row["pix_util"] = cfg.N * cfg.H * cfg.W / (grid * info["tile"])
+    cp = padded_channels(cfg.C)
+    hp = math.ceil(cfg.E * cfg.C / info["hidden_chunk"]) * info["hidden_chunk"]
+    row.update(floors(cfg, hw))
+
+    counts, loop_info = dynamic_counts(instrs, labels, mlp_trips=hp // info["hidden_chunk"],
+                                       other_trips=cfg.k * cfg.k * cfg.gw)
+    row["loops"] = loop_info
+    warps_total = info["num_warps"] * grid
+    weight_bytes = (2 * cp * hp * cfg.itemsize + cfg.k * cfg.k * cfg.gw * cp * 4
+                    + (5 * cp + hp) * 4)
+    l2_total = l2_bytes(cfg, info["tile"], grid, weight_bytes)
+    l2 = dict(conv=l2_total - grid * weight_bytes, mlp=grid * weight_bytes)
+    model = pipe_model(counts, warps_total, l2, row["fused_mb"] * 1e6, hw)
+    row.update(l2_mb=l2_total / 1e6, l2_weight_mb=l2["mlp"] / 1e6,
+               model_overlap_us=model["overlap_s"] * 1e6, model_serial_us=model["serial_s"] * 1e6,
+               bottleneck=model["bottleneck"], pipe_us=model["pipe_us"],
+               phase_us=model["phase_us"], phase_bound=model["phase_bound"])
+    row["pct_floor_overlap"] = row["floor_us"] / row["model_overlap_us"]
+    row["pct_floor_serial"] = row["floor_us"] / row["model_serial_us"]
+    row["vs_xla_floor"] = row["model_overlap_us"] / row["xla_floor_us"]
+    exec_tc = sum(counts[p]["tc_flops_" + op] for p in counts for op in MMA_OPS) * warps_total
+    useful_tc = 2 * cfg.N * cfg.H * cfg.W * 2 * cfg.C * cfg.E * cfg.C
+    row["tc_useful"] = useful_tc / exec_tc if exec_tc else 0.0
+    ops = Counter()
+    for ins in instrs:
+        ops[ins.op] += 1
+    row["mma"] = (f"wgmma x{ops['HGMMA']}" if ops["HGMMA"] else
+                  f"mma.sync x{ops['HMMA']}" if ops["HMMA"] else "none")
+    lanes = info["num_warps"] * 32
+    row["conv_instr_per_mac"] = counts["conv"]["issue"] * lanes / (
+        info["tile"] * cfg.k * cfg.k * cfg.gw * cp)
+    row["mlp_instr_per_hidden"] = counts["mlp"]["issue"] * lanes / (info["tile"] * hp)
+    row["seconds"] = time.time() - t0
+    return row
+
+
+# ------------------------------------------------------------------------------ output
+def markdown_table(rows: Sequence[dict[str, Any]]) -> str:
+    """The key columns, one row per configuration."""
+    head = ("| block | tile/HC/warps/stages | grid | regs | spill | smem KiB | CTA/SM | waves "
+            "| N=1 waves | MMA (useful) | conv µs | mlp µs | model µs overlap / serial | "
+            "floor µs | % floor ovl / ser | XLA floor µs | bottleneck |")
+    lines = [head, "|" + "---|" * (head.count("|") - 1)]
+    for r in rows:
+        if "error" in r:
+            lines.append(f"| {r['cfg']} | ERROR: {r['error'][:120]} |" + " |" * 15)
+            continue
+        ph, pb = r["phase_us"], r["phase_bound"]
+        lines.append(
+            f"| {r['cfg']} | {r['tile']}/{r['hidden_chunk']}/{r['num_warps']}/{r['num_stages']} "
+            f"| {r['grid']} | {r['regs']} | {r['spill_st']}/{r['spill_ld']} "
+            f"| {r['smem_kib']:.1f} | {r['ctas_per_sm']} ({r['limiter']}) | {r['waves']:.2f} "
+            f"| {r['waves_n1']:.2f} | {r['mma']} ({100 * r['tc_useful']:.0f} %) "
+            f"| {max(ph['conv'].values()):.0f} ({pb['conv']}) "
+            f"| {max(ph['mlp'].values()):.0f} ({pb['mlp']}) "
+            f"| {r['model_overlap_us']:.0f} / {r['model_serial_us']:.0f} | {r['floor_us']:.1f} "
+            f"| {100 * r['pct_floor_overlap']:.0f} / {100 * r['pct_floor_serial']:.0f} "
+            f"| {r['xla_floor_us']:.0f} | {r['bottleneck']} |")
+    return "\n".join(lines)
+
+
+def environment() -> dict[str, str]:
+    """Versions and date the report is labelled with."""
+    import jax
+    env = dict(date=datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+               jax=jax.__version__, label=STATIC_LABEL, target="sm_90a (H100)")
+    try:
+        import triton
+        env["triton"] = triton.__version__
+    except ImportError:
+        env["triton"] = "not installed"
+    return env
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="python -m convfirst_jax.bench static",
+        description="Static H100 report of the fused conv-first block: compiles the kernel for "
+                    "sm_90 without a GPU (needs the 'static' extra: triton) and models it.")
+    p.add_argument("--preset", choices=("brief", "none"), default=None,
+                   help="brief: the 24 configurations of issue 9 (default without --config)")
+    p.add_argument("--config", action="append", default=[],
+                   help="C=..,HW=..,k=..,gw=1|8,norm=layernorm|affine,act=..,ls=0|1,N=..,"
+                        "dtype=..,E=.. (repeatable)")
+    p.add_argument("--batch", type=int, default=128, help="N (default 128)")
+    p.add_argument("--dtype", default="bfloat16", choices=("float32", "bfloat16", "float16"))
+    p.add_argument("--json", default=None, help="write all rows to this JSON file")
+    p.add_argument("--markdown", default=None, help="write the key table to this file")
+    p.add_argument("--keep", default=None, help="directory for TTIR/TTGIR/PTX/cubin/SASS")
+    p.add_argument("--peak-tflops", type=float, default=H100Model.peak_flops / 1e12)
+    p.add_argument("--hbm-tbs", type=float, default=H100Model.hbm_bw / 1e12)
+    p.add_argument("--l2-tbs", type=float, default=H100Model.l2_bw / 1e12)
+    p.add_argument("--clock-ghz", type=float, default=H100Model.clock / 1e9)
+    return p
+
+
+def run(configs: Sequence[StaticConfig], hw: H100Model | None = None,
+        workdir: str | None = None) -> list[dict[str, Any]]:
+    """One report row per configuration (errors become rows with an "error" key)."""
+    ok, why = triton_available()
+    if not ok:
+        raise RuntimeError(why)
+    hw = hw or H100Model()
+    os.environ.setdefault("TRITON_DEFAULT_FP_FUSION", "1")  # Triton 3.9's default, stated
+    os.environ.setdefault("TRITON_CACHE_DIR", os.path.join(tempfile.gettempdir(),
+                                                           "convfirst-static-triton"))
+    workdir = workdir or tempfile.mkdtemp(prefix="convfirst-static-")
+    os.makedirs(workdir, exist_ok=True)
+    rows = []
+    for cfg in configs:
+        try:
+            rows.append(analyse(cfg, hw, workdir))
+        except Exception as e:  # noqa: BLE001 - report the failure in the table, go on
+            rows.append(dict(cfg=cfg.name, error=f"{type(e).__name__}: {e}"))
+    return rows
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """``python -m convfirst_jax.bench static ...``"""
+    args = build_parser().parse_args(argv)
+    defaults = dict(N=args.batch, dtype=args.dtype)
+    try:
+        configs = [parse_config(c, **defaults) for c in args.config]
+    except (ValueError, TypeError) as e:
+        raise SystemExit(f"static: bad --config: {e}") from None
+    if args.preset == "brief" or (not configs and args.preset is None):
+        configs = brief_configs(args.batch, args.dtype) + configs
+    ok, why = triton_available()
+    if not ok:
+        raise SystemExit(f"static: {why}")
+    os.environ.setdefault("JAX_PLATFORMS", "cpu")
+    hw = H100Model(peak_flops=args.peak_tflops * 1e12, hbm_bw=args.hbm_tbs * 1e12,
+                   l2_bw=args.l2_tbs * 1e12, clock=args.clock_ghz * 1e9)
+    rows = run(configs, hw, args.keep)
+    env = environment()
+    table = markdown_table(rows)
+    print(f"{env['label']}: {env['target']}, jax {env['jax']}, triton {env['triton']}, "
+          f"{env['date']}")
+    print(table)
+    if args.json:
+        pathlib.Path(args.json).write_text(json.dumps(
+            dict(environment=env, hardware=dataclasses.asdict(hw), rows=rows), indent=1,
+            default=str))
+    if args.markdown:
+        pathlib.Path(args.markdown).write_text(
+            f"# Fused block on H100: {env['label']}\n\n{env['date']}, jax {env['jax']}, "
+            f"triton {env['triton']}, target {env['target']}.\n\n{table}\n")
+    return 1 if any("error" in r for r in rows) else 0

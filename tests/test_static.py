@@ -1,0 +1,150 @@
+"""Static H100 report (convfirst_jax.bench.static).
+
+The model parts (SASS parsing, loop counting, occupancy, floors, pipe model) are tested on a
+small hand-written SASS sample and hand-computed numbers, everywhere. The end-to-end compile
+(jax export -> pip triton -> ptxas -> SASS) runs only where the optional triton package is
+installed (``pip install -e .[static]``) and skips cleanly elsewhere (CI).
+"""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+
+from convfirst_jax.bench import static
+
+# nvdisasm -c style: a prologue, a conv loop (no tensor cores, runs k*k*gw times), an MLP loop
+# with wgmma / mma.sync (runs hidden / HC times), an epilogue.
+SASS = """
+        .text.kern:
+        /*0000*/                   S2R R0, SR_TID.X ;
+        /*0010*/                   LDG.E.128 R4, desc[UR4][R2.64] ;
+.L_x_0:
+        /*0020*/                   IADD3 R8, R8, 0x1, RZ ;
+        /*0030*/              @!P0 LDG.E.64 R12, desc[UR4][R10.64] ;
+        /*0040*/                   FFMA R20, R12, R13, R20 ;
+        /*0050*/                   ISETP.NE.AND P0, PT, R8, 0x9, PT ;
+        /*0060*/               @P0 BRA `(.L_x_0) ;
+.L_x_1:
+        /*0070*/                   HGMMA.64x32x16.F32.BF16 R40, R56, gdesc[UR8].tnspB, RZ, !UPT ;
+        /*0080*/                   HMMA.16816.F32.BF16 R24, R28, R30, R24 ;
+        /*0090*/                   MUFU.EX2 R50, R51 ;
+        /*00a0*/                   F2F.BF16.F32 R52, R50 ;
+        /*00b0*/                   LDSM.16.M88.X4 R60, [R61] ;
+        /*00c0*/               @P1 BRA `(.L_x_1) ;
+        /*00d0*/                   STG.E.128 desc[UR4][R2.64], R4 ;
+        /*00e0*/                   EXIT ;
+"""
+
+
+def test_parse_sass_and_classify():
+    instrs, labels = static.parse_sass(SASS)
+    assert [i.op for i in instrs][:3] == ["S2R", "LDG", "IADD3"]
+    assert len(instrs) == 15 and labels == {".L_x_0": 0x20, ".L_x_1": 0x70}
+    by_op = {i.op + i.mods: i for i in instrs}
+    assert static.classify(by_op["LDG.E.128"]) == ("lsu", 4)
+    assert static.classify(by_op["LDG.E.64"]) == ("lsu", 2)
+    assert static.classify(by_op["LDSM.16.M88.X4"]) == ("lsu", 4)
+    assert static.classify(by_op["FFMA"]) == ("fp32", 0)
+    assert static.classify(by_op["MUFU.EX2"]) == ("mufu", 0)
+    assert static.classify(by_op["IADD3"]) == ("alu", 0)
+    assert by_op["LDG.E.64"].pred == "@!P0"
+    # wgmma 64x32x16 per warp = a quarter of the warpgroup's 2*64*32*16; mma 16x8x16
+    assert static.mma_flops(by_op["HGMMA.64x32x16.F32.BF16"]) == 2 * 64 * 32 * 16 / 4
+    assert static.mma_flops(by_op["HMMA.16816.F32.BF16"]) == 2 * 16 * 8 * 16
+
+
+def test_dynamic_counts_phases_and_trips():
+    instrs, labels = static.parse_sass(SASS)
+    assert static.find_loops(instrs, labels) == [(2, 6), (7, 12)]
+    counts, loops = static.dynamic_counts(instrs, labels, mlp_trips=4, other_trips=9)
+    assert [lp["kind"] for lp in loops] == ["other", "mlp"]
+    conv, mlp, rest = counts["conv"], counts["mlp"], counts["rest"]
+    assert conv["issue"] == 2 + 5 * 9
+    assert conv["l1"] == 4 + 2 * 9 and conv["fp32"] == 9 and conv["alu"] == 2 * 9
+    assert mlp["issue"] == 6 * 4 and mlp["mufu"] == 4 and mlp["cvt"] == 4
+    assert mlp["tc_flops_HGMMA"] == 4 * 2 * 64 * 32 * 16 / 4
+    assert mlp["tc_flops_HMMA"] == 4 * 2 * 16 * 8 * 16
+    assert rest["issue"] == 2 and rest["l1"] == 4
+
+
+def test_pipe_model_overlap_and_serial():
+    hw = static.H100Model()
+    counts, _ = static.dynamic_counts(*static.parse_sass(SASS), mlp_trips=4, other_trips=9)
+    warps = 132 * 8  # 8 warps per SM
+    m = static.pipe_model(counts, warps, dict(conv=1e6, mlp=2e6), hbm_bytes=3e6, hw=hw)
+    issue_conv = 47 * 8 / 4.0 / hw.clock
+    assert math.isclose(m["phase_us"]["conv"]["issue"], issue_conv * 1e6)
+    assert math.isclose(m["phase_us"]["mlp"]["l2"], 2e6 / hw.l2_bw * 1e6)
+    assert math.isclose(m["pipe_us"]["hbm"], 1.0)  # 3 MB at 3 TB/s
+    assert m["overlap_s"] == max(v for v in m["pipe_us"].values()) / 1e6
+    assert m["serial_s"] >= m["overlap_s"]
+
+
+def test_occupancy_and_waves():
+    hw = static.H100Model()
+    # 159 regs -> 160 per thread -> 5120 per warp; 8 warps -> 40960 per CTA -> 1 CTA/SM
+    occ = static.occupancy(159, 80 * 1024, 8, hw)
+    assert occ["ctas_per_sm"] == 1 and occ["limiter"] == "regs"
+    occ = static.occupancy(64, 100 * 1024, 4, hw)  # smem: 228 KiB // (100 KiB + 1 KiB) = 2
+    assert occ["ctas_per_sm"] == 2 and occ["limiter"] == "smem"
+    assert static.waves(264, 2, hw) == 1.0
+    assert static.waves(10, 0, hw) == math.inf
+
+
+def test_floors_from_project_costs():
+    hw = static.H100Model()
+    cfg = static.StaticConfig(64, 56, 56, 7, 1, "layernorm", "gelu", True, 128, "bfloat16")
+    f = static.floors(cfg, hw)
+    px = 128 * 56 * 56
+    macs = px * (49 * 64 + 2 * 64 * 256)
+    weights = 49 * 64 + 64 + 2 * 64 + 64 * 256 + 256 + 256 * 64 + 64 + 64  # + LN, layer scale
+    nbytes = 2 * px * 64 * 2 + weights * 2
+    assert math.isclose(f["floor_us"], max(2 * macs / 800e12, nbytes / 3e12) * 1e6)
+    assert math.isclose(f["fused_mb"], nbytes / 1e6)
+    assert f["floor_bound"] == "compute"
+    # XLA: every layer reads and writes its activations; at least 25 C-wide tensors per pixel
+    assert f["xla_floor_us"] > 25 * px * 64 * 2 / 3e12 * 1e6
+    assert f["xla_floor_us"] > 10 * f["floor_us"]
+
+
+def test_l2_bytes_halo():
+    cfg = static.StaticConfig(16, 4, 4, 3, N=1, dtype="float32")
+    # one tile of 16 pixels covers the image: rows clipped to [0, 16)
+    assert static.l2_bytes(cfg, 16, 1, 100) == 16 * 16 * 4 + 100
+    # tiles of 4 (one row each): halo 4 + 1 pixels either side, clipped
+    rows = [min(15, p + 3 + 5) - max(0, p - 5) + 1 for p in (0, 4, 8, 12)]
+    assert static.l2_bytes(cfg, 4, 4, 0) == sum(rows) * 16 * 4
+
+
+def test_config_parsing_and_brief():
+    cfg = static.parse_config("C=128,HW=28,k=3,gw=8,norm=affine,act=silu,ls=0", N=1)
+    assert (cfg.C, cfg.H, cfg.W, cfg.k, cfg.gw, cfg.norm, cfg.ls, cfg.N) == (
+        128, 28, 28, 3, 8, "affine", False, 1)
+    with pytest.raises(ValueError, match="unknown config key"):
+        static.parse_config("C=64,foo=1")
+    with pytest.raises(ValueError, match="KEY=VALUE"):
+        static.parse_config("C64")
+    brief = static.brief_configs()
+    assert len(brief) == 24 and len({c.name for c in brief}) == 24
+    assert {c.gw for c in brief} == {1, 8}
+    assert static.parse_ptxas_log(
+        "ptxas info    : Used 159 registers, 0 bytes stack frame, 8 bytes spill stores, "
+        "4 bytes spill loads\nptxas info    : Used 159 registers, 16 bytes smem")["regs"] == 159
+
+
+def test_static_report_end_to_end(tmp_path):
+    """Where triton is installed: compile one small configuration for sm_90 and model it."""
+    ok, why = static.triton_available()
+    if not ok:
+        pytest.skip(why)
+    rows = static.run([static.parse_config("C=64,HW=14,k=3,N=2")], workdir=str(tmp_path))
+    (row,) = rows
+    assert "error" not in row, row.get("error")
+    assert row["regs"] > 0 and row["ctas_per_sm"] >= 1
+    assert row["mma"].startswith(("wgmma", "mma.sync"))
+    assert row["model_serial_us"] >= row["model_overlap_us"] > 0
+    assert 0 < row["pct_floor_overlap"] <= 1.0
+    table = static.markdown_table(rows)
+    assert row["cfg"] in table
