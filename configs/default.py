@@ -33,6 +33,7 @@ def get_config() -> ml_collections.ConfigDict:
     c.eval_batch_size = 128      # global eval batch (must divide by the device count)
     c.num_workers = 2            # grain worker processes (0 = in-process, fully deterministic)
     c.crop_min_scale = 0.08      # RandomResizedCrop area scale range (crop_min_scale, 1.0)
+    c.allow_empty_classes = False  # True: a train class folder without images is still a class
 
     # Optimisation (AdamW, linear warm-up + cosine decay).
     c.num_epochs = 10
@@ -52,6 +53,10 @@ def get_config() -> ml_collections.ConfigDict:
     c.checkpoint_every_steps = 500
     c.keep_checkpoints = 3       # latest k are kept, plus the best by eval top-1
     c.accuracy_targets = (0.5, 0.7, 0.8)
+    # Resuming a workdir with other settings than it was started with is refused (the changed
+    # keys are listed); True allows it and records the change in workdir/config_changes.jsonl.
+    # Keys in train.loop.RESUME_FREE_KEYS (progress bar, logging, ...) may always change.
+    c.allow_config_change = False
 
     # Start-up speed check (0 = skip): batches timed from a separate loader iterator and
     # train steps timed on a throw-away copy of the state.

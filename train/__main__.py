@@ -7,10 +7,14 @@
 (see configs/default.py for every key). ``--config.KEY=VALUE`` (or ``--config.KEY VALUE``)
 overrides one key; the value is parsed as the type of the default (bool, int, float, str,
 tuple). An unknown or misspelt key stops with one error that lists the valid keys. Rerunning
-the same command resumes from the newest checkpoint in ``--workdir``.
+the same command resumes from the newest checkpoint in ``--workdir``; resuming with other
+settings than the stored ones is refused unless ``--config.allow_config_change=True``.
 
-Exit codes: 0 done, 1 non-finite loss (the last good checkpoint is kept), 2 bad arguments,
-config or data.
+Every failure is one ``error: ...`` line on stderr with its exit code (``train.errors``): 0 done,
+1 diverged (non-finite loss or state; the last good checkpoint is kept), 2 bad arguments,
+config or data, 3 workdir unusable, 4 a write failed (disk full; the last complete checkpoint is
+kept), 5 the workdir holds another run, 130 / 143 stopped by Ctrl-C / SIGTERM (after writing a
+checkpoint), 70 an unexpected internal error (with its traceback).
 """
 
 from __future__ import annotations
@@ -28,6 +32,7 @@ import ml_collections
 
 USAGE = ("usage: python -m train --config CONFIG.py --workdir DIR [--config.KEY=VALUE ...]\n"
          "       (convfirst-train is the same command)")
+EXIT_INTERNAL = 70  # an unexpected exception (a bug): its traceback is printed
 
 
 def load_config_file(path: str) -> ml_collections.ConfigDict:
@@ -169,18 +174,36 @@ def build_config(argv: Sequence[str]) -> tuple[ml_collections.ConfigDict, str]:
     return config, workdir
 
 
+def _print_help() -> None:
+    from train import errors  # noqa: PLC0415
+
+    print(USAGE)
+    try:
+        from configs import default  # noqa: PLC0415
+        print("\nconfig keys (defaults from configs/default.py):")
+        for k, v in sorted(default.get_config().items()):
+            print(f"  {k} = {v!r}")
+    except ImportError:
+        pass
+    print("\nexit codes:")
+    for code, meaning in sorted({**errors.EXIT_CODES, EXIT_INTERNAL: "internal error (a bug; "
+                                 "traceback printed)"}.items()):
+        print(f"  {code:3d}  {meaning}")
+
+
 def main(argv: Sequence[str] | None = None) -> int:
+    """Run the command line; returns the exit code (see train/errors.py)."""
+    from train import errors  # noqa: PLC0415  (no jax)
+
     argv = sys.argv[1:] if argv is None else list(argv)
     if any(a in ("-h", "--help") for a in argv):
-        print(USAGE)
         try:
-            from configs import default  # noqa: PLC0415
-            print("\nconfig keys (defaults from configs/default.py):")
-            for k, v in sorted(default.get_config().items()):
-                print(f"  {k} = {v!r}")
-        except ImportError:
-            pass
-        return 0
+            _print_help()
+            sys.stdout.flush()
+        except BrokenPipeError:  # `--help | head`: the reader is gone, which is fine
+            devnull = os.open(os.devnull, os.O_WRONLY)
+            os.dup2(devnull, sys.stdout.fileno())
+        return errors.EXIT_OK
     debug = os.environ.get("CONVFIRST_DEBUG") == "1"
     try:
         config, workdir = build_config(argv)
@@ -188,22 +211,34 @@ def main(argv: Sequence[str] | None = None) -> int:
         if debug:
             raise
         print(f"error: {e}", file=sys.stderr)
-        return 2
+        return errors.EXIT_BAD_INPUT
 
     from train import loop  # noqa: PLC0415  (imports jax: after the argument checks)
 
-    loop.maybe_initialize_distributed()
     try:
+        loop.maybe_initialize_distributed()
         loop.train_and_evaluate(config, workdir)
-    except loop.NonFiniteLossError as e:
+    except errors.TrainError as e:
+        if debug:
+            raise
         print(f"error: {e}", file=sys.stderr)
-        return 1
+        return e.exit_code
     except ValueError as e:
         if debug:
             raise
         print(f"error: {e}", file=sys.stderr)
-        return 2
-    return 0
+        return errors.EXIT_BAD_INPUT
+    except KeyboardInterrupt:  # a second Ctrl-C: stopped at once, no checkpoint of this step
+        print("error: stopped at once by a second interrupt; rerun the same command to resume "
+              "from the last checkpoint", file=sys.stderr)
+        return errors.EXIT_SIGINT
+    except Exception:  # noqa: BLE001  (a bug: keep its traceback, but not exit 1 = diverged)
+        import traceback  # noqa: PLC0415
+        traceback.print_exc()
+        print(f"error: internal error (exit {EXIT_INTERNAL}); please report the traceback above",
+              file=sys.stderr)
+        return EXIT_INTERNAL
+    return errors.EXIT_OK
 
 
 if __name__ == "__main__":

@@ -12,13 +12,23 @@ A checkpoint holds two items:
 Orbax writes each step to a temporary directory and renames it when complete, so a run killed
 with ``kill -9`` never leaves a half-written checkpoint behind. Retention: the latest
 ``keep`` checkpoints plus the one with the best eval top-1.
+
+Failures are one line each: a write that fails (disk full, I/O error; also in the background
+thread of an async save) raises :class:`train.errors.WriteFailedError` naming the step, the
+reason and the last complete checkpoint, which stays; a checkpoint whose tree does not fit the
+target (another model or optimizer) raises :class:`train.errors.WorkdirMismatchError`.
+orbax's own ERROR log records (tracebacks repeated per thread) are dropped: the same failure
+reaches the caller as that one exception.
 """
 
 from __future__ import annotations
 
 import base64
 import logging
+import os
 import pathlib
+import re
+import shutil
 from collections.abc import Mapping
 from typing import Any
 
@@ -27,6 +37,8 @@ import jax.numpy as jnp
 import numpy as np
 import orbax.checkpoint as ocp
 from orbax.checkpoint import checkpoint_managers as ocm
+
+from train.errors import WorkdirMismatchError, WriteFailedError
 
 STATE, META = "state", "meta"
 
@@ -38,6 +50,8 @@ class _QuietOrbax(logging.Filter):
     _NOISE = ("Requested `tracked_metric`", "Waiting for previous save to complete")
 
     def filter(self, record: logging.LogRecord) -> bool:
+        if record.levelno >= logging.ERROR and "orbax" in record.pathname:
+            return False  # re-raised to the caller as one WriteFailedError / mismatch error
         msg = record.getMessage()
         return not any(n in msg for n in self._NOISE)
 
@@ -84,6 +98,18 @@ def decode_iterator_state(state: Any) -> Any:
     return state
 
 
+def failure_reason(error: BaseException) -> str:
+    """A short reason for a failed write: the OS error text when there is one."""
+    if isinstance(error, OSError) and error.strerror:
+        return f"{error.strerror} [errno {error.errno}]"
+    match = re.search(r"os_error_code='?(\d+)", str(error))
+    if match:
+        code = int(match.group(1))
+        return f"{os.strerror(code)} [errno {code}]"
+    first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+    return first[:200]
+
+
 class Checkpointer:
     """Saves and restores (TrainState, meta) pairs under ``workdir/checkpoints``.
 
@@ -105,9 +131,33 @@ class Checkpointer:
         ])
         options = ocp.CheckpointManagerOptions(
             preservation_policy=policy, best_fn=lambda m: m["top1"], best_mode="max",
-            enable_async_checkpointing=async_save, create=True)
+            enable_async_checkpointing=async_save, create=True, cleanup_tmp_directories=True)
         self._manager = ocp.CheckpointManager(self.directory, options=options,
                                               item_names=(STATE, META))
+        self._pending: int | None = None  # step of the save that may still be writing
+
+    def _write_failed(self, step: int | None, error: BaseException) -> WriteFailedError:
+        """One-line error for a failed write; removes the partial (temporary) step folder."""
+        try:
+            complete = [s for s in self._manager.all_steps() if s != step]
+        except Exception:  # noqa: BLE001
+            complete = []
+        if step is not None:
+            for partial in self.directory.glob(f"{step}.orbax-checkpoint-tmp*"):
+                shutil.rmtree(partial, ignore_errors=True)
+        kept = (f"the last complete checkpoint is step {max(complete)} (kept)" if complete
+                else "no complete checkpoint exists yet")
+        what = f"checkpoint step {step}" if step is not None else "a checkpoint"
+        return WriteFailedError(
+            f"could not write {what} to {self.directory}: {failure_reason(error)}; {kept}; "
+            "free disk space or fix the folder, then rerun the same command to resume")
+
+    def check(self) -> None:
+        """Raise :class:`WriteFailedError` if a background save has failed."""
+        try:
+            self._manager.check_for_errors()
+        except Exception as e:  # noqa: BLE001
+            raise self._write_failed(self._pending, e) from None
 
     def latest_step(self) -> int | None:
         """Step of the newest complete checkpoint, None if there is none."""
@@ -124,6 +174,7 @@ class Checkpointer:
         """Save ``state`` and JSON ``meta`` at ``step``; a step already saved is skipped."""
         if step in self._manager.all_steps():
             return False
+        self.check()
         # A private copy: the train step donates the live state's buffers, and a background
         # write must never read memory that the next step reuses.
         snapshot = jax.tree.map(jnp.copy, _keys_to_data(state))
@@ -131,8 +182,14 @@ class Checkpointer:
             STATE: ocp.args.StandardSave(snapshot),
             META: ocp.args.JsonSave(dict(meta)),
         })
-        return self._manager.save(step, args=args,
-                                  metrics=dict(metrics) if metrics is not None else None)
+        try:
+            saved = self._manager.save(step, args=args,
+                                       metrics=dict(metrics) if metrics is not None else None)
+        except Exception as e:  # noqa: BLE001  (the previous async save or this one failed)
+            failed = self._pending if self._pending not in (None, *self.all_steps()) else step
+            raise self._write_failed(failed, e) from None
+        self._pending = step
+        return saved
 
     def restore(self, step: int, target: Any) -> tuple[Any, dict[str, Any]]:
         """Restore the checkpoint at ``step`` into the structure/shardings of ``target``.
@@ -145,19 +202,41 @@ class Checkpointer:
         abstract = jax.tree.map(
             lambda x: _abstract_key_data(x) if _is_key(x) else ocp.utils.to_shape_dtype_struct(x),
             target)
-        restored = self._manager.restore(step, args=ocp.args.Composite(**{
-            STATE: ocp.args.StandardRestore(abstract),
-            META: ocp.args.JsonRestore(),
-        }))
+        try:
+            restored = self._manager.restore(step, args=ocp.args.Composite(**{
+                STATE: ocp.args.StandardRestore(abstract),
+                META: ocp.args.JsonRestore(),
+            }))
+        except (ValueError, KeyError, TypeError) as e:
+            raise WorkdirMismatchError(
+                f"checkpoint step {step} in {self.directory} does not fit this model and "
+                f"optimizer ({type(e).__name__}: {str(e).strip().splitlines()[0][:120]}...); "
+                "it was written by another model or config: use a new --workdir, or delete "
+                "this one to start over") from None
         state = jax.tree.map(
             lambda t, r: jax.random.wrap_key_data(r, impl=jax.random.key_impl(t))
             if _is_key(t) else r, target, restored[STATE])
         return state, dict(restored[META])
 
     def wait(self) -> None:
-        """Block until background writes are complete."""
-        self._manager.wait_until_finished()
+        """Block until background writes are complete (:class:`WriteFailedError` if one failed)."""
+        try:
+            self._manager.wait_until_finished()
+        except Exception as e:  # noqa: BLE001
+            raise self._write_failed(self._pending, e) from None
 
     def close(self) -> None:
-        self._manager.wait_until_finished()
+        """Wait for background writes (raising :class:`WriteFailedError`), then close."""
+        self.wait()
         self._manager.close()
+
+    def close_quietly(self) -> None:
+        """Close after a failure elsewhere: never raises, logs nothing."""
+        try:
+            self._manager.wait_until_finished()
+        except Exception:  # noqa: BLE001
+            pass
+        try:
+            self._manager.close()
+        except Exception:  # noqa: BLE001
+            pass

@@ -1,7 +1,11 @@
 """ImageNet-style folder datasets as grain pipelines (train: infinite + checkpointable; eval: one pass).
 
-Layout: ``data_dir/{train,val}/<class>/*.{JPEG,jpg,jpeg,png}`` (extensions case-insensitive).
-Classes are the sorted folder names of ``data_dir/train``; ``val`` must use a subset of them.
+Layout: ``data_dir/{train,val}/<class>/**/*.{JPEG,jpg,jpeg,png,webp}`` (extensions
+case-insensitive; images in nested sub-folders of a class folder belong to that class, as in
+timm / torchvision ``ImageFolder``). Classes are the sorted non-hidden folder names of
+``data_dir/train``; ``val`` must use a subset of them. :func:`scan_split` says what it used and
+what it skipped, by reason (hidden, other extension, dangling symlink, outside a class folder);
+an empty train class folder is an error unless ``allow_empty_classes``.
 
 Batches are dicts of numpy arrays::
 
@@ -40,18 +44,24 @@ __all__ = [
     "EvalLoader",
     "class_names",
     "list_images",
+    "scan_split",
+    "SplitScan",
+    "probe_readable",
+    "check_readable",
     "build_train_loader",
     "build_eval_loader",
     "steps_per_epoch",
     "ensure_synthetic_dataset",
 ]
 
-IMAGE_EXTENSIONS = (".jpeg", ".jpg", ".png")
+IMAGE_EXTENSIONS = (".jpeg", ".jpg", ".png", ".webp")
 _FIX_HINT = (
-    "expected the ImageNet folder layout DATA_DIR/{train,val}/<class>/*.JPEG; point --data-dir "
-    "at such a folder, or leave it unset to use the embedded synthetic dataset "
-    "(train.data.ensure_synthetic_dataset())"
+    "expected the ImageNet folder layout DATA_DIR/{train,val}/<class>/*.JPEG; pass "
+    "--config.data_dir=DIR pointing at such a folder, or --config.data_dir='' for the embedded "
+    "synthetic dataset (train.data.ensure_synthetic_dataset())"
 )
+# How many files per split :func:`probe_readable` decodes at start-up.
+PROBE_FILES = 64
 
 
 def _split_dir(data_dir: str | os.PathLike, split: str) -> pathlib.Path:
@@ -68,7 +78,10 @@ def _class_dirs(split_path: pathlib.Path) -> list[str]:
 
 
 def class_names(data_dir: str | os.PathLike) -> list[str]:
-    """Sorted class folder names of ``data_dir/train`` (label i = i-th name)."""
+    """Sorted class folder names of ``data_dir/train`` (label i = i-th name).
+
+    Hidden folders (name starting with ".") are not classes.
+    """
     path = _split_dir(data_dir, "train")
     names = _class_dirs(path)
     if not names:
@@ -76,10 +89,93 @@ def class_names(data_dir: str | os.PathLike) -> list[str]:
     return names
 
 
-def list_images(data_dir: str | os.PathLike, split: str) -> tuple[list[str], list[int]]:
-    """All image files of ``split`` in a fixed (sorted) order, with their integer labels.
+@dataclasses.dataclass
+class SplitScan:
+    """What :func:`scan_split` found in one split folder.
 
-    Raises ValueError for a missing or empty split or a ``val`` class that ``train`` lacks.
+    Attributes:
+      split_dir: the folder scanned (``data_dir/split``).
+      class_names: the train class names (label i = i-th name).
+      paths, labels: the image files used, sorted by path within each class, and their labels.
+      per_class: images used per class folder of this split (0 for an empty class).
+      nested: how many of the used images sit in sub-folders of a class folder.
+      skipped: files (and folders) not used, by reason -> count.
+      examples: reason -> one example path.
+    """
+
+    split_dir: str
+    class_names: list[str]
+    paths: list[str]
+    labels: list[int]
+    per_class: dict[str, int]
+    nested: int
+    skipped: dict[str, int]
+    examples: dict[str, str]
+
+    @property
+    def empty_classes(self) -> list[str]:
+        return [c for c, n in self.per_class.items() if n == 0]
+
+    def describe(self) -> str:
+        """One line: classes, images used, skipped by reason."""
+        used = (f"{len(self.paths)} images in {len(self.per_class)} class folders"
+                + (f" ({self.nested} in nested sub-folders)" if self.nested else ""))
+        skipped = "; ".join(f"{n} {reason} (e.g. {self.examples[reason]})"
+                            for reason, n in sorted(self.skipped.items()))
+        return f"{self.split_dir}: {used}; skipped: {skipped or 'none'}"
+
+
+def _skip(skipped: dict[str, int], examples: dict[str, str], reason: str, path: str) -> None:
+    skipped[reason] = skipped.get(reason, 0) + 1
+    examples.setdefault(reason, path)
+
+
+def _class_files(class_dir: str, skipped: dict[str, int], examples: dict[str, str]
+                 ) -> tuple[list[str], int]:
+    """Image files under ``class_dir``, nested sub-folders included (as timm / torchvision
+    ``ImageFolder``); symlinks are followed, each real folder once. Returns (paths, nested)."""
+    files: list[str] = []
+    nested = 0
+    seen: set[str] = set()
+    for root, dirs, names in os.walk(class_dir, followlinks=True):
+        real = os.path.realpath(root)
+        if real in seen:
+            dirs[:] = []
+            _skip(skipped, examples, "folders already visited (symlink loop)", root)
+            continue
+        seen.add(real)
+        for d in [d for d in dirs if d.startswith(".")]:
+            _skip(skipped, examples, "hidden folders", os.path.join(root, d))
+        dirs[:] = sorted(d for d in dirs if not d.startswith("."))
+        for name in names:
+            path = os.path.join(root, name)
+            ext = os.path.splitext(name)[1].lower()
+            if name.startswith("."):
+                _skip(skipped, examples, "hidden files", path)
+            elif ext not in IMAGE_EXTENSIONS:
+                _skip(skipped, examples, f"not an image extension ({ext or 'none'})", path)
+            elif not os.path.exists(path):
+                _skip(skipped, examples, "dangling symlinks", path)
+            elif not os.path.isfile(path):
+                _skip(skipped, examples, "not regular files", path)
+            else:
+                files.append(path)
+                nested += root != class_dir
+    return sorted(files), nested
+
+
+def scan_split(data_dir: str | os.PathLike, split: str, *, allow_empty_classes: bool = False
+               ) -> SplitScan:
+    """Scan ``data_dir/split``: the images used (with labels) and what was skipped, by reason.
+
+    Rules: classes are the sorted non-hidden folder names of ``data_dir/train``; images are files
+    with an extension in :data:`IMAGE_EXTENSIONS` (case-insensitive) anywhere below a class
+    folder (nested sub-folders count for that class); hidden files / folders, other extensions,
+    dangling symlinks and files directly in the split folder are skipped and counted.
+
+    Raises ValueError (one message, with the fix) for a missing split, a split without images,
+    a ``val`` class that ``train`` lacks, or -- unless ``allow_empty_classes`` -- a train class
+    folder without images.
     """
     names = class_names(data_dir)
     path = _split_dir(data_dir, split)
@@ -92,14 +188,21 @@ def list_images(data_dir: str | os.PathLike, split: str) -> tuple[list[str], lis
             f"{str(pathlib.Path(data_dir) / 'train')!r}; every {split} class must also be a "
             "train class (labels come from the sorted train folder names)"
         )
+    skipped: dict[str, int] = {}
+    examples: dict[str, str] = {}
+    for e in sorted(os.scandir(path), key=lambda e: e.name):
+        if e.name.startswith("."):
+            _skip(skipped, examples, "hidden files" if not e.is_dir() else "hidden folders", e.path)
+        elif not e.is_dir():
+            _skip(skipped, examples, "files outside class folders", e.path)
     paths: list[str] = []
     labels: list[int] = []
+    per_class: dict[str, int] = {}
+    nested = 0
     for cls in split_classes:
-        files = sorted(
-            e.path
-            for e in os.scandir(path / cls)
-            if e.is_file() and os.path.splitext(e.name)[1].lower() in IMAGE_EXTENSIONS
-        )
+        files, n_nested = _class_files(str(path / cls), skipped, examples)
+        per_class[cls] = len(files)
+        nested += n_nested
         paths.extend(files)
         labels.extend([index[cls]] * len(files))
     if not paths:
@@ -107,14 +210,108 @@ def list_images(data_dir: str | os.PathLike, split: str) -> tuple[list[str], lis
             f"split folder {str(path)!r} contains no images with extensions "
             f"{IMAGE_EXTENSIONS} (case-insensitive); {_FIX_HINT}"
         )
-    return paths, labels
+    scan = SplitScan(str(path), names, paths, labels, per_class, nested, skipped, examples)
+    if split == "train" and scan.empty_classes and not allow_empty_classes:
+        empty = scan.empty_classes
+        raise ValueError(
+            f"{len(empty)} class folder(s) of {str(path)!r} contain no images: "
+            f"{', '.join(empty[:5])}{' ...' if len(empty) > 5 else ''}; remove them, or pass "
+            "--config.allow_empty_classes=True to keep them as classes without training images"
+        )
+    return scan
 
 
-def steps_per_epoch(data_dir: str | os.PathLike, global_batch_size: int) -> int:
+def list_images(data_dir: str | os.PathLike, split: str, *, allow_empty_classes: bool = False
+                ) -> tuple[list[str], list[int]]:
+    """All image files of ``split`` in a fixed (sorted) order, with their integer labels.
+
+    The rules and errors are those of :func:`scan_split`.
+    """
+    scan = scan_split(data_dir, split, allow_empty_classes=allow_empty_classes)
+    return scan.paths, scan.labels
+
+
+def probe_readable(paths: list[str], sample: int = PROBE_FILES) -> tuple[int, int, str | None]:
+    """Decode up to ``sample`` evenly spaced files of ``paths``.
+
+    Returns (files decoded, how many of them were unreadable, one unreadable path or None).
+    A cheap start-up check: the loaders mask and count every unreadable file during training.
+    """
+    if not paths:
+        return 0, 0, None
+    step = max(len(paths) / max(sample, 1), 1.0)
+    chosen = sorted({int(i * step) for i in range(min(sample, len(paths)))})
+    bad, example = 0, None
+    for i in chosen:
+        try:
+            with open(paths[i], "rb") as f:
+                data = f.read()
+        except OSError:
+            data = b""
+        if not transforms.eval_image(data, 8, 1.0)[1]:
+            bad += 1
+            example = example or paths[i]
+    return len(chosen), bad, example
+
+
+def check_readable(scan: SplitScan, sample: int = PROBE_FILES) -> tuple[int, int]:
+    """:func:`probe_readable` on a scan; raises ValueError when none of the probed files decodes.
+
+    Returns (files decoded, unreadable among them).
+    """
+    checked, bad, example = probe_readable(scan.paths, sample)
+    if checked and bad == checked:
+        every = "all" if checked == len(scan.paths) else f"all {checked} probed of the"
+        raise ValueError(
+            f"{every} {len(scan.paths)} image files of {scan.split_dir!r} are unreadable "
+            f"(e.g. {example!r} does not decode as an image); replace them with JPEG / PNG / "
+            "WebP images, or point --config.data_dir at another folder"
+        )
+    return checked, bad
+
+
+def steps_per_epoch(data_dir: str | os.PathLike, global_batch_size: int, *,
+                    allow_empty_classes: bool = False) -> int:
     """Full train batches per epoch (the train loader drops the last partial batch)."""
     _check_positive("global_batch_size", global_batch_size)
-    n = len(list_images(data_dir, "train")[0])
+    n = len(list_images(data_dir, "train", allow_empty_classes=allow_empty_classes)[0])
     return max(n // global_batch_size, 1)
+
+
+_WORKER_GUARDED = False
+# How often a worker process checks that the training process is still alive (seconds).
+PARENT_POLL_S = 0.5
+
+
+def guard_worker_process(owner_pid: int) -> None:
+    """Make this grain worker process die with the training process ``owner_pid``.
+
+    Called once per worker, on its first record: ignores SIGINT (Ctrl-C in a terminal reaches the
+    whole process group; the training process alone decides how to stop and then shuts the
+    workers down) and starts a daemon thread that ends the worker as soon as its parent is gone
+    (``kill -9`` of the training process), so no worker or shared memory outlives the run.
+    ``PR_SET_PDEATHSIG`` is not used: it fires when the parent *thread* exits, and grain starts
+    workers from short-lived threads.
+    """
+    global _WORKER_GUARDED
+    if _WORKER_GUARDED:
+        return
+    _WORKER_GUARDED = True
+    import signal  # noqa: PLC0415
+    import threading  # noqa: PLC0415
+
+    try:
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+    except ValueError:  # not the main thread of the worker: the watchdog still works
+        pass
+
+    def watch() -> None:
+        while True:
+            if os.getppid() != owner_pid:
+                os._exit(0)
+            time.sleep(PARENT_POLL_S)
+
+    threading.Thread(target=watch, name="convfirst-parent-watchdog", daemon=True).start()
 
 
 class ImageFolderSource(grain.sources.RandomAccessDataSource):
@@ -125,10 +322,13 @@ class ImageFolderSource(grain.sources.RandomAccessDataSource):
     gives empty bytes, which the transforms turn into a zero image with valid = 0.
     """
 
-    def __init__(self, data_dir: str | os.PathLike, split: str, length: int | None = None):
+    def __init__(self, data_dir: str | os.PathLike, split: str, length: int | None = None, *,
+                 allow_empty_classes: bool = False):
         self._data_dir = str(pathlib.Path(data_dir).expanduser())
         self._split = split
-        self._paths, self._labels = list_images(self._data_dir, split)
+        self._paths, self._labels = list_images(self._data_dir, split,
+                                                allow_empty_classes=allow_empty_classes)
+        self._owner_pid = os.getpid()  # the training process; grain workers are its children
         self._length = len(self._paths) if length is None else int(length)
         if self._length < len(self._paths):
             raise ValueError(f"length {length} is smaller than the {len(self._paths)} files")
@@ -141,6 +341,8 @@ class ImageFolderSource(grain.sources.RandomAccessDataSource):
         return self._length
 
     def __getitem__(self, index: int) -> dict:
+        if os.getpid() != self._owner_pid:
+            guard_worker_process(self._owner_pid)
         index = int(index)
         if index >= len(self._paths):
             return {"data": b"", "label": 0, "pad": True}
@@ -255,6 +457,7 @@ def build_train_loader(
     shard_count: int = 1,
     scale: tuple[float, float] = transforms.DEFAULT_SCALE,
     ratio: tuple[float, float] = transforms.DEFAULT_RATIO,
+    allow_empty_classes: bool = False,
 ) -> grain.DataLoader:
     """Infinite, epoch-shuffled train loader (grain.DataLoader).
 
@@ -267,7 +470,9 @@ def build_train_loader(
     count. ``iter(loader)`` returns a grain iterator with ``get_state()`` / ``set_state()`` for
     exact resume (grain refuses a state saved with a different worker count).
     ``num_workers > 0`` starts "spawn" worker processes (each imports numpy, PIL, grain and jax:
-    a few seconds of start-up); it needs a main program that lives in a file.
+    a few seconds of start-up); it needs a main program that lives in a file. The workers
+    ignore Ctrl-C and exit when the training process dies (:func:`guard_worker_process`).
+    ``allow_empty_classes``: see :func:`scan_split`.
     """
     _check_positive("image_size", image_size)
     _check_positive("global_batch_size", global_batch_size)
@@ -280,7 +485,7 @@ def build_train_loader(
     if not 0 <= seed < 2**31:
         raise ValueError(f"seed must be in [0, 2**31), got {seed}")
     _prepare_workers(num_workers)
-    source = ImageFolderSource(data_dir, "train")
+    source = ImageFolderSource(data_dir, "train", allow_empty_classes=allow_empty_classes)
     local_batch = global_batch_size // shard_count
     if len(source) // shard_count < local_batch:
         raise ValueError(

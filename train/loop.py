@@ -12,18 +12,28 @@ Shape of a run (after flax examples/imagenet, rewritten for NNX and a ``jax.set_
 6. write ``workdir/summary.json`` with the accuracy-complexity record of the run
    (Hernandez & Brown 2020: training FLOPs until each top-1 target is first reached).
 
-A non-finite loss stops the run with :class:`NonFiniteLossError`; the last good checkpoint
-stays on disk and the error names it.
+Faults (exit codes in train/errors.py): a non-finite loss *or* a non-finite updated state
+(params, BN statistics, optimizer moments, EMA) stops the run with :class:`NonFiniteLossError`
+before anything is saved, so every checkpoint on disk is finite and the error names the last
+one. A failed write (disk full) stops at once with :class:`~train.errors.WriteFailedError`,
+keeping the last complete checkpoint. SIGINT / SIGTERM stop after the current step with a
+checkpoint of it (:class:`~train.errors.Interrupted`). Resuming a workdir of another model, or
+with changed settings unless ``allow_config_change``, is refused
+(:class:`~train.errors.WorkdirMismatchError`); an unusable workdir is a
+:class:`~train.errors.WorkdirError`.
 """
 
 from __future__ import annotations
 
+import datetime
 import functools
 import json
 import math
 import os
 import pathlib
+import signal
 import sys
+import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
@@ -39,21 +49,19 @@ from train import checkpoint as checkpoint_lib
 from train import flops as flops_lib
 from train import metrics as metrics_lib
 from train import state as state_lib
+from train.errors import (Interrupted, NonFiniteLossError, WorkdirError,  # noqa: F401
+                          WorkdirMismatchError, WriteFailedError)
 
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
 BLOCK_IMPLS = ("xla", "pallas")
 BATCH_KEYS = ("image", "label", "valid")
 
 
-class NonFiniteLossError(RuntimeError):
-    """The training loss became NaN or Inf; carries the step and the last good checkpoint."""
-
-    def __init__(self, step: int, loss: float, last_checkpoint: int | None, workdir: str):
-        self.step, self.loss, self.last_checkpoint = step, loss, last_checkpoint
-        where = (f"the last good checkpoint is step {last_checkpoint} in {workdir}/checkpoints "
-                 f"(rerun the same command with a lower learning_rate to resume from it)"
-                 if last_checkpoint is not None else "no checkpoint was written before it")
-        super().__init__(f"non-finite training loss {loss} at step {step}; {where}")
+# Config keys that may differ between a run and its resumption without
+# ``allow_config_change``: they change what is printed or kept, not what is trained.
+RESUME_FREE_KEYS = ("progress_bar", "log_every_steps", "keep_checkpoints",
+                    "speed_check_batches", "speed_check_steps", "allow_config_change")
+CONFIG_CHANGES_FILE = "config_changes.jsonl"
 
 
 # ----------------------------------------------------------------------------------------------
@@ -86,6 +94,9 @@ def validate_config(config: ml_collections.ConfigDict, num_devices: int) -> None
         raise ValueError(f"config.dtype={c.dtype!r} is not supported; use one of {list(DTYPES)}")
     if c.block_impl not in BLOCK_IMPLS:
         raise ValueError(f"config.block_impl={c.block_impl!r}; use one of {list(BLOCK_IMPLS)}")
+    for key, value in c.items():
+        if isinstance(value, float) and not math.isfinite(value):
+            raise ValueError(f"config.{key} must be a finite number, got {value}")
     for key in ("batch_size", "eval_batch_size", "image_size", "log_every_steps",
                 "checkpoint_every_steps", "keep_checkpoints"):
         if int(c[key]) < 1:
@@ -109,6 +120,107 @@ def validate_config(config: ml_collections.ConfigDict, num_devices: int) -> None
     if c.eval_every_epochs < 1 and c.eval_every_steps < 1:
         raise ValueError("set config.eval_every_epochs >= 1 or config.eval_every_steps >= 1")
     flops_lib.TargetTracker(c.accuracy_targets)  # validates the targets
+
+
+def prepare_workdir(workdir: pathlib.Path) -> None:
+    """Create ``workdir`` and check that it is a writable folder (else one WorkdirError)."""
+    if workdir.exists() and not workdir.is_dir():
+        raise WorkdirError(f"--workdir {str(workdir)!r} is a file, not a folder; pass the path of "
+                           "a folder (it is created if missing)")
+    try:
+        workdir.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise WorkdirError(f"cannot create --workdir {str(workdir)!r}: {e.strerror} "
+                           f"[errno {e.errno}]; pass a folder you can write to") from None
+    probe = workdir / f".write_test_{os.getpid()}"
+    try:
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as e:
+        raise WorkdirError(f"--workdir {str(workdir)!r} is not writable: {e.strerror} "
+                           f"[errno {e.errno}]; fix its permissions or pass another "
+                           "folder") from None
+
+
+def _write_text(path: pathlib.Path, text: str) -> None:
+    """Write a small file atomically (temp + rename); OSError -> one WriteFailedError."""
+    tmp = path.with_name(path.name + ".tmp")
+    try:
+        tmp.write_text(text)
+        tmp.replace(path)
+    except OSError as e:
+        raise WriteFailedError(f"could not write {path}: {e.strerror} [errno {e.errno}]; free "
+                               "disk space or fix the folder, then rerun the same command"
+                               ) from None
+
+
+def _read_json(path: pathlib.Path) -> Any:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def config_changes(workdir: pathlib.Path, config: ml_collections.ConfigDict,
+                   class_names: Sequence[str]) -> dict[str, tuple[Any, Any]]:
+    """Settings this run changes against the run stored in ``workdir`` (config.json and
+    classes.json): {key: (stored, now)}. Keys in :data:`RESUME_FREE_KEYS` and keys the stored
+    config lacks (added by a later version) are not compared."""
+    stored = _read_json(workdir / "config.json")
+    now = json.loads(config.to_json_best_effort())
+    changed: dict[str, tuple[Any, Any]] = {}
+    if isinstance(stored, dict):
+        for key in sorted(now):
+            if key in RESUME_FREE_KEYS or key not in stored:
+                continue
+            if stored[key] != now[key]:
+                changed[key] = (stored[key], now[key])
+    stored_classes = _read_json(workdir / "classes.json")
+    if isinstance(stored_classes, list) and stored_classes != list(class_names):
+        changed["classes (classes.json)"] = (f"{len(stored_classes)} classes",
+                                             f"{len(class_names)} classes" if
+                                             len(class_names) != len(stored_classes)
+                                             else "other class names")
+    return changed
+
+
+class _StopRequest:
+    """SIGINT / SIGTERM handlers (main thread only) that ask the loop to stop after the current
+    step; a second signal stops at once (KeyboardInterrupt)."""
+
+    SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+    def __init__(self, say: Callable[[str], None]):
+        self.signum: int | None = None
+        self._say = say
+        self._previous: dict[int, Any] = {}
+
+    def _handle(self, signum, frame) -> None:
+        if self.signum is not None:
+            raise KeyboardInterrupt
+        self.signum = signum
+        self._say(f"{signal.Signals(signum).name} received: stopping after this step and "
+                  "writing a checkpoint (send it again to stop at once, without one)")
+
+    def __enter__(self) -> "_StopRequest":
+        if threading.current_thread() is threading.main_thread():
+            for sig in self.SIGNALS:
+                self._previous[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+
+
+def _close_iterator(it: Any) -> None:
+    """Stop a grain iterator's worker processes and free their shared memory now."""
+    close = getattr(it, "close", None)
+    if callable(close):
+        try:
+            close()
+        except Exception:  # noqa: BLE001
+            pass
 
 
 def _cost_flops(compiled: Any) -> float:
@@ -228,8 +340,15 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | os.Path
       data_module: defaults to ``train.data``.
 
     Raises:
-      NonFiniteLossError: the loss became NaN/Inf (the last good checkpoint is kept).
-      ValueError: a bad config value or dataset.
+      NonFiniteLossError: the loss or the updated state became NaN/Inf (no checkpoint with
+        non-finite numbers is written; the last good one is kept).
+      ValueError: a bad config value or dataset (nothing is written: the workdir is created
+        only after the config and the data folder are checked).
+      WorkdirError: the workdir is a file or not writable.
+      WorkdirMismatchError: the workdir holds a run of another model, or of other settings
+        and ``config.allow_config_change`` is False.
+      WriteFailedError: a checkpoint or record could not be written (disk full).
+      Interrupted: SIGINT / SIGTERM (a checkpoint of the current step was written).
     """
     t_session = time.perf_counter()
     if data_module is None:
@@ -242,17 +361,35 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | os.Path
     validate_config(config, len(devices))
     primary = jax.process_index() == 0
     say = _Printer(primary)
-    if primary:
-        workdir.mkdir(parents=True, exist_ok=True)
+    if workdir.exists() and not workdir.is_dir():
+        prepare_workdir(workdir)  # the one error for a file in its place, before any work
 
-    # --- data ---------------------------------------------------------------------------------
+    # --- data (checked before the workdir is created) -----------------------------------------
     data_dir = config.data_dir or str(data_module.ensure_synthetic_dataset())
     class_names = list(data_module.class_names(data_dir))
     num_classes = config.num_classes or len(class_names)
     if num_classes < len(class_names):
         raise ValueError(f"config.num_classes={num_classes} is smaller than the "
                          f"{len(class_names)} class folders of {data_dir}/train; set it to 0")
-    steps_per_epoch = int(data_module.steps_per_epoch(data_dir, config.batch_size))
+    empty_ok = dict(allow_empty_classes=bool(config.allow_empty_classes))
+    if hasattr(data_module, "scan_split"):
+        for split in ("train", "val"):
+            scan = data_module.scan_split(data_dir, split, **(empty_ok if split == "train"
+                                                               else {}))
+            checked, bad = data_module.check_readable(scan)
+            if split == "train":
+                names = ", ".join(scan.class_names[:8]) + (
+                    f", ... ({len(scan.class_names)} in all)" if len(scan.class_names) > 8
+                    else "")
+                say(f"classes ({len(scan.class_names)}): {names}"
+                    + (f"; empty (allowed): {', '.join(scan.empty_classes)}"
+                       if scan.empty_classes else ""))
+            say(f"{split}: {scan.describe()}; unreadable in a start-up probe: {bad} of "
+                f"{checked}")
+        steps_per_epoch = int(data_module.steps_per_epoch(data_dir, config.batch_size,
+                                                          **empty_ok))
+    else:  # a minimal data module (tests): no scan report
+        steps_per_epoch = int(data_module.steps_per_epoch(data_dir, config.batch_size))
     total_steps = int(config.max_steps) if config.max_steps > 0 else int(
         round(config.num_epochs * steps_per_epoch))
     eval_every = (int(config.eval_every_steps) if config.eval_every_steps > 0
@@ -261,6 +398,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | os.Path
                          seed=config.seed, num_workers=config.num_workers,
                          shard_index=jax.process_index(), shard_count=jax.process_count(),
                          scale=(float(config.crop_min_scale), 1.0))
+    if hasattr(data_module, "scan_split"):
+        loader_kwargs.update(empty_ok)
     train_loader = data_module.build_train_loader(data_dir, **loader_kwargs)
     eval_loader = data_module.build_eval_loader(
         data_dir, image_size=config.image_size,
@@ -268,8 +407,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | os.Path
         num_workers=config.num_workers, shard_index=jax.process_index(),
         shard_count=jax.process_count())
     if primary:
-        (workdir / "classes.json").write_text(json.dumps(class_names, indent=1))
-        (workdir / "config.json").write_text(config.to_json_best_effort(indent=2))
+        prepare_workdir(workdir)
 
     # --- mesh, model, optimizer ---------------------------------------------------------------
     mesh = make_mesh(devices)
@@ -299,8 +437,67 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | os.Path
         f"{config.batch_size}; {total_steps} steps; peak lr {peak_lr:.3g} "
         f"({config.learning_rate:g} x {config.batch_size}/256), warmup {warmup_steps} steps")
 
-    ckpt = checkpoint_lib.Checkpointer(workdir / "checkpoints", keep=config.keep_checkpoints)
+    try:
+        ckpt = checkpoint_lib.Checkpointer(workdir / "checkpoints", keep=config.keep_checkpoints)
+    except OSError as e:
+        raise WorkdirError(f"cannot use {workdir / 'checkpoints'}: {e}; pass another "
+                           "--workdir") from None
     writer = metrics_lib.MetricsWriter(workdir / "metrics.jsonl", enabled=primary)
+    try:
+        _check_resume(config, workdir, ckpt, class_names, say, primary)
+        with _StopRequest(say) as stop:
+            return _loop(config, workdir, t_session, devices, primary, say, data_dir,
+                         class_names, num_classes, steps_per_epoch, total_steps, eval_every,
+                         train_loader, eval_loader, mesh, replicated, batch_sharding, peak_lr,
+                         warmup_steps, schedule, tx, defs, state, n_params, complexity, ckpt,
+                         writer, stop)
+    except BaseException:
+        ckpt.close_quietly()
+        raise
+
+
+def _check_resume(config, workdir, ckpt, class_names, say, primary) -> None:
+    """Refuse to resume a run of another model or (unless allowed) other settings; record
+    allowed changes; then write config.json and classes.json of this run."""
+    latest = ckpt.latest_step()
+    if latest is not None:
+        changed = config_changes(workdir, config, class_names)
+        if "model" in changed:
+            raise WorkdirMismatchError(
+                f"--workdir {str(workdir)!r} holds a {changed['model'][0]} run (checkpoint step "
+                f"{latest}); this command asks for model {changed['model'][1]}: use a new "
+                f"--workdir for another model, or delete {str(workdir)!r} to start over")
+        if changed:
+            listed = "; ".join(f"{k}: {a!r} -> {b!r}" for k, a, b in
+                               ((k, *v) for k, v in changed.items()))
+            if not config.allow_config_change:
+                raise WorkdirMismatchError(
+                    f"--workdir {str(workdir)!r} holds a run (checkpoint step {latest}) started "
+                    f"with other settings: {listed}. Rerun with the stored settings to resume, "
+                    "pass --config.allow_config_change=True to resume with the new ones (the "
+                    "change is recorded), or use a new --workdir")
+            say(f"resuming with changed settings (allowed by allow_config_change): {listed}; "
+                f"recorded in {workdir / CONFIG_CHANGES_FILE}")
+            if primary:
+                record = {"step": latest, "time": datetime.datetime.now(
+                    datetime.timezone.utc).isoformat(timespec="seconds"),
+                    "changed": {k: {"stored": a, "now": b} for k, (a, b) in changed.items()}}
+                try:
+                    with open(workdir / CONFIG_CHANGES_FILE, "a") as f:
+                        f.write(json.dumps(record) + "\n")
+                except OSError as e:
+                    raise WriteFailedError(f"could not write {workdir / CONFIG_CHANGES_FILE}: "
+                                           f"{e.strerror}") from None
+    if primary:
+        _write_text(workdir / "classes.json", json.dumps(class_names, indent=1))
+        _write_text(workdir / "config.json", config.to_json_best_effort(indent=2))
+
+
+def _loop(config, workdir, t_session, devices, primary, say, data_dir, class_names,
+          num_classes, steps_per_epoch, total_steps, eval_every, train_loader, eval_loader,
+          mesh, replicated, batch_sharding, peak_lr, warmup_steps, schedule, tx, defs, state,
+          n_params, complexity, ckpt, writer, stop) -> dict[str, Any]:
+    """Resume, compile, step loop and summary of :func:`train_and_evaluate`."""
 
     with jax.set_mesh(mesh):
         jit_train, jit_eval = jit_steps(defs, tx, schedule, mesh,
@@ -315,9 +512,20 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | os.Path
         if start_step is not None:
             state, meta = ckpt.restore(start_step, state)
             if meta.get("data_iterator") is not None:
-                train_iter.set_state(checkpoint_lib.decode_iterator_state(meta["data_iterator"]))
+                try:
+                    train_iter.set_state(
+                        checkpoint_lib.decode_iterator_state(meta["data_iterator"]))
+                except Exception as e:  # noqa: BLE001  (grain: another worker count, source)
+                    raise WorkdirMismatchError(
+                        f"the data-iterator position of checkpoint step {start_step} in "
+                        f"{ckpt.directory} does not fit this data loader ({type(e).__name__}: "
+                        f"{str(e).strip().splitlines()[0][:160] if str(e).strip() else ''}); "
+                        "resume with the stored num_workers, data_dir and batch_size, or use a "
+                        "new --workdir") from None
             writer.truncate_after(start_step)
             say(f"resumed from checkpoint step {start_step} in {ckpt.directory}")
+        else:
+            writer.reset()  # records of an attempt killed before its first checkpoint
         start_step = int(jax.device_get(state.step))
 
         counter = flops_lib.FlopsCounter.from_json(meta.get("flops", {}))
@@ -368,9 +576,14 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | os.Path
             steps = [s for s, _ in pending]
             pending = []
             for s, m in zip(steps, fetched):
-                if not math.isfinite(float(m["loss"])):
+                loss_ok = math.isfinite(float(m["loss"]))
+                if not loss_ok or not float(m.get("state_finite", 1.0)):
                     ckpt.wait()
-                    raise NonFiniteLossError(s, float(m["loss"]), last_good, str(workdir))
+                    raise NonFiniteLossError(
+                        s, float(m["loss"]), last_good, str(workdir),
+                        what="loss" if not loss_ok else
+                        "weights, BatchNorm statistics or optimizer state")
+            ckpt.check()  # a failed background checkpoint write stops the run here
             valid = sum(float(m["valid"]) for m in fetched)
             invalid = len(fetched) * config.batch_size - int(round(valid))
             invalid_total += invalid
@@ -400,6 +613,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | os.Path
         step = start_step
         try:
             while step < total_steps:
+                if stop.signum is not None:
+                    _stop_now(stop.signum, step, start_step, flush, save, ckpt, writer, say)
                 batch = _to_global(next(train_iter), batch_sharding)
                 state, m = compiled(state, batch)
                 step += 1
@@ -433,6 +648,12 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | os.Path
                                 f"{ips:.0f} images/s")
                     if is_epoch_end:
                         epoch = step // steps_per_epoch
+                        if invalid_epoch >= steps_per_epoch * config.batch_size:
+                            raise ValueError(
+                                f"every one of the {invalid_epoch} training images read in "
+                                f"epoch {epoch} of {data_dir}/train was unreadable; replace "
+                                "them with JPEG / PNG / WebP images or point "
+                                "--config.data_dir at another folder")
                         writer.write({"step": step, "epoch": float(epoch), "split": "epoch",
                                       "invalid_train_images": invalid_epoch,
                                       "wall_time_s": wall_time()})
@@ -447,6 +668,12 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | os.Path
                                                           measure_latency=eval_latency is None)
                         if latency is not None:
                             eval_latency = latency
+                        if not eval_metrics.get("count"):
+                            raise ValueError(
+                                f"none of the {getattr(eval_loader, 'num_examples', '?')} "
+                                f"images of {data_dir}/val could be read, so there is no "
+                                "eval accuracy; replace them with JPEG / PNG / WebP images or "
+                                "point --config.data_dir at another folder")
                         record = {"step": step, "epoch": step / steps_per_epoch,
                                   "split": "eval", **eval_metrics, "wall_time_s": wall_time(),
                                   "train_flops": counter.train_flops,
@@ -469,6 +696,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | os.Path
         finally:
             progress.close()
             say.bar = None
+            _close_iterator(train_iter)
         ckpt.wait()
 
     summary = _summary(config, data_dir, class_names, num_classes, devices, n_params,
@@ -476,8 +704,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | os.Path
                        eval_latency, wall_time(), invalid_total, total_steps, steps_per_epoch,
                        loop_images / loop_time if loop_time > 0 else None, peak_lr)
     if primary:
-        (workdir / "summary.json").write_text(
-            json.dumps(summary, indent=2, default=metrics_lib._jsonable))
+        _write_text(workdir / "summary.json",
+                    json.dumps(summary, indent=2, default=metrics_lib._jsonable))
         say(f"done: {step} steps, top-1 {summary['final']['top1']}, "
             f"{counter.xla_flops:.3g} training FLOPs (XLA) / {counter.analytic_flops:.3g} "
             f"(3 x forward); summary in {workdir / 'summary.json'}")
@@ -487,6 +715,23 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | os.Path
 
 # ----------------------------------------------------------------------------------------------
 # Pieces of the loop
+
+
+def _stop_now(signum, step, start_step, flush, save, ckpt, writer, say) -> None:
+    """Checkpoint the current step (after the finiteness check) and raise Interrupted."""
+    name = signal.Signals(signum).name
+    flush(step)  # a diverged state is never saved: NonFiniteLossError instead
+    if step > start_step:
+        save(step)
+        ckpt.wait()
+        where = f"checkpoint step {step} written in {ckpt.directory}"
+    else:
+        latest = ckpt.latest_step()
+        where = ("no step was done in this session; " + (
+            f"the last checkpoint is step {latest} in {ckpt.directory}" if latest is not None
+            else "no checkpoint exists yet"))
+    raise Interrupted(signum, f"stopped by {name} at step {step}; {where}; rerun the same "
+                              "command to resume")
 
 
 class _NoProgress:

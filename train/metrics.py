@@ -16,6 +16,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from train.errors import WriteFailedError
+
 
 def smoothed_cross_entropy(logits: jax.Array, labels: jax.Array, label_smoothing: float
                            ) -> jax.Array:
@@ -93,7 +95,8 @@ class MetricsWriter:
     """Appends one JSON object per line to ``workdir/metrics.jsonl``.
 
     On resume, :meth:`truncate_after` drops the lines a killed run wrote after its last
-    checkpoint, so the file of a resumed run equals that of an uninterrupted one.
+    checkpoint, and a run that starts from step 0 calls :meth:`reset`, so the file of a resumed
+    run equals that of an uninterrupted one: one record per (split, step).
     """
 
     def __init__(self, path: str | pathlib.Path, enabled: bool = True):
@@ -101,12 +104,24 @@ class MetricsWriter:
         self.enabled = enabled
 
     def write(self, record: Mapping[str, Any]) -> None:
+        """Append one record; an OSError (disk full, ...) becomes one WriteFailedError."""
         if not self.enabled:
             return
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        with open(self.path, "a") as f:
-            f.write(dumps(record) + "\n")
-            f.flush()
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            with open(self.path, "a") as f:
+                f.write(dumps(record) + "\n")
+                f.flush()
+        except OSError as e:
+            raise WriteFailedError(f"could not append to {self.path}: {e.strerror} "
+                                   f"[errno {e.errno}]; free disk space or fix the folder, then "
+                                   "rerun the same command to resume") from None
+
+    def reset(self) -> None:
+        """Start the file afresh (a run starting from step 0: records of an earlier attempt
+        that was killed before its first checkpoint are dropped)."""
+        if self.enabled and self.path.exists():
+            self.truncate_after(-1)
 
     def truncate_after(self, step: int) -> None:
         """Keep only the records with ``record["step"] <= step``."""

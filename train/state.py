@@ -128,7 +128,10 @@ def train_step(state: TrainState, batch: Mapping[str, jax.Array], *, graphdef: A
     """One AdamW update on a (globally sharded) batch; the loss is masked by ``batch["valid"]``.
 
     Returns the new state and scalar metrics: loss, top1 (train, masked), grad_norm, lr,
-    valid (number of readable images in the batch).
+    valid (number of readable images in the batch), state_finite (1.0 when every floating
+    number of the *updated* state -- params, BatchNorm statistics, optimizer moments, EMA -- is
+    finite). The loss is that of the weights before the update, so a diverging update shows up
+    in state_finite one step before it reaches the loss; the loop checks both before it saves.
     """
     valid = batch["valid"].astype(jnp.float32)
 
@@ -167,8 +170,16 @@ def train_step(state: TrainState, batch: Mapping[str, jax.Array], *, graphdef: A
         "grad_norm": _global_norm(grads),
         "lr": schedule(state.step),
         "valid": jnp.sum(valid),
+        "state_finite": all_finite(new_state).astype(jnp.float32),
     }
     return new_state, step_metrics
+
+
+def all_finite(tree: Any) -> jax.Array:
+    """True when every element of every floating leaf of ``tree`` is finite (a bool scalar)."""
+    flags = [jnp.all(jnp.isfinite(x)) for x in jax.tree.leaves(tree)
+             if hasattr(x, "dtype") and jnp.issubdtype(x.dtype, jnp.inexact)]
+    return jnp.all(jnp.stack(flags)) if flags else jnp.array(True)
 
 
 def _global_norm(tree: Any) -> jax.Array:
