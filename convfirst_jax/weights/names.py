@@ -166,6 +166,26 @@ def tensor_map(model, naming: str) -> list[Entry]:
     return _resnet(model) if fam == "resnet" else _four_stage(model, naming)
 
 
+def detect_family(keys) -> str:
+    """"resnet", "convfirst" or "convnext": the architecture family a state dict is for."""
+    keys = set(keys)
+    naming = detect_naming(keys)
+    if naming == "timm" and "conv1.weight" in keys:
+        return "resnet"
+    if any(k.endswith(".mlp.fc1_norm.weight") for k in keys):
+        return "convfirst"
+    return "convnext"
+
+
+def check_family(model, keys) -> None:
+    """ValueError unless a state dict's architecture family is ``model``'s."""
+    fam, theirs = family(model), detect_family(keys)
+    if fam != theirs:
+        raise ValueError(
+            f"these are {theirs} weights but {model.spec.name} is a {fam} model; build the "
+            f"matching architecture (convfirst_jax.list_models())")
+
+
 def detect_naming(keys) -> str:
     """Which PyTorch source a set of state-dict keys comes from (ValueError if none fits)."""
     keys = set(keys)

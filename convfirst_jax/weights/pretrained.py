@@ -134,7 +134,7 @@ def save_safetensors(state_dict: Mapping[str, np.ndarray], path: PathLike,
     if p.suffix != ".safetensors":
         raise ValueError(f"{p}: export writes .safetensors; name the file *.safetensors")
     p.parent.mkdir(parents=True, exist_ok=True)
-    save_file({k: np.ascontiguousarray(v) for k, v in state_dict.items()}, str(p),
+    save_file({k: np.require(v, requirements="C") for k, v in state_dict.items()}, str(p),
               metadata=dict(metadata) if metadata else None)
     return p
 
@@ -269,6 +269,7 @@ def load_state_dict(model, state_dict: Mapping[str, np.ndarray], *, naming: str 
     Values are cast to each variable's dtype. With ``reset_head=True`` the classifier keeps
     its current (freshly initialised) values. Returns ``model``.
     """
+    names_lib.check_family(model, state_dict)
     if naming == "auto":
         naming = names_lib.detect_naming(state_dict)
     elif naming not in names_lib.NAMINGS:
@@ -352,7 +353,7 @@ def model_state_dict(model, *, naming: str = "timm", conv_mlp: bool | None = Non
             continue
         var = _variable(model, e.path)
         value = np.asarray(var.get_value() if hasattr(var, "get_value") else var.value)
-        out[e.name] = np.ascontiguousarray(_to_torch(e, value.astype(np.float32), conv_mlp))
+        out[e.name] = np.require(_to_torch(e, value.astype(np.float32), conv_mlp), requirements="C")
     return out
 
 
