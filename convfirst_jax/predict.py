@@ -90,11 +90,18 @@ def _main(argv: Sequence[str] | None) -> int:
         print(json.dumps([{"image": str(p), "top": r} for p, r in zip(args.images, results)],
                          indent=1))
         return 0
-    for path, rows in zip(args.images, results):
-        print(path)
-        for rank, r in enumerate(rows, 1):
-            print(f"  {rank}. {r['prob']:7.2%}  {r['class']} ({r['index']})")
+    print(format_predictions(args.images, results))
     return 0
+
+
+def format_predictions(paths: Sequence[str], results: list[list[dict]]) -> str:
+    """Text report: each path, then ``  rank. probability  class name (index)`` lines."""
+    lines = []
+    for path, rows in zip(paths, results):
+        lines.append(str(path))
+        lines += [f"  {rank}. {r['prob']:7.2%}  {r['class']} ({r['index']})"
+                  for rank, r in enumerate(rows, 1)]
+    return "\n".join(lines)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -1,0 +1,201 @@
+"""Serving artifacts: a trained model as a ``jax.export`` module (serialized StableHLO).
+
+    python -m convfirst_jax.export --workdir RUN --out DIR [--platforms cpu cuda]
+        [--batch-size N] [--block-impl xla|pallas] [--step latest|best|N]
+    python -m convfirst_jax.export --weights FILE --model NAME --out DIR ...
+
+``DIR/model.jaxexport`` is ``jax.export.Exported.serialize()`` of ``images -> logits``
+with the weights embedded as constants: input float32 (N, S, S, 3) NHWC images normalised
+with the ImageNet mean/std (the eval transform), output float32 (N, num_classes) logits; N
+is fixed at export (``--batch-size``). ``DIR/serving.json`` records the input shape, the
+preprocessing, the class names, the platforms and the versions. Running it needs only jax
+(any version that reads this serialization version), not this package::
+
+    import jax, numpy as np
+    exp = jax.export.deserialize(open("DIR/model.jaxexport", "rb").read())
+    logits = exp.call(images)        # images: float32 (N, S, S, 3)
+
+BatchNorm is folded into the neighbouring conv / linear weights before export: ConvFirstNet
+through :func:`convfirst_jax.fold_batchnorm` (every BN: stem, blocks, downsample, head),
+ResNet by :func:`fold_resnet_batchnorm` (each conv's BN into that conv, leaving a bias).
+ConvNeXt has LayerNorms only (they depend on the input, nothing to fold).
+``--block-impl pallas`` runs every conv-first block as the fused kernel: the Triton kernel in
+the CUDA lowering, the Pallas interpreter in a CPU lowering (slow; use xla for CPU serving).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import pathlib
+import sys
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+TRITON_CALL = "__gpu$xla.gpu.triton"
+ARTIFACT = "model.jaxexport"
+SERVING_JSON = "serving.json"
+PLATFORMS = ("cpu", "cuda", "rocm", "tpu")
+
+
+class _ChannelBias(nnx.Module):
+    """``x + b`` per channel: what is left of a BatchNorm folded into the conv before it."""
+
+    def __init__(self, bias: jax.Array):
+        self.bias = nnx.Param(bias)
+
+    def __call__(self, x: jax.Array) -> jax.Array:
+        return x + self.bias[...].astype(x.dtype)
+
+
+def _fold_conv_bn(conv: nnx.Conv, bn) -> _ChannelBias:
+    """Scale ``conv``'s output channels by the BN scale in place; return the BN's shift."""
+    from convfirst_jax.folding import fold_bn
+
+    s, t = fold_bn(bn)
+    kernel = conv.kernel[...]
+    conv.kernel.set_value((kernel * s.astype(kernel.dtype)).astype(kernel.dtype))
+    return _ChannelBias(t.astype(kernel.dtype))
+
+
+def fold_resnet_batchnorm(model) -> nnx.Module:
+    """A copy of a ResNet with every BatchNorm folded into the conv before it (eval mode).
+
+    ``conv(x) -> bn`` becomes ``conv_{W*s}(x) + t`` with ``s = gamma / sqrt(var + eps)``,
+    ``t = beta - mean * s`` (running statistics); equals ``model`` in eval mode.
+    """
+    from convfirst_jax.models.resnet import ResNet
+
+    if not isinstance(model, ResNet):
+        raise ValueError(f"fold_resnet_batchnorm expects a ResNet, got {type(model).__name__}")
+    folded = nnx.clone(model)
+    folded.eval()
+    folded.bn1 = _fold_conv_bn(folded.conv1, folded.bn1)
+    for layer in folded.layers:
+        for block in layer:
+            for k in (1, 2, 3):
+                if hasattr(block, f"conv{k}"):
+                    setattr(block, f"bn{k}", _fold_conv_bn(getattr(block, f"conv{k}"),
+                                                           getattr(block, f"bn{k}")))
+            if block.downsample is not None:
+                block.downsample.bn = _fold_conv_bn(block.downsample.conv, block.downsample.bn)
+    return folded
+
+
+def serving_function(model, *, block_impl: str = "xla") -> tuple[Callable, str]:
+    """``images -> float32 logits`` of an eval-mode model with BatchNorm folded.
+
+    Returns (function, how BN was handled). The weights are closed over (embedded as
+    constants when exported).
+    """
+    from convfirst_jax.folding import apply_folded, fold_batchnorm
+    from convfirst_jax.models.convfirst import ConvFirstNet
+    from convfirst_jax.models.resnet import ResNet
+
+    model.eval()
+    if isinstance(model, ConvFirstNet):
+        folded = fold_batchnorm(model)
+        return (lambda x: apply_folded(folded, x, block_impl=block_impl),
+                "folded (convfirst_jax.fold_batchnorm)")
+    if isinstance(model, ResNet):
+        net, how = fold_resnet_batchnorm(model), "folded into each conv (fold_resnet_batchnorm)"
+    else:
+        if model.block_impl != block_impl:
+            raise ValueError(f"the model was built with block_impl={model.block_impl!r}; "
+                             f"build it with {block_impl!r}")
+        net, how = model, "none (LayerNorm model)"
+    graphdef, state = nnx.split(net)
+    return (lambda x: nnx.merge(graphdef, state)(x).astype(jnp.float32)), how
+
+
+def export_model(model, *, batch_size: int, image_size: int,
+                 platforms: Sequence[str] = ("cpu",), block_impl: str = "xla"
+                 ) -> tuple[jax.export.Exported, str]:
+    """``jax.export`` of :func:`serving_function` for a fixed (batch, S, S, 3) float32 input."""
+    if batch_size < 1 or image_size < 32:
+        raise ValueError(f"need batch_size >= 1 and image_size >= 32, got {batch_size}, "
+                         f"{image_size}")
+    bad = [p for p in platforms if p not in PLATFORMS]
+    if bad or not platforms:
+        raise ValueError(f"unknown platform(s) {bad}; choose from {', '.join(PLATFORMS)}")
+    fn, how = serving_function(model, block_impl=block_impl)
+    disabled = ([jax.export.DisabledSafetyCheck.custom_call(TRITON_CALL)]
+                if block_impl == "pallas" else [])
+    spec = jax.ShapeDtypeStruct((batch_size, image_size, image_size, 3), jnp.float32)
+    exported = jax.export.export(jax.jit(fn), platforms=tuple(platforms),
+                                 disabled_checks=disabled)(spec)
+    return exported, how
+
+
+def write_artifact(run, out: str | pathlib.Path, *, batch_size: int = 1,
+                   platforms: Sequence[str] = ("cpu",), block_impl: str = "xla"
+                   ) -> pathlib.Path:
+    """Export ``run.model`` (a :class:`~convfirst_jax.weights.run.LoadedRun`) into ``out``."""
+    from train import transforms  # numpy-only constants of the eval transform
+
+    exported, how = export_model(run.model, batch_size=batch_size, image_size=run.image_size,
+                                 platforms=platforms, block_impl=block_impl)
+    out = pathlib.Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / ARTIFACT).write_bytes(exported.serialize())
+    info: dict[str, Any] = {
+        "artifact": ARTIFACT,
+        "model": run.config.get("model"), "step": run.step, "ema": run.ema,
+        "source": str(run.config.get("weights") or run.workdir),
+        "platforms": list(exported.platforms), "block_impl": block_impl,
+        "batchnorm": how,
+        "input": {"shape": [batch_size, run.image_size, run.image_size, 3],
+                  "dtype": "float32", "layout": "NHWC"},
+        "output": {"shape": [batch_size, int(run.model.num_classes)], "dtype": "float32",
+                   "meaning": "logits"},
+        "preprocessing": {
+            "resize": "short side to floor(image_size / crop_pct), bilinear",
+            "crop": "centre, image_size x image_size", "image_size": run.image_size,
+            "crop_pct": transforms.DEFAULT_CROP_PCT,
+            "normalize": "(rgb / 255 - mean) / std",
+            "mean": [float(v) for v in transforms.IMAGENET_MEAN],
+            "std": [float(v) for v in transforms.IMAGENET_STD]},
+        "classes": list(run.classes),
+        "jax_version": jax.__version__,
+        "serialization_version": exported.calling_convention_version,
+        "load": "jax.export.deserialize(open(path, 'rb').read()).call(images)",
+    }
+    (out / SERVING_JSON).write_text(json.dumps(info, indent=1) + "\n")
+    return out
+
+
+def _main(argv: Sequence[str] | None) -> int:
+    from convfirst_jax.weights import run as run_lib
+
+    parser = argparse.ArgumentParser(prog="python -m convfirst_jax.export",
+                                     description="Write a jax.export serving artifact.")
+    run_lib.add_model_arguments(parser)
+    parser.add_argument("--out", required=True, help="output directory")
+    parser.add_argument("--platforms", nargs="+", default=["cpu"], choices=PLATFORMS)
+    parser.add_argument("--batch-size", type=int, default=1)
+    args = parser.parse_args(argv)
+    block_impl = args.block_impl or "xla"
+    args.block_impl = block_impl
+    run = run_lib.model_from_args(args)
+    out = write_artifact(run, args.out, batch_size=args.batch_size, platforms=args.platforms,
+                         block_impl=block_impl)
+    size = (out / ARTIFACT).stat().st_size
+    print(f"wrote {out / ARTIFACT} ({size / 1e6:.1f} MB; {run.config.get('model')}, "
+          f"platforms {' '.join(args.platforms)}, batch {args.batch_size}, "
+          f"{run.image_size} px, block_impl {block_impl}) and {out / SERVING_JSON}")
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Console entry point; returns the exit code (2 for bad arguments / paths)."""
+    from convfirst_jax.weights.run import run_cli
+
+    return run_cli(_main, argv)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
