@@ -45,6 +45,9 @@ def get_config() -> ml_collections.ConfigDict:
     c.grad_clip_norm = 1.0       # global-norm clipping, 0 = off
     c.ema_decay = 0.0            # 0 = off; else EMA of params and BN stats, used for eval
     c.seed = 0
+    # A training loss above this stops the run as diverged (like NaN/Inf); 0 = auto:
+    # max(20, 10 * ln(num_classes)), far above any sane cross-entropy (ln K at chance).
+    c.divergence_loss = 0.0
 
     # Evaluation, logging, checkpoints.
     c.eval_every_epochs = 1

@@ -236,9 +236,11 @@ def test_nan_loss_stops_with_message_and_keeps_last_good_checkpoint(tiny_data, t
     err = capsys.readouterr().err
     assert rc == 1
     assert "non-finite training loss nan at step 5" in err
-    assert "last good checkpoint is step 4" in err
+    # The loss of step 5 is that of the weights after update 4: checkpoint 4 is moved aside.
+    assert "last good checkpoint is step 2" in err
     steps = sorted(int(p.name) for p in (workdir / "checkpoints").iterdir() if p.name.isdigit())
-    assert steps and max(steps) == 4
+    assert steps and max(steps) == 2
+    assert (workdir / "diverged_checkpoints" / "4").is_dir()
     assert not (workdir / "summary.json").exists()
 
 

@@ -218,6 +218,23 @@ class Checkpointer:
             if _is_key(t) else r, target, restored[STATE])
         return state, dict(restored[META])
 
+    def quarantine(self, first_bad: int, destination: str | pathlib.Path) -> list[int]:
+        """Move the checkpoints with step >= ``first_bad`` to ``destination`` (a diverged run:
+        a rerun must resume from the newest checkpoint before the divergence). Returns their
+        steps; the rest stay."""
+        self.wait()
+        moved = []
+        for step in sorted(s for s in self._manager.all_steps() if s >= first_bad):
+            dest = pathlib.Path(destination) / str(step)
+            if dest.exists():
+                shutil.rmtree(dest)
+            dest.parent.mkdir(parents=True, exist_ok=True)
+            shutil.move(str(self.directory / str(step)), str(dest))
+            moved.append(step)
+        if moved:
+            self._manager.reload()
+        return moved
+
     def wait(self) -> None:
         """Block until background writes are complete (:class:`WriteFailedError` if one failed)."""
         try:

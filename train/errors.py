@@ -8,8 +8,10 @@ jax (the command line checks arguments before it imports jax).
 code   meaning
 =====  ==============================================================================
 0      the run completed (summary.json written)
-1      the training diverged: non-finite loss or non-finite weights / optimizer state;
-       no checkpoint with non-finite numbers is ever written, the last good one is kept
+1      the training diverged: a NaN/Inf loss, a loss above ``divergence_loss``, or an
+       update that made the weights / optimizer state non-finite; no checkpoint with
+       non-finite numbers is written, checkpoints from after the divergence began are
+       moved to ``workdir/diverged_checkpoints``, the last good one is kept
 2      bad arguments, config value or dataset folder (nothing was written)
 3      the workdir is unusable: a file in its place, not writable
 4      a write failed during the run (disk full, I/O error); the last complete checkpoint
@@ -52,26 +54,45 @@ class TrainError(Exception):
 
 
 class NonFiniteLossError(TrainError, RuntimeError):
-    """The training diverged (NaN/Inf loss or state); carries the step and the last good
-    checkpoint (no checkpoint with non-finite numbers is ever written)."""
+    """The training diverged: a NaN/Inf loss, a loss above ``divergence_loss``, or an update
+    that made the state non-finite. Carries the step, the loss and the last good checkpoint.
+
+    Args:
+      step: the step whose loss (or update) showed the divergence.
+      loss: that step's training loss.
+      last_checkpoint: the newest checkpoint that does not lead to it (None if there is none).
+      workdir: the run's folder.
+      what: "loss" (NaN/Inf loss), "large loss" (above ``threshold``), or the name of the
+        part of the state that the update made non-finite.
+      moved: checkpoints written after the divergence began, moved to
+        ``workdir/diverged_checkpoints`` so that a rerun resumes from ``last_checkpoint``.
+      threshold: the ``divergence_loss`` in force.
+    """
 
     exit_code = EXIT_DIVERGED
 
     def __init__(self, step: int, loss: float, last_checkpoint: int | None, workdir: str,
-                 what: str = "loss"):
+                 what: str = "loss", moved: tuple[int, ...] = (), threshold: float | None = None):
         self.step, self.loss, self.last_checkpoint = step, loss, last_checkpoint
+        self.moved = tuple(moved)
+        if what == "loss":
+            head = f"non-finite training loss {loss} at step {step}"
+        elif what == "large loss":
+            head = (f"training loss {loss:.4g} at step {step} is above divergence_loss="
+                    f"{threshold:.3g}: the training diverged")
+        else:
+            head = (f"the update of step {step} made the {what} non-finite (loss {loss:.4g}): "
+                    "the training diverged")
+        if self.moved:
+            head += (f"; checkpoint(s) {', '.join(map(str, self.moved))}, written after the "
+                     f"divergence began, were moved to {workdir}/diverged_checkpoints")
         if last_checkpoint is not None:
             where = (f"the last good checkpoint is step {last_checkpoint} in {workdir}/checkpoints"
                      f" (to resume from it with a lower rate, rerun the same command with e.g. "
                      f"--config.learning_rate=LOWER --config.allow_config_change=True)")
         else:
-            where = ("no checkpoint was written before it (rerun with a lower "
-                     "--config.learning_rate and a new --workdir)")
-        if what == "loss":
-            head = f"non-finite training loss {loss} at step {step}"
-        else:
-            head = (f"the update of step {step} made the {what} non-finite (loss {loss:.4g}); "
-                    "the training diverged")
+            where = ("no good checkpoint was written before it (rerun the same command with a "
+                     "lower --config.learning_rate: it starts from step 0)")
         super().__init__(f"{head}; {where}")
 
 

@@ -109,6 +109,9 @@ def validate_config(config: ml_collections.ConfigDict, num_devices: int) -> None
     if c.max_steps < 0 or c.num_epochs < 0 or (c.max_steps == 0 and c.num_epochs <= 0):
         raise ValueError("set config.num_epochs > 0 or config.max_steps > 0 "
                          f"(got num_epochs={c.num_epochs}, max_steps={c.max_steps})")
+    if c.divergence_loss < 0:
+        raise ValueError(f"config.divergence_loss must be >= 0 (0 = auto), got "
+                         f"{c.divergence_loss}")
     if not 0.0 <= c.ema_decay < 1.0:
         raise ValueError(f"config.ema_decay must be in [0, 1) (0 = off), got {c.ema_decay}")
     if not 0.0 < c.crop_min_scale <= 1.0:
@@ -214,13 +217,29 @@ class _StopRequest:
 
 
 def _close_iterator(it: Any) -> None:
-    """Stop a grain iterator's worker processes and free their shared memory now."""
-    close = getattr(it, "close", None)
-    if callable(close):
-        try:
-            close()
-        except Exception:  # noqa: BLE001
-            pass
+    """Stop a grain iterator's worker processes and free their shared memory now (not at
+    interpreter exit, where a half torn-down grain leaks the prefetched batches' shared memory
+    with one warning each). grain 0.2's ``DataLoaderIterator`` has no ``close()``: close the
+    dataset iterator it wraps."""
+    for target in (it, getattr(it, "_iterator", None)):
+        close = getattr(target, "close", None)
+        if callable(close):
+            try:
+                close()
+            except Exception:  # noqa: BLE001
+                pass
+            break
+    # grain unlinks the shared memory of consumed batches in a background thread pool; wait for
+    # it here, since at interpreter exit it may no longer run (each block is then "leaked").
+    import gc  # noqa: PLC0415
+    gc.collect()
+    try:
+        from grain._src.python.ipc import shared_memory_array  # noqa: PLC0415
+        pool = shared_memory_array.SharedMemoryArray._del_thread_pool
+        if pool is not None:
+            pool.apply(lambda: None)  # one thread, FIFO: earlier deletions are done
+    except Exception:  # noqa: BLE001  (another grain version: best effort)
+        pass
 
 
 def _cost_flops(compiled: Any) -> float:
@@ -444,21 +463,25 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | os.Path
                            "--workdir") from None
     writer = metrics_lib.MetricsWriter(workdir / "metrics.jsonl", enabled=primary)
     try:
-        _check_resume(config, workdir, ckpt, class_names, say, primary)
+        commit = _check_resume(config, workdir, ckpt, class_names, say, primary)
         with _StopRequest(say) as stop:
             return _loop(config, workdir, t_session, devices, primary, say, data_dir,
                          class_names, num_classes, steps_per_epoch, total_steps, eval_every,
                          train_loader, eval_loader, mesh, replicated, batch_sharding, peak_lr,
                          warmup_steps, schedule, tx, defs, state, n_params, complexity, ckpt,
-                         writer, stop)
+                         writer, stop, commit)
     except BaseException:
         ckpt.close_quietly()
         raise
 
 
-def _check_resume(config, workdir, ckpt, class_names, say, primary) -> None:
-    """Refuse to resume a run of another model or (unless allowed) other settings; record
-    allowed changes; then write config.json and classes.json of this run."""
+def _check_resume(config, workdir, ckpt, class_names, say, primary) -> Callable[[], None]:
+    """Refuse to resume a run of another model or (unless allowed) other settings.
+
+    Returns ``commit()``, to call once the checkpoint has been restored: it records allowed
+    changes in config_changes.jsonl and writes config.json and classes.json of this run (a
+    resumption that fails leaves the stored settings as they were)."""
+    record = None
     latest = ckpt.latest_step()
     if latest is not None:
         changed = config_changes(workdir, config, class_names)
@@ -478,25 +501,30 @@ def _check_resume(config, workdir, ckpt, class_names, say, primary) -> None:
                     "change is recorded), or use a new --workdir")
             say(f"resuming with changed settings (allowed by allow_config_change): {listed}; "
                 f"recorded in {workdir / CONFIG_CHANGES_FILE}")
-            if primary:
-                record = {"step": latest, "time": datetime.datetime.now(
-                    datetime.timezone.utc).isoformat(timespec="seconds"),
-                    "changed": {k: {"stored": a, "now": b} for k, (a, b) in changed.items()}}
-                try:
-                    with open(workdir / CONFIG_CHANGES_FILE, "a") as f:
-                        f.write(json.dumps(record) + "\n")
-                except OSError as e:
-                    raise WriteFailedError(f"could not write {workdir / CONFIG_CHANGES_FILE}: "
-                                           f"{e.strerror}") from None
-    if primary:
+            record = {"step": latest, "time": datetime.datetime.now(
+                datetime.timezone.utc).isoformat(timespec="seconds"),
+                "changed": {k: {"stored": a, "now": b} for k, (a, b) in changed.items()}}
+
+    def commit() -> None:
+        if not primary:
+            return
+        if record is not None:
+            try:
+                with open(workdir / CONFIG_CHANGES_FILE, "a") as f:
+                    f.write(json.dumps(record) + "\n")
+            except OSError as e:
+                raise WriteFailedError(f"could not write {workdir / CONFIG_CHANGES_FILE}: "
+                                       f"{e.strerror} [errno {e.errno}]") from None
         _write_text(workdir / "classes.json", json.dumps(class_names, indent=1))
         _write_text(workdir / "config.json", config.to_json_best_effort(indent=2))
+
+    return commit
 
 
 def _loop(config, workdir, t_session, devices, primary, say, data_dir, class_names,
           num_classes, steps_per_epoch, total_steps, eval_every, train_loader, eval_loader,
           mesh, replicated, batch_sharding, peak_lr, warmup_steps, schedule, tx, defs, state,
-          n_params, complexity, ckpt, writer, stop) -> dict[str, Any]:
+          n_params, complexity, ckpt, writer, stop, commit) -> dict[str, Any]:
     """Resume, compile, step loop and summary of :func:`train_and_evaluate`."""
 
     with jax.set_mesh(mesh):
@@ -526,6 +554,7 @@ def _loop(config, workdir, t_session, devices, primary, say, data_dir, class_nam
             say(f"resumed from checkpoint step {start_step} in {ckpt.directory}")
         else:
             writer.reset()  # records of an attempt killed before its first checkpoint
+        commit()
         start_step = int(jax.device_get(state.step))
 
         counter = flops_lib.FlopsCounter.from_json(meta.get("flops", {}))
@@ -565,6 +594,8 @@ def _loop(config, workdir, t_session, devices, primary, say, data_dir, class_nam
         # --- loop -------------------------------------------------------------------------------
         pending: list[tuple[int, dict[str, jax.Array]]] = []
         last_good = ckpt.latest_step()
+        divergence_loss = float(config.divergence_loss) or max(
+            20.0, 10.0 * math.log(max(num_classes, 2)))
         interval_t, interval_steps = time.perf_counter(), 0
 
         def flush(step: int) -> dict[str, Any] | None:
@@ -576,13 +607,20 @@ def _loop(config, workdir, t_session, devices, primary, say, data_dir, class_nam
             steps = [s for s, _ in pending]
             pending = []
             for s, m in zip(steps, fetched):
-                loss_ok = math.isfinite(float(m["loss"]))
-                if not loss_ok or not float(m.get("state_finite", 1.0)):
-                    ckpt.wait()
-                    raise NonFiniteLossError(
-                        s, float(m["loss"]), last_good, str(workdir),
-                        what="loss" if not loss_ok else
-                        "weights, BatchNorm statistics or optimizer state")
+                loss = float(m["loss"])
+                # The loss of step s is that of the weights after update s - 1; the state
+                # flag is that of update s. first_bad: the first step whose state is bad.
+                if not math.isfinite(loss):
+                    what, first_bad = "loss", s - 1
+                elif loss > divergence_loss:
+                    what, first_bad = "large loss", s - 1
+                elif not float(m.get("state_finite", 1.0)):
+                    what, first_bad = "weights, BatchNorm statistics or optimizer state", s
+                else:
+                    continue
+                moved = ckpt.quarantine(first_bad, workdir / "diverged_checkpoints")
+                raise NonFiniteLossError(s, loss, ckpt.latest_step(), str(workdir), what=what,
+                                         moved=tuple(moved), threshold=divergence_loss)
             ckpt.check()  # a failed background checkpoint write stops the run here
             valid = sum(float(m["valid"]) for m in fetched)
             invalid = len(fetched) * config.batch_size - int(round(valid))
@@ -696,6 +734,7 @@ def _loop(config, workdir, t_session, devices, primary, say, data_dir, class_nam
         finally:
             progress.close()
             say.bar = None
+            batch = None  # noqa: F841  (on CPU its arrays may alias the loader's shared memory)
             _close_iterator(train_iter)
         ckpt.wait()
 

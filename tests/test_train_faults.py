@@ -1,0 +1,380 @@
+"""Faults of a training run, as an adversarial user meets them: divergence, unreadable data,
+bad values, kill -9 / SIGTERM / Ctrl-C, disk full, wrong or changed workdirs.
+
+Every run is tiny: the 1-conv BatchNorm model of tests/tiny_cli.py on a 4-class synthetic set
+at 32 px, batch 8. In-process runs call ``train.__main__.main`` (exit code + stderr); runs that
+are killed, limited or signalled are subprocesses of tests/tiny_cli.py (the same command line).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import pathlib
+import resource
+import shutil
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+
+from train import data, errors, loop
+from train import __main__ as cli
+
+REPO = pathlib.Path(__file__).resolve().parents[1]
+TINY_CLI = REPO / "tests" / "tiny_cli.py"
+CONFIG = str(REPO / "configs" / "default.py")
+
+
+@pytest.fixture(scope="module")
+def tiny_data(tmp_path_factory) -> pathlib.Path:
+    """4 classes x 16 train + 4 val images, 40 px."""
+    return data.ensure_synthetic_dataset(tmp_path_factory.mktemp("synth"), num_classes=4,
+                                         train_per_class=16, val_per_class=4, image_size=40)
+
+
+def _args(workdir, data_dir, **overrides) -> list[str]:
+    keys = dict(data_dir=str(data_dir), image_size=32, batch_size=8, eval_batch_size=8,
+                num_workers=0, max_steps=4, eval_every_steps=4, checkpoint_every_steps=2,
+                log_every_steps=1, speed_check_batches=0, progress_bar=False,
+                learning_rate=2e-2, warmup_epochs=0.5)
+    keys.update(overrides)
+    return ["--config", CONFIG, "--workdir", str(workdir)] + [
+        f"--config.{k}={v}" for k, v in keys.items()]
+
+
+@pytest.fixture
+def run_main(monkeypatch, capsys):
+    """Run the command line in-process with the tiny model: returns (exit code, stderr)."""
+    import convfirst_jax
+    import tiny_cli
+
+    monkeypatch.setattr(convfirst_jax, "create_model", tiny_cli.tiny_factory)
+
+    def run(workdir, data_dir, **overrides) -> tuple[int, str]:
+        rc = cli.main(_args(workdir, data_dir, **overrides))
+        out = capsys.readouterr()
+        return rc, out.err
+
+    return run
+
+
+def _env(**extra) -> dict:
+    env = dict(os.environ)
+    env.update(JAX_PLATFORMS="cpu", XLA_FLAGS="--xla_force_host_platform_device_count=1",
+               PYTHONUNBUFFERED="1", **extra)
+    return env
+
+
+def _spawn(workdir, data_dir, env, **overrides) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, str(TINY_CLI)] + _args(workdir, data_dir, **overrides),
+                            cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            text=True, start_new_session=True)
+
+
+def _checkpoint_steps(workdir) -> list[int]:
+    d = pathlib.Path(workdir) / "checkpoints"
+    return sorted(int(p.name) for p in d.iterdir() if p.name.isdigit()) if d.exists() else []
+
+
+def _wait_for(predicate, proc, timeout=120.0) -> None:
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        if predicate():
+            return
+        if proc.poll() is not None:
+            raise AssertionError("the run ended too early:\n" + proc.stdout.read())
+        time.sleep(0.05)
+    raise AssertionError("timed out")
+
+
+def _records(workdir) -> list[dict]:
+    path = pathlib.Path(workdir) / "metrics.jsonl"
+    return [json.loads(x) for x in path.read_text().splitlines() if x.strip()] \
+        if path.exists() else []
+
+
+def _assert_one_record_per_step(workdir, total_steps) -> None:
+    keys = [(r["split"], r["step"]) for r in _records(workdir)]
+    assert len(keys) == len(set(keys)), keys
+    assert [s for split, s in keys if split == "train"] == list(range(1, total_steps + 1))
+
+
+def _children(pid: int) -> list[int]:
+    out = []
+    for stat in pathlib.Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[1]) == pid:
+            out.append(int(stat.parent.name))
+    return out
+
+
+def _alive(pid: int) -> bool:
+    try:
+        state = pathlib.Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return False
+    return state != "Z"
+
+
+def _assert_saved_state_finite(workdir) -> None:
+    import orbax.checkpoint as ocp
+    steps = _checkpoint_steps(workdir)
+    assert steps
+    for s in steps:
+        tree = ocp.PyTreeCheckpointer().restore(pathlib.Path(workdir) / "checkpoints" / str(s)
+                                                / "state")
+        import jax
+        leaves = [np.asarray(x) for x in jax.tree.leaves(tree)]
+        assert leaves and all(np.isfinite(x).all() for x in leaves
+                              if np.issubdtype(x.dtype, np.floating)), s
+
+
+# ----------------------------------------------------------------------------------------------
+# 1. divergence never leaves a non-finite checkpoint; the advised rerun works
+
+
+def test_update_that_makes_weights_non_finite_is_never_saved(tiny_data, tmp_path, run_main):
+    """lr 1e6, a checkpoint every step, only NaN/Inf counted as divergence: the update that
+    first overflows happens on a checkpoint step, while its loss (measured before the update)
+    is still finite. That state must not be saved."""
+    workdir = tmp_path / "div"
+    rc, err = run_main(workdir, tiny_data, learning_rate=1e6, max_steps=40, eval_every_steps=40,
+                       checkpoint_every_steps=1, divergence_loss=1e30)
+    assert rc == errors.EXIT_DIVERGED, err
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and "the training diverged" in lines[0], err
+    last = max(_checkpoint_steps(workdir))
+    assert f"the update of step {last + 1} made the weights" in lines[0]
+    assert f"last good checkpoint is step {last}" in lines[0]
+    _assert_saved_state_finite(workdir)
+    assert not (workdir / "summary.json").exists()
+
+
+def test_real_divergence_rerun_as_advised_resumes_from_a_good_checkpoint(tiny_data, tmp_path,
+                                                                         run_main):
+    workdir = tmp_path / "div"
+    kw = dict(max_steps=24, eval_every_steps=24, checkpoint_every_steps=1, warmup_epochs=5.0)
+    rc, err = run_main(workdir, tiny_data, learning_rate=2e3, **kw)
+    assert rc == errors.EXIT_DIVERGED and len(err.strip().splitlines()) == 1, err
+    assert "is above divergence_loss=20: the training diverged" in err  # 4 classes: auto 20
+    good = max(_checkpoint_steps(workdir))
+    moved = sorted(int(p.name) for p in (workdir / "diverged_checkpoints").iterdir())
+    assert moved and min(moved) == good + 1 and f"last good checkpoint is step {good}" in err
+    # The loss of step good + 1 (the weights of checkpoint good) was still sane; the diverged
+    # step good + 2 has no record.
+    train = {r["step"]: r["loss"] for r in _records(workdir) if r["split"] == "train"}
+    assert train[good + 1] < 20 and max(train) == good + 1
+    _assert_saved_state_finite(workdir)
+    assert "--config.learning_rate=LOWER --config.allow_config_change=True" in err
+    rc, err = run_main(workdir, tiny_data, learning_rate=2e-2, allow_config_change=True, **kw)
+    assert rc == 0, err
+    summary = json.loads((workdir / "summary.json").read_text())
+    assert summary["final"]["train_loss"] < 20 and np.isfinite(summary["final"]["loss"])
+    change = json.loads((workdir / loop.CONFIG_CHANGES_FILE).read_text().splitlines()[-1])
+    assert change["step"] == good and change["changed"] == {
+        "learning_rate": {"stored": 2e3, "now": 2e-2}}
+    _assert_one_record_per_step(workdir, 24)
+
+
+def test_debug_nan_loss_still_stops_with_exit_1(tiny_data, tmp_path, run_main):
+    # NaN loss at step 5 = the weights after update 4 are bad: checkpoint 4 is moved aside.
+    rc, err = run_main(tmp_path / "nan", tiny_data, max_steps=8, debug_nan_step=5)
+    assert rc == 1 and "non-finite training loss nan at step 5" in err
+    assert "last good checkpoint is step 2" in err and _checkpoint_steps(tmp_path / "nan") == [2]
+    assert (tmp_path / "nan" / "diverged_checkpoints" / "4").is_dir()
+
+
+# ----------------------------------------------------------------------------------------------
+# 2, 3, 11. bad data and values: one line, exit 2, no workdir left behind
+
+
+def _garbage_copy(src: pathlib.Path, dst: pathlib.Path, splits=("train", "val")) -> None:
+    shutil.copytree(src, dst)
+    for split in splits:
+        for p in (dst / split).rglob("*"):
+            if p.is_file():
+                p.write_bytes(b"not an image")
+
+
+def test_all_unreadable_folder_is_one_error_naming_folder_and_count(tiny_data, tmp_path,
+                                                                    run_main):
+    bad = tmp_path / "bad"
+    _garbage_copy(tiny_data, bad)
+    rc, err = run_main(tmp_path / "w", bad)
+    assert rc == 2 and len(err.strip().splitlines()) == 1, err
+    assert f"all 64 image files of {str(bad / 'train')!r} are unreadable" in err
+    assert not (tmp_path / "w").exists()
+    badval = tmp_path / "badval"
+    _garbage_copy(tiny_data, badval, splits=("val",))
+    rc, err = run_main(tmp_path / "w", badval)
+    assert rc == 2 and f"all 16 image files of {str(badval / 'val')!r} are unreadable" in err
+    assert not (tmp_path / "w").exists()
+
+
+@pytest.mark.parametrize("value", ["nan", "inf", "-inf"])
+def test_non_finite_learning_rate_is_refused(tiny_data, tmp_path, run_main, value):
+    rc, err = run_main(tmp_path / "w", tiny_data, learning_rate=value)
+    assert rc == 2 and "config.learning_rate must be a finite number" in err, err
+    assert not (tmp_path / "w").exists()
+
+
+def test_missing_data_dir_names_the_real_flag_and_leaves_no_workdir(tmp_path, run_main):
+    rc, err = run_main(tmp_path / "w", tmp_path / "nowhere")
+    assert rc == 2 and len(err.strip().splitlines()) == 1
+    assert "--config.data_dir=" in err and "--data-dir" not in err
+    assert not (tmp_path / "w").exists()
+
+
+def test_help_into_a_closed_pipe_is_quiet():
+    proc = subprocess.Popen([sys.executable, "-m", "train", "--help"], cwd=REPO,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    proc.stdout.close()  # like `| head` that has already exited
+    err = proc.stderr.read().decode()
+    assert proc.wait(timeout=60) == 0 and "Traceback" not in err and "BrokenPipe" not in err, err
+    out = subprocess.run([sys.executable, "-m", "train", "--help"], cwd=REPO, capture_output=True,
+                         text=True, timeout=60).stdout
+    assert "allow_config_change" in out and "exit codes:" in out
+    for code in errors.EXIT_CODES:
+        assert f"{code:3d}  " in out
+
+
+# ----------------------------------------------------------------------------------------------
+# 5. another model or changed settings in a workdir
+
+
+def test_workdir_of_another_model_or_changed_settings(tiny_data, tmp_path, run_main):
+    workdir = tmp_path / "run"
+    assert run_main(workdir, tiny_data)[0] == 0
+    stored = (workdir / "config.json").read_text()
+    rc, err = run_main(workdir, tiny_data, model="convnext_atto")
+    assert rc == errors.EXIT_WORKDIR_MISMATCH and len(err.strip().splitlines()) == 1, err
+    assert "holds a convfirst_atto run (checkpoint step 4)" in err
+    assert "asks for model convnext_atto" in err
+    rc, err = run_main(workdir, tiny_data, max_steps=6, learning_rate=0.01)
+    assert rc == errors.EXIT_WORKDIR_MISMATCH and len(err.strip().splitlines()) == 1, err
+    assert "learning_rate: 0.02 -> 0.01; max_steps: 4 -> 6" in err
+    assert "--config.allow_config_change=True" in err
+    assert (workdir / "config.json").read_text() == stored  # nothing overwritten
+    # Allowed: resumes from step 4 with the new schedule, records the change.
+    rc, err = run_main(workdir, tiny_data, max_steps=6, allow_config_change=True)
+    assert rc == 0, err
+    change = json.loads((workdir / loop.CONFIG_CHANGES_FILE).read_text())
+    assert change["step"] == 4 and change["changed"] == {"max_steps": {"stored": 4, "now": 6}}
+    assert json.loads((workdir / "config.json").read_text())["max_steps"] == 6
+    _assert_one_record_per_step(workdir, 6)
+    # A change of the state's structure (EMA on) cannot resume even when allowed: one line.
+    rc, err = run_main(workdir, tiny_data, max_steps=8, ema_decay=0.9, allow_config_change=True)
+    assert rc == errors.EXIT_WORKDIR_MISMATCH and len(err.strip().splitlines()) == 1, err
+    assert "does not fit this model and optimizer" in err and len(err) < 600
+    # Free keys (printing / logging) never count as a change.
+    rc, err = run_main(workdir, tiny_data, max_steps=6, progress_bar=True, log_every_steps=3)
+    assert rc == 0, err
+
+
+# ----------------------------------------------------------------------------------------------
+# 6. unusable workdir, full disk
+
+
+def test_unusable_workdir_is_one_error_with_its_own_code(tiny_data, tmp_path, run_main):
+    a_file = tmp_path / "a_file"
+    a_file.write_text("x")
+    rc, err = run_main(a_file, tiny_data)
+    assert rc == errors.EXIT_WORKDIR and len(err.strip().splitlines()) == 1, err
+    assert "is a file, not a folder" in err
+    rc, err = run_main(a_file / "below", tiny_data)
+    assert rc == errors.EXIT_WORKDIR and "cannot create --workdir" in err, err
+    if os.geteuid() != 0:  # root may write anywhere
+        ro = tmp_path / "ro"
+        ro.mkdir()
+        ro.chmod(0o555)
+        rc, err = run_main(ro, tiny_data)
+        assert rc == errors.EXIT_WORKDIR and "is not writable" in err, err
+
+
+def test_disk_full_during_checkpoint_stops_at_once_and_keeps_last_complete(tiny_data, tmp_path):
+    workdir = tmp_path / "full"
+    env = _env(TINY_STEP_SLEEP="0.15", TINY_IGNORE_SIGXFSZ="1")
+    proc = _spawn(workdir, tiny_data, env, max_steps=40, eval_every_steps=40)
+    _wait_for(lambda: _checkpoint_steps(workdir), proc)
+    # From now on every write beyond 64 bytes fails with EFBIG, as on a full disk.
+    resource.prlimit(proc.pid, resource.RLIMIT_FSIZE, (64, 64))
+    out, _ = proc.communicate(timeout=120)
+    assert proc.returncode == errors.EXIT_WRITE_FAILED, out
+    assert "Traceback" not in out and len(out.splitlines()) < 60, out
+    error = [ln for ln in out.splitlines() if ln.startswith("error:")]
+    assert len(error) == 1 and "File too large" in error[0], out
+    kept = _checkpoint_steps(workdir)
+    assert kept and (f"last complete checkpoint is step {max(kept)}" in error[0]
+                     or "could not append" in error[0]), error[0]
+    assert not any("tmp" in p.name for p in (workdir / "checkpoints").iterdir())
+    # Space again: the same command resumes from the last complete checkpoint and finishes.
+    proc = _spawn(workdir, tiny_data, _env(), max_steps=40, eval_every_steps=40)
+    out, _ = proc.communicate(timeout=120)
+    assert proc.returncode == 0, out
+    assert f"resumed from checkpoint step {max(kept)}" in out
+    _assert_one_record_per_step(workdir, 40)
+
+
+# ----------------------------------------------------------------------------------------------
+# 4, 7. kill -9 before the first checkpoint; orphans; SIGTERM / Ctrl-C
+
+
+def test_kill_9_before_first_checkpoint_then_restart_has_one_record_per_step(tiny_data,
+                                                                              tmp_path):
+    workdir = tmp_path / "k"
+    kw = dict(max_steps=12, eval_every_steps=12, checkpoint_every_steps=100, num_workers=1)
+    proc = _spawn(workdir, tiny_data, _env(TINY_STEP_SLEEP="0.2"), **kw)
+    _wait_for(lambda: len(_records(workdir)) >= 3, proc)
+    children = _children(proc.pid)
+    assert children, "expected a grain worker process"
+    assert not _checkpoint_steps(workdir)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    proc.stdout.close()
+    # The data-loader worker (and multiprocessing's resource tracker) die with their parent.
+    deadline = time.time() + 15
+    while time.time() < deadline and any(_alive(c) for c in children):
+        time.sleep(0.1)
+    assert not any(_alive(c) for c in children), "orphaned worker processes"
+    proc = _spawn(workdir, tiny_data, _env(), **kw)
+    out, _ = proc.communicate(timeout=120)
+    assert proc.returncode == 0, out
+    _assert_one_record_per_step(workdir, 12)
+
+
+@pytest.mark.parametrize("how", ["sigterm", "ctrl_c"])
+def test_sigterm_and_ctrl_c_stop_cleanly_with_a_checkpoint(tiny_data, tmp_path, how):
+    workdir = tmp_path / how
+    kw = dict(max_steps=12, eval_every_steps=12, checkpoint_every_steps=100, num_workers=1)
+    proc = _spawn(workdir, tiny_data, _env(TINY_STEP_SLEEP="0.2"), **kw)
+    _wait_for(lambda: len(_records(workdir)) >= 3, proc)
+    children = _children(proc.pid)
+    if how == "sigterm":
+        os.kill(proc.pid, signal.SIGTERM)
+    else:  # a terminal sends Ctrl-C to the whole foreground process group
+        os.killpg(proc.pid, signal.SIGINT)
+    out, _ = proc.communicate(timeout=60)
+    code = errors.EXIT_SIGTERM if how == "sigterm" else errors.EXIT_SIGINT
+    assert proc.returncode == code, out
+    assert "shared_memory" not in out and "Traceback" not in out, out
+    error = [ln for ln in out.splitlines() if ln.startswith("error:")]
+    assert len(error) == 1, out
+    step = max(_checkpoint_steps(workdir))
+    name = "SIGTERM" if how == "sigterm" else "SIGINT"
+    assert (f"stopped by {name} at step {step}; checkpoint step {step} written" in error[0]
+            and "rerun the same command to resume" in error[0]), error[0]
+    assert 3 <= step < 12
+    time.sleep(0.5)
+    assert not any(_alive(c) for c in children)
+    proc = _spawn(workdir, tiny_data, _env(), **kw)
+    out, _ = proc.communicate(timeout=120)
+    assert proc.returncode == 0 and f"resumed from checkpoint step {step}" in out, out
+    keys = [(r["split"], r["step"]) for r in _records(workdir)]
+    assert len(keys) == len(set(keys)) and ("eval", 12) in keys
