@@ -1,0 +1,120 @@
+"""Serving export: artifact runs in a fresh process with jax only; BN folded; CUDA has Triton.
+
+The CPU artifact is loaded and run by a separate Python process that imports only jax and
+numpy (checked: neither convfirst_jax, train nor flax gets imported there) and compared with
+the restored model in eval mode. Tolerance: relative max error 1e-5, as tests/test_folding.py
+(folding BN reorders float32 arithmetic: measured ~2e-6).
+"""
+
+from __future__ import annotations
+
+import json
+import pathlib
+import subprocess
+import sys
+
+import jax
+import numpy as np
+import pytest
+from flax import nnx
+
+sys.path.insert(0, str(pathlib.Path(__file__).parent))
+from fixtures.runs import make_run  # noqa: E402
+
+from convfirst_jax import export as export_lib  # noqa: E402
+from convfirst_jax.models.layers import BatchNorm  # noqa: E402
+from convfirst_jax.models.testing import random_model  # noqa: E402
+from convfirst_jax.specs import ResNetSpec  # noqa: E402
+from convfirst_jax.weights.run import load_run  # noqa: E402
+from train import data  # noqa: E402
+
+RTOL = 1e-5
+
+SERVE = """
+import sys, numpy as np, jax
+exp = jax.export.deserialize(open(sys.argv[1], "rb").read())
+x = np.load(sys.argv[2])
+np.save(sys.argv[3], np.asarray(exp.call(x)))
+leaked = [m for m in sys.modules if m.split(".")[0] in ("convfirst_jax", "train", "flax")]
+assert not leaked, leaked
+print("platforms", exp.platforms, "in", exp.in_avals, "out", exp.out_avals)
+"""
+
+
+def _rel_err(a, b):
+    a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
+    return np.max(np.abs(a - b)) / np.max(np.abs(b))
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory):
+    d = data.ensure_synthetic_dataset(tmp_path_factory.mktemp("exportdata"), num_classes=3,
+                                      train_per_class=1, val_per_class=1, image_size=40)
+    wd = tmp_path_factory.mktemp("run")
+    make_run(wd, model="convfirst_atto", data_dir=d, classes=data.class_names(d))
+    return wd
+
+
+def test_cpu_artifact_runs_in_fresh_process(run, tmp_path):
+    out = tmp_path / "serve"
+    assert export_lib.main(["--workdir", str(run), "--out", str(out), "--batch-size", "2"]) == 0
+    info = json.loads((out / "serving.json").read_text())
+    assert info["input"] == {"shape": [2, 32, 32, 3], "dtype": "float32", "layout": "NHWC"}
+    assert info["output"]["shape"] == [2, 3] and info["platforms"] == ["cpu"]
+    assert info["classes"] == json.loads((run / "classes.json").read_text())
+    assert info["batchnorm"].startswith("folded")
+    x = np.random.default_rng(0).standard_normal((2, 32, 32, 3)).astype(np.float32)
+    np.save(tmp_path / "x.npy", x)
+    proc = subprocess.run([sys.executable, "-c", SERVE, str(out / "model.jaxexport"),
+                           str(tmp_path / "x.npy"), str(tmp_path / "y.npy")],
+                          cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    got = np.load(tmp_path / "y.npy")
+    model = load_run(run).model
+    want = np.asarray(jax.jit(lambda a: model(a))(x))
+    assert got.shape == (2, 3) and _rel_err(got, want) < RTOL
+    # Every BN folded away: ConvFirst has no LayerNorm, so any rsqrt would be a BatchNorm.
+    text = jax.export.deserialize((out / "model.jaxexport").read_bytes()).mlir_module()
+    assert "rsqrt" not in text
+
+
+def test_resnet_batchnorm_folding_equals_eval_mode():
+    # Bottleneck blocks with projection shortcuts at width 8: every conv/BN pairing, fast.
+    model = random_model(ResNetSpec("resnet_w8", "bottleneck", (1, 2, 1, 1), width=8),
+                         num_classes=5, seed=2)
+    model.eval()
+    assert any(isinstance(m, BatchNorm) for _, m in nnx.iter_graph(model))
+    before = np.asarray(model.conv1.kernel[...]).copy()
+    folded = export_lib.fold_resnet_batchnorm(model)
+    assert not any(isinstance(m, BatchNorm) for _, m in nnx.iter_graph(folded))
+    np.testing.assert_array_equal(model.conv1.kernel[...], before)   # the input is untouched
+    x = np.random.default_rng(1).standard_normal((2, 32, 32, 3)).astype(np.float32)
+    want = jax.jit(lambda a: model(a))(x)
+    got = jax.jit(lambda a: folded(a))(x)
+    assert _rel_err(got, want) < RTOL
+
+
+def test_cuda_pallas_export_contains_the_triton_kernel(run):
+    model = load_run(run, block_impl="pallas").model
+    try:
+        exported, _ = export_lib.export_model(model, batch_size=2, image_size=32,
+                                              platforms=("cuda",), block_impl="pallas")
+    except RuntimeError as e:
+        if "Triton compilation handler" in str(e):
+            pytest.skip("this jaxlib compiles Triton at lowering time and has no CUDA compiler")
+        raise
+    text = exported.mlir_module()
+    assert exported.platforms == ("cuda",)
+    blocks = sum(model.spec.depths)
+    assert text.count(export_lib.TRITON_CALL) == blocks, "one fused kernel per block"
+
+
+@pytest.mark.parametrize("argv, needle", [
+    (["--workdir", "/nonexistent", "--out", "o"], "workdir '/nonexistent' does not exist"),
+    (["--workdir", "{run}", "--out", "{tmp}", "--batch-size", "0"], "need batch_size >= 1"),
+])
+def test_bad_arguments_are_one_line(run, tmp_path, capsys, argv, needle):
+    argv = [a.replace("{run}", str(run)).replace("{tmp}", str(tmp_path / "o")) for a in argv]
+    assert export_lib.main(argv) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and needle in err[0]
