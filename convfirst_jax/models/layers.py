@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import contextvars
+import math
 from typing import Callable, Iterator
 
 import jax
@@ -90,8 +91,10 @@ class BatchNorm(nnx.BatchNorm):
 
     Same variables as ``nnx.BatchNorm`` (``scale``, ``bias`` params; ``mean``, ``var`` batch
     stats), so folding, checkpoints and ``model.train()/eval()`` work unchanged. Differences:
-    statistics and normalisation are computed in float32 (then cast to ``dtype``), the
-    variance is the exact two-pass biased one, and the running averages are written with
+    statistics and normalisation are computed in float32 (then cast to ``dtype``); as in
+    ``torch.nn.BatchNorm2d``, a training step normalises with the exact two-pass *biased*
+    batch variance but folds the *unbiased* one (times n / (n - 1), n = N * H * W values per
+    channel) into the running variance; and the running averages are written with
     ``Variable.set_value``: flax 0.12's ``var[...] = v`` probes ``tracer.sharding``, whose
     error message JAX builds by scanning the whole trace, which made tracing a ConvFirst
     train step quadratic in depth (~100 BNs: seconds -> tens of seconds).
@@ -105,9 +108,11 @@ class BatchNorm(nnx.BatchNorm):
         else:
             mean = xf.mean(axes)
             var = jnp.square(xf - mean).mean(axes)
+            n = math.prod(x.shape[:-1])
+            unbiased = var * (n / (n - 1)) if n > 1 else var  # PyTorch's running estimate
             m = self.momentum
             self.mean.set_value(jax.lax.stop_gradient(m * self.mean[...] + (1 - m) * mean))
-            self.var.set_value(jax.lax.stop_gradient(m * self.var[...] + (1 - m) * var))
+            self.var.set_value(jax.lax.stop_gradient(m * self.var[...] + (1 - m) * unbiased))
         y = (xf - mean) * jax.lax.rsqrt(var + self.epsilon)
         if self.scale is not None:
             y = y * self.scale[...]
