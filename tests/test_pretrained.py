@@ -97,7 +97,8 @@ def test_missing_unexpected_and_misshaped_in_one_error():
 def test_wrong_architecture_is_named(tmp_path):
     with pytest.raises(ValueError, match="convnext_atto"):
         load_pretrained("convnext_atto", FIXTURES / "convnext_w16_timm.safetensors")
-    with pytest.raises(ValueError, match="these are resnet weights but convnext_w16_timm is a convnext model"):
+    with pytest.raises(ValueError,
+                       match="these are resnet weights but convnext_w16_timm is a convnext"):
         load_pretrained(fixture_spec("convnext_w16_timm"),
                         FIXTURES / "resnet18_w8_timm.safetensors")
 

@@ -148,7 +148,8 @@ def family(model) -> str:
         return "resnet"
     if isinstance(model, FourStageNet):
         return model.spec.family
-    raise ValueError(f"expected a model from convfirst_jax.create_model, got {type(model).__name__}")
+    raise ValueError("expected a model from convfirst_jax.create_model, got "
+                     f"{type(model).__name__}")
 
 
 def valid_namings(model) -> tuple[str, ...]:

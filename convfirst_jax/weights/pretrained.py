@@ -205,9 +205,10 @@ def _check_coverage(model, entries: list[names_lib.Entry]) -> None:
     ours = {tuple(p) for state in nnx.state(model, nnx.Param, nnx.BatchStat)
             for p, _ in nnx.to_flat_state(state)}
     if ours != set(mapped):
-        raise AssertionError(
-            "convfirst_jax.weights.names does not cover the model: unmapped "
-            f"{sorted(map(str, ours - set(mapped)))[:5]}, unknown {sorted(map(str, set(mapped) - ours))[:5]}")
+        unmapped = sorted(map(str, ours - set(mapped)))[:5]
+        unknown = sorted(map(str, set(mapped) - ours))[:5]
+        raise AssertionError("convfirst_jax.weights.names does not cover the model: "
+                             f"unmapped {unmapped}, unknown {unknown}")
 
 
 def head_classes(state_dict: Mapping[str, np.ndarray], naming: str) -> int | None:
@@ -353,7 +354,8 @@ def model_state_dict(model, *, naming: str = "timm", conv_mlp: bool | None = Non
             continue
         var = _variable(model, e.path)
         value = np.asarray(var.get_value() if hasattr(var, "get_value") else var.value)
-        out[e.name] = np.require(_to_torch(e, value.astype(np.float32), conv_mlp), requirements="C")
+        out[e.name] = np.require(_to_torch(e, value.astype(np.float32), conv_mlp),
+                                 requirements="C")
     return out
 
 
