@@ -118,3 +118,19 @@ def test_bad_arguments_are_one_line(run, tmp_path, capsys, argv, needle):
     assert export_lib.main(argv) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and needle in err[0]
+
+
+def test_convnext_cuda_pallas_export_fuses_every_block():
+    model = random_model("convnext_atto", num_classes=10, block_impl="pallas")
+    model.eval()
+    try:
+        exported, how = export_lib.export_model(model, batch_size=1, image_size=32,
+                                                platforms=("cuda",), block_impl="pallas")
+    except RuntimeError as e:
+        if "Triton compilation handler" in str(e):
+            pytest.skip("this jaxlib compiles Triton at lowering time and has no CUDA compiler")
+        raise
+    assert how.startswith("none") and exported.out_avals[0].shape == (1, 10)
+    assert exported.mlir_module().count(export_lib.TRITON_CALL) == sum(model.spec.depths)
+    with pytest.raises(ValueError, match="built with block_impl='pallas'"):
+        export_lib.export_model(model, batch_size=1, image_size=32, block_impl="xla")

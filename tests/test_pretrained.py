@@ -228,3 +228,31 @@ def test_load_state_dict_casts_to_param_dtype():
     assert model.conv1.kernel[...].dtype == jnp.float32
     np.testing.assert_array_equal(np.asarray(model.bn1.var[...]),
                                   sd["bn1.running_var"].astype(np.float32))
+
+
+def test_convfirst_round_trip(tmp_path):
+    """ConvFirstNet has no PyTorch twin: its timm-style file must still round-trip exactly."""
+    model = random_model("convfirst_atto", num_classes=7, seed=4)
+    path = export_state_dict(model, tmp_path / "cf.safetensors")
+    sd = read_state_dict(path)
+    assert "stages.0.blocks.0.mlp.fc1_norm.running_var" in sd
+    again = load_pretrained("convfirst_atto", path)
+    for (p1, v1), (p2, v2) in zip(jax.tree_util.tree_leaves_with_path(_params(model)),
+                                  jax.tree_util.tree_leaves_with_path(_params(again))):
+        assert p1 == p2
+        np.testing.assert_array_equal(v1, v2)
+
+
+def test_weights_cli(tmp_path, capsys):
+    from convfirst_jax.weights.__main__ import main
+
+    src = export_state_dict(random_model("resnet18", num_classes=1000), tmp_path / "a.safetensors")
+    out = tmp_path / "b.safetensors"
+    assert main(["resnet18", str(src), "--num-classes", "10", "--reset-head",
+                 "--out", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert "122 tensors (timm names) -> resnet18" in printed and "10 classes" in printed
+    assert read_state_dict(out)["fc.weight"].shape == (10, 512)
+    assert main(["resnet18", str(FIXTURES / "resnet18_w8_timm.safetensors")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "mis-shaped: conv1.weight (8, 3, 7, 7)" in err[0]
