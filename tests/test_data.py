@@ -253,6 +253,73 @@ def test_train_flip_and_full_crop():
 # ------------------------------------------------------------------ loaders
 
 
+@pytest.fixture
+def odd_dir(tmp_path) -> pathlib.Path:
+    """A hand-made ImageNet-style folder with every odd case (see the test below)."""
+    root = tmp_path / "odd"
+    a, b, c = (root / "train" / n for n in ("a_cls", "b_cls", "c_empty"))
+    for d in (a, b, c, root / "val" / "a_cls", a / "nested" / "deeper", a / ".ipynb_checkpoints"):
+        d.mkdir(parents=True)
+    solid((200, 40, 40)).save(a / "x0.JPEG")
+    solid((40, 200, 40)).save(a / "nested" / "x1.jpg")  # nested: belongs to a_cls
+    solid((40, 40, 200)).save(a / "nested" / "deeper" / "x2.png")
+    solid((250, 250, 10)).save(a / "x3.webp", "WEBP", lossless=True)
+    solid((1, 2, 3)).save(a / ".ipynb_checkpoints" / "x4.JPEG")  # hidden folder: skipped
+    (a / "._x0.JPEG").write_bytes(b"AppleDouble")  # hidden file: skipped
+    (a / "notes.txt").write_text("not an image")
+    os.symlink(a / "missing.JPEG", a / "dangling.JPEG")
+    os.symlink(a / "x0.JPEG", b / "link.JPEG")  # a symlink to an image is used
+    solid((10, 250, 250)).save(b / "y0.WEBP", "WEBP", lossless=True)
+    (root / "train" / "stray.JPEG").write_bytes(b"outside any class")
+    solid((9, 9, 9)).save(root / "val" / "a_cls" / "v0.JPEG")
+    return root
+
+
+def test_scan_reports_used_and_skipped_files_by_reason(odd_dir):
+    with pytest.raises(ValueError, match=r"1 class folder\(s\) of .* contain no images: c_empty; "
+                       r"remove them, or pass --config.allow_empty_classes=True"):
+        data.scan_split(odd_dir, "train")
+    with pytest.raises(ValueError, match="c_empty"):
+        data.build_train_loader(odd_dir, image_size=8, global_batch_size=2, num_workers=0)
+    scan = data.scan_split(odd_dir, "train", allow_empty_classes=True)
+    assert scan.class_names == ["a_cls", "b_cls", "c_empty"]
+    assert scan.per_class == {"a_cls": 4, "b_cls": 2, "c_empty": 0} and scan.nested == 2
+    assert scan.empty_classes == ["c_empty"]
+    names = [os.path.relpath(p, odd_dir / "train") for p in scan.paths]
+    assert names == ["a_cls/nested/deeper/x2.png", "a_cls/nested/x1.jpg", "a_cls/x0.JPEG",
+                     "a_cls/x3.webp", "b_cls/link.JPEG", "b_cls/y0.WEBP"]
+    assert scan.labels == [0, 0, 0, 0, 1, 1]
+    assert scan.skipped == {"dangling symlinks": 1, "files outside class folders": 1,
+                            "hidden files": 1, "hidden folders": 1,
+                            "not an image extension (.txt)": 1}
+    assert scan.examples["dangling symlinks"].endswith("dangling.JPEG")
+    line = scan.describe()
+    assert "6 images in 3 class folders (2 in nested sub-folders)" in line
+    assert "1 dangling symlinks (e.g." in line and "1 not an image extension (.txt)" in line
+    # WebP decodes (colour preserved) and every used file is readable.
+    assert data.probe_readable(scan.paths) == (6, 0, None)
+    img, ok = transforms.eval_image((odd_dir / "train" / "a_cls" / "x3.webp").read_bytes(), 16,
+                                    1.0)
+    assert ok and np.abs(img.reshape(-1, 3).mean(0) - (250, 250, 10)).max() < 2
+    loader = data.build_train_loader(odd_dir, image_size=8, global_batch_size=2, num_workers=0,
+                                     allow_empty_classes=True)
+    batches = _take(iter(loader), 3)  # one epoch
+    assert sorted(np.concatenate([x["label"] for x in batches]).tolist()) == [0, 0, 0, 0, 1, 1]
+    assert all(x["valid"].all() for x in batches)
+
+
+def test_check_readable_refuses_a_folder_of_unreadable_files(tmp_path):
+    for i in range(3):
+        (tmp_path / "train" / "c").mkdir(parents=True, exist_ok=True)
+        (tmp_path / "train" / "c" / f"{i}.JPEG").write_bytes(b"garbage")
+    scan = data.scan_split(tmp_path, "train")
+    assert data.probe_readable(scan.paths)[:2] == (3, 3)
+    with pytest.raises(ValueError, match=r"all 3 image files of .*train' are unreadable"):
+        data.check_readable(scan)
+    solid((1, 2, 3)).save(tmp_path / "train" / "c" / "ok.png")
+    assert data.check_readable(data.scan_split(tmp_path, "train")) == (4, 3)
+
+
 def _take(it, n):
     return [next(it) for _ in range(n)]
 

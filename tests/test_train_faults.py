@@ -57,6 +57,7 @@ def run_main(monkeypatch, capsys):
     def run(workdir, data_dir, **overrides) -> tuple[int, str]:
         rc = cli.main(_args(workdir, data_dir, **overrides))
         out = capsys.readouterr()
+        run.stdout = out.out
         return rc, out.err
 
     return run
@@ -216,6 +217,26 @@ def test_all_unreadable_folder_is_one_error_naming_folder_and_count(tiny_data, t
     rc, err = run_main(tmp_path / "w", badval)
     assert rc == 2 and f"all 16 image files of {str(badval / 'val')!r} are unreadable" in err
     assert not (tmp_path / "w").exists()
+
+
+def test_empty_class_folder_is_an_error_unless_allowed_and_the_scan_is_printed(
+        tiny_data, tmp_path, run_main):
+    root = tmp_path / "d"
+    shutil.copytree(tiny_data, root)
+    (root / "train" / "zz_empty").mkdir()
+    (root / "train" / "c00_red_solid_circle" / "notes.txt").write_text("x")
+    rc, err = run_main(tmp_path / "w", root)
+    assert rc == 2 and len(err.strip().splitlines()) == 1, err
+    assert "contain no images: zz_empty" in err and "--config.allow_empty_classes=True" in err
+    assert not (tmp_path / "w").exists()
+    rc, err = run_main(tmp_path / "w", root, allow_empty_classes=True)
+    assert rc == 0, err
+    assert "classes (5): c00_red_solid_circle" in run_main.stdout
+    assert "empty (allowed): zz_empty" in run_main.stdout
+    assert "64 images in 5 class folders; skipped: 1 not an image extension (.txt)" in \
+        run_main.stdout
+    summary = json.loads((tmp_path / "w" / "summary.json").read_text())
+    assert summary["num_classes"] == 5
 
 
 @pytest.mark.parametrize("value", ["nan", "inf", "-inf"])
@@ -378,3 +399,12 @@ def test_sigterm_and_ctrl_c_stop_cleanly_with_a_checkpoint(tiny_data, tmp_path, 
     assert proc.returncode == 0 and f"resumed from checkpoint step {step}" in out, out
     keys = [(r["split"], r["step"]) for r in _records(workdir)]
     assert len(keys) == len(set(keys)) and ("eval", 12) in keys
+
+
+def test_readme_documents_every_exit_code():
+    text = (REPO / "README.md").read_text()
+    section = text.split("## Training", 1)[1].split("\n## ", 1)[0]
+    rows = [ln for ln in section.splitlines() if ln.strip().startswith("| ")
+            and ln.split("|")[1].strip()[:1].isdigit()]
+    codes = {int(c) for ln in rows for c in ln.split("|")[1].split("/")}
+    assert codes == set(errors.EXIT_CODES), (codes, set(errors.EXIT_CODES))

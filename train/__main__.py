@@ -32,7 +32,6 @@ import ml_collections
 
 USAGE = ("usage: python -m train --config CONFIG.py --workdir DIR [--config.KEY=VALUE ...]\n"
          "       (convfirst-train is the same command)")
-EXIT_INTERNAL = 70  # an unexpected exception (a bug): its traceback is printed
 
 
 def load_config_file(path: str) -> ml_collections.ConfigDict:
@@ -186,8 +185,7 @@ def _print_help() -> None:
     except ImportError:
         pass
     print("\nexit codes:")
-    for code, meaning in sorted({**errors.EXIT_CODES, EXIT_INTERNAL: "internal error (a bug; "
-                                 "traceback printed)"}.items()):
+    for code, meaning in sorted(errors.EXIT_CODES.items()):
         print(f"  {code:3d}  {meaning}")
 
 
@@ -235,9 +233,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except Exception:  # noqa: BLE001  (a bug: keep its traceback, but not exit 1 = diverged)
         import traceback  # noqa: PLC0415
         traceback.print_exc()
-        print(f"error: internal error (exit {EXIT_INTERNAL}); please report the traceback above",
-              file=sys.stderr)
-        return EXIT_INTERNAL
+        print(f"error: internal error (exit {errors.EXIT_INTERNAL}); please report the traceback "
+              "above", file=sys.stderr)
+        return errors.EXIT_INTERNAL
     return errors.EXIT_OK
 
 

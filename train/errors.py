@@ -18,6 +18,7 @@ code   meaning
        is kept, nothing after it was written
 5      the workdir holds a different run (other model, or changed settings without
        ``--config.allow_config_change=True``)
+70     an unexpected internal error (a bug); its traceback is printed
 130    stopped by Ctrl-C (SIGINT); a checkpoint of the current step was written
 143    stopped by SIGTERM; a checkpoint of the current step was written
 =====  ==============================================================================
@@ -31,6 +32,7 @@ EXIT_BAD_INPUT = 2
 EXIT_WORKDIR = 3
 EXIT_WRITE_FAILED = 4
 EXIT_WORKDIR_MISMATCH = 5
+EXIT_INTERNAL = 70  # EX_SOFTWARE: an unexpected exception (a bug); its traceback is printed
 EXIT_SIGINT = 130  # 128 + SIGINT, the shell convention
 EXIT_SIGTERM = 143  # 128 + SIGTERM
 
@@ -42,6 +44,7 @@ EXIT_CODES = {
     EXIT_WRITE_FAILED: "a write failed during the run (disk full, I/O error); last complete "
                        "checkpoint kept",
     EXIT_WORKDIR_MISMATCH: "workdir holds a different run (other model or changed settings)",
+    EXIT_INTERNAL: "internal error (a bug; its traceback is printed)",
     EXIT_SIGINT: "stopped by Ctrl-C; checkpoint of the current step written",
     EXIT_SIGTERM: "stopped by SIGTERM; checkpoint of the current step written",
 }
