@@ -161,7 +161,7 @@ def write_artifact(run, out: str | pathlib.Path, *, batch_size: int = 1,
             "std": [float(v) for v in transforms.IMAGENET_STD]},
         "classes": list(run.classes),
         "jax_version": jax.__version__,
-        "serialization_version": exported.calling_convention_version,
+        "calling_convention_version": exported.calling_convention_version,
         "load": "jax.export.deserialize(open(path, 'rb').read()).call(images)",
     }
     (out / SERVING_JSON).write_text(json.dumps(info, indent=1) + "\n")

@@ -159,3 +159,18 @@ def test_predict_bad_image_is_one_line(run, tmp_path, capsys):
     assert predict_lib.main([str(bad), "--workdir", str(wd)]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "cannot decode image" in err[0]
+
+
+def test_label_map(tmp_path):
+    classes = ["a", "b", "c"]
+    np.testing.assert_array_equal(evaluate_lib._label_map(None, classes, 5), [0, 1, 2])
+    path = tmp_path / "map.json"
+    path.write_text(json.dumps({"a": 7, "b": 0, "c": 3}))
+    np.testing.assert_array_equal(evaluate_lib._label_map(str(path), classes, 10), [7, 0, 3])
+    with pytest.raises(ValueError, match=r"outside \[0, 5\)"):
+        evaluate_lib._label_map(str(path), classes, 5)
+    path.write_text(json.dumps({"a": 1}))
+    with pytest.raises(ValueError, match=r"no entry for class folders \['b', 'c'\]"):
+        evaluate_lib._label_map(str(path), classes, 5)
+    with pytest.raises(ValueError, match="the data has 3 classes but the model only 2"):
+        evaluate_lib._label_map(None, classes, 2)

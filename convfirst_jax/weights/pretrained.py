@@ -211,7 +211,7 @@ def _check_coverage(model, entries: list[names_lib.Entry]) -> None:
                              f"unmapped {unmapped}, unknown {unknown}")
 
 
-def head_classes(state_dict: Mapping[str, np.ndarray], naming: str) -> int | None:
+def head_classes(state_dict: Mapping[str, np.ndarray]) -> int | None:
     """Number of classes of the classifier in a state dict (None if it has no known head)."""
     for key in ("head.fc.weight", "head.weight", "fc.weight"):
         if key in state_dict and np.ndim(state_dict[key]) >= 2:
@@ -311,7 +311,7 @@ def load_pretrained(name, path: PathLike, *, num_classes: int | None = None,
         naming = names_lib.detect_naming(state_dict)
     elif naming not in names_lib.NAMINGS:
         raise ValueError(f"unknown naming {naming!r}; valid: auto, {', '.join(names_lib.NAMINGS)}")
-    file_classes = head_classes(state_dict, naming)
+    file_classes = head_classes(state_dict)
     if num_classes is None:
         if file_classes is None:
             raise ValueError(f"{path}: no classifier found; pass num_classes")
