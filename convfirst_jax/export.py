@@ -1,14 +1,15 @@
 """Serving artifacts: a trained model as a ``jax.export`` module (serialized StableHLO).
 
     python -m convfirst_jax.export --workdir RUN --out DIR [--platforms cpu cuda]
-        [--batch-size N] [--block-impl xla|pallas] [--step latest|best|N]
+        [--batch-size N|any] [--block-impl xla|pallas] [--step latest|best|N]
     python -m convfirst_jax.export --weights FILE --model NAME --out DIR ...
 
 ``DIR/model.jaxexport`` is ``jax.export.Exported.serialize()`` of ``images -> logits``
 with the weights embedded as constants: input float32 (N, S, S, 3) NHWC images normalised
 with the ImageNet mean/std (the eval transform), output float32 (N, num_classes) logits; N
-is fixed at export (``--batch-size``). ``DIR/serving.json`` records the input shape, the
-preprocessing, the class names, the platforms and the versions. Running it needs only jax
+is fixed at export (``--batch-size N``) or symbolic (``--batch-size any``, XLA blocks
+only). ``DIR/serving.json`` records the input shape, the preprocessing, the class names,
+the platforms and the versions. Running it needs only jax
 (any version that reads this serialization version), not this package::
 
     import jax, numpy as np
@@ -112,26 +113,38 @@ def serving_function(model, *, block_impl: str = "xla") -> tuple[Callable, str]:
     return (lambda x: nnx.merge(graphdef, state)(x).astype(jnp.float32)), how
 
 
-def export_model(model, *, batch_size: int, image_size: int,
+def export_model(model, *, batch_size: int | None, image_size: int,
                  platforms: Sequence[str] = ("cpu",), block_impl: str = "xla"
                  ) -> tuple[jax.export.Exported, str]:
-    """``jax.export`` of :func:`serving_function` for a fixed (batch, S, S, 3) float32 input."""
-    if batch_size < 1 or image_size < 32:
-        raise ValueError(f"need batch_size >= 1 and image_size >= 32, got {batch_size}, "
-                         f"{image_size}")
+    """``jax.export`` of :func:`serving_function` for a (batch, S, S, 3) float32 input.
+
+    ``batch_size=None`` exports a symbolic batch dimension (any N at call time); the fused
+    Pallas kernel needs static shapes, so that is for ``block_impl="xla"`` only.
+    """
+    if batch_size is None:
+        if block_impl == "pallas":
+            raise ValueError("a symbolic batch size needs block_impl='xla' (the fused Pallas "
+                             "kernel has static block shapes); pass --batch-size N")
+        (batch,) = jax.export.symbolic_shape("batch")
+    elif isinstance(batch_size, int) and batch_size >= 1:
+        batch = batch_size
+    else:
+        raise ValueError(f"need batch_size >= 1 (or None for any), got {batch_size!r}")
+    if image_size < 32:
+        raise ValueError(f"need image_size >= 32, got {image_size}")
     bad = [p for p in platforms if p not in PLATFORMS]
     if bad or not platforms:
         raise ValueError(f"unknown platform(s) {bad}; choose from {', '.join(PLATFORMS)}")
     fn, how = serving_function(model, block_impl=block_impl)
     disabled = ([jax.export.DisabledSafetyCheck.custom_call(TRITON_CALL)]
                 if block_impl == "pallas" else [])
-    spec = jax.ShapeDtypeStruct((batch_size, image_size, image_size, 3), jnp.float32)
+    spec = jax.ShapeDtypeStruct((batch, image_size, image_size, 3), jnp.float32)
     exported = jax.export.export(jax.jit(fn), platforms=tuple(platforms),
                                  disabled_checks=disabled)(spec)
     return exported, how
 
 
-def write_artifact(run, out: str | pathlib.Path, *, batch_size: int = 1,
+def write_artifact(run, out: str | pathlib.Path, *, batch_size: int | None = 1,
                    platforms: Sequence[str] = ("cpu",), block_impl: str = "xla"
                    ) -> pathlib.Path:
     """Export ``run.model`` (a :class:`~convfirst_jax.weights.run.LoadedRun`) into ``out``."""
@@ -149,7 +162,8 @@ def write_artifact(run, out: str | pathlib.Path, *, batch_size: int = 1,
         "platforms": list(exported.platforms), "block_impl": block_impl,
         "batchnorm": how,
         "input": {"shape": [batch_size, run.image_size, run.image_size, 3],
-                  "dtype": "float32", "layout": "NHWC"},
+                  "dtype": "float32", "layout": "NHWC", "batch": "fixed" if batch_size
+                  else "any (symbolic; shape[0] is null)"},
         "output": {"shape": [batch_size, int(run.model.num_classes)], "dtype": "float32",
                    "meaning": "logits"},
         "preprocessing": {
@@ -168,6 +182,15 @@ def write_artifact(run, out: str | pathlib.Path, *, batch_size: int = 1,
     return out
 
 
+def _batch_size(text: str) -> int | None:
+    if text == "any":
+        return None
+    try:
+        return int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number or 'any', got {text!r}") from None
+
+
 def _main(argv: Sequence[str] | None) -> int:
     from convfirst_jax.weights import run as run_lib
 
@@ -176,7 +199,9 @@ def _main(argv: Sequence[str] | None) -> int:
     run_lib.add_model_arguments(parser)
     parser.add_argument("--out", required=True, help="output directory")
     parser.add_argument("--platforms", nargs="+", default=["cpu"], choices=PLATFORMS)
-    parser.add_argument("--batch-size", type=int, default=1)
+    parser.add_argument("--batch-size", type=_batch_size, default=1,
+                        help="fixed batch N (default 1), or 'any' for a symbolic batch "
+                        "(block_impl xla only)")
     args = parser.parse_args(argv)
     block_impl = args.block_impl or "xla"
     args.block_impl = block_impl
@@ -185,7 +210,7 @@ def _main(argv: Sequence[str] | None) -> int:
                          block_impl=block_impl)
     size = (out / ARTIFACT).stat().st_size
     print(f"wrote {out / ARTIFACT} ({size / 1e6:.1f} MB; {run.config.get('model')}, "
-          f"platforms {' '.join(args.platforms)}, batch {args.batch_size}, "
+          f"platforms {' '.join(args.platforms)}, batch {args.batch_size or 'any'}, "
           f"{run.image_size} px, block_impl {block_impl}) and {out / SERVING_JSON}")
     return 0
 

@@ -8,6 +8,7 @@ the restored model in eval mode. Tolerance: relative max error 1e-5, as tests/te
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import pathlib
 import subprocess
@@ -24,7 +25,7 @@ from fixtures.runs import make_run  # noqa: E402
 from convfirst_jax import export as export_lib  # noqa: E402
 from convfirst_jax.models.layers import BatchNorm  # noqa: E402
 from convfirst_jax.models.testing import random_model  # noqa: E402
-from convfirst_jax.specs import ResNetSpec  # noqa: E402
+from convfirst_jax.specs import ResNetSpec, get_spec  # noqa: E402
 from convfirst_jax.weights.run import load_run  # noqa: E402
 from train import data  # noqa: E402
 
@@ -59,7 +60,8 @@ def test_cpu_artifact_runs_in_fresh_process(run, tmp_path):
     out = tmp_path / "serve"
     assert export_lib.main(["--workdir", str(run), "--out", str(out), "--batch-size", "2"]) == 0
     info = json.loads((out / "serving.json").read_text())
-    assert info["input"] == {"shape": [2, 32, 32, 3], "dtype": "float32", "layout": "NHWC"}
+    assert info["input"] == {"shape": [2, 32, 32, 3], "dtype": "float32", "layout": "NHWC",
+                             "batch": "fixed"}
     assert info["output"]["shape"] == [2, 3] and info["platforms"] == ["cpu"]
     assert info["classes"] == json.loads((run / "classes.json").read_text())
     assert info["batchnorm"].startswith("folded")
@@ -112,6 +114,8 @@ def test_cuda_pallas_export_contains_the_triton_kernel(run):
 @pytest.mark.parametrize("argv, needle", [
     (["--workdir", "/nonexistent", "--out", "o"], "workdir '/nonexistent' does not exist"),
     (["--workdir", "{run}", "--out", "{tmp}", "--batch-size", "0"], "need batch_size >= 1"),
+    (["--workdir", "{run}", "--out", "{tmp}", "--batch-size", "any", "--block-impl", "pallas"],
+     "a symbolic batch size needs block_impl='xla'"),
 ])
 def test_bad_arguments_are_one_line(run, tmp_path, capsys, argv, needle):
     argv = [a.replace("{run}", str(run)).replace("{tmp}", str(tmp_path / "o")) for a in argv]
@@ -121,7 +125,10 @@ def test_bad_arguments_are_one_line(run, tmp_path, capsys, argv, needle):
 
 
 def test_convnext_cuda_pallas_export_fuses_every_block():
-    model = random_model("convnext_atto", num_classes=10, block_impl="pallas")
+    # ConvNeXt design at power-of-two widths, one block per stage: every branch, fewer blocks.
+    spec = dataclasses.replace(get_spec("convnext_atto"), name="convnext_w16",
+                               depths=(1, 1, 1, 1), dims=(16, 32, 64, 128))
+    model = random_model(spec, num_classes=10, block_impl="pallas")
     model.eval()
     try:
         exported, how = export_lib.export_model(model, batch_size=1, image_size=32,
@@ -134,3 +141,18 @@ def test_convnext_cuda_pallas_export_fuses_every_block():
     assert exported.mlir_module().count(export_lib.TRITON_CALL) == sum(model.spec.depths)
     with pytest.raises(ValueError, match="built with block_impl='pallas'"):
         export_lib.export_model(model, batch_size=1, image_size=32, block_impl="xla")
+
+
+def test_symbolic_batch_artifact(run, tmp_path):
+    """--batch-size any: one artifact serves every batch size (XLA blocks)."""
+    out = tmp_path / "any"
+    assert export_lib.main(["--workdir", str(run), "--out", str(out), "--batch-size", "any"]) == 0
+    info = json.loads((out / "serving.json").read_text())
+    assert info["input"]["shape"] == [None, 32, 32, 3]
+    exp = jax.export.deserialize((out / "model.jaxexport").read_bytes())
+    model = load_run(run).model
+    x = np.random.default_rng(3).standard_normal((3, 32, 32, 3)).astype(np.float32)
+    want = np.asarray(jax.jit(lambda a: model(a))(x))
+    for n in (1, 3):
+        got = np.asarray(exp.call(x[:n]))
+        assert got.shape == (n, 3) and _rel_err(got, want[:n]) < RTOL
