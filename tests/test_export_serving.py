@@ -156,3 +156,13 @@ def test_symbolic_batch_artifact(run, tmp_path):
     for n in (1, 3):
         got = np.asarray(exp.call(x[:n]))
         assert got.shape == (n, 3) and _rel_err(got, want[:n]) < RTOL
+
+
+def test_library_modules_do_not_import_training_packages():
+    code = ("import sys, convfirst_jax, convfirst_jax.export, convfirst_jax.predict, "
+            "convfirst_jax.weights.run, convfirst_jax.weights.__main__; "
+            "bad = {'grain', 'ml_collections', 'orbax', 'torch'} & "
+            "{m.split('.')[0] for m in sys.modules}; assert not bad, bad")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          timeout=120)
+    assert proc.returncode == 0, proc.stderr[-1000:]
