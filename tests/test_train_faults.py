@@ -63,10 +63,22 @@ def run_main(monkeypatch, capsys):
     return run
 
 
+_JAX_CACHE: list[str] = []  # one persistent compilation cache for the module's subprocesses
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _shared_compile_cache(tmp_path_factory):
+    _JAX_CACHE[:] = [str(tmp_path_factory.mktemp("jax_cache"))]
+    yield
+    _JAX_CACHE.clear()
+
+
 def _env(**extra) -> dict:
     env = dict(os.environ)
     env.update(JAX_PLATFORMS="cpu", XLA_FLAGS="--xla_force_host_platform_device_count=1",
-               PYTHONUNBUFFERED="1", **extra)
+               PYTHONUNBUFFERED="1", JAX_COMPILATION_CACHE_DIR=_JAX_CACHE[0],
+               JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0",
+               JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES="0", **extra)
     return env
 
 
@@ -344,39 +356,11 @@ def test_disk_full_during_checkpoint_stops_at_once_and_keeps_last_complete(tiny_
 
 
 # ----------------------------------------------------------------------------------------------
-# 4, 7. kill -9 before the first checkpoint; orphans; SIGTERM / Ctrl-C
+# 4, 7. kill -9 before the first checkpoint; orphans; Ctrl-C / SIGTERM
 
 
-def test_kill_9_before_first_checkpoint_then_restart_has_one_record_per_step(tiny_data,
-                                                                              tmp_path):
-    workdir = tmp_path / "k"
-    kw = dict(max_steps=12, eval_every_steps=12, checkpoint_every_steps=100, num_workers=1)
-    proc = _spawn(workdir, tiny_data, _env(TINY_STEP_SLEEP="0.2"), **kw)
-    _wait_for(lambda: len(_records(workdir)) >= 3, proc)
-    children = _children(proc.pid)
-    assert children, "expected a grain worker process"
-    assert not _checkpoint_steps(workdir)
-    os.kill(proc.pid, signal.SIGKILL)
-    proc.wait()
-    proc.stdout.close()
-    # The data-loader worker (and multiprocessing's resource tracker) die with their parent.
-    deadline = time.time() + 15
-    while time.time() < deadline and any(_alive(c) for c in children):
-        time.sleep(0.1)
-    assert not any(_alive(c) for c in children), "orphaned worker processes"
-    proc = _spawn(workdir, tiny_data, _env(), **kw)
-    out, _ = proc.communicate(timeout=120)
-    assert proc.returncode == 0, out
-    _assert_one_record_per_step(workdir, 12)
-
-
-@pytest.mark.parametrize("how", ["sigterm", "ctrl_c"])
-def test_sigterm_and_ctrl_c_stop_cleanly_with_a_checkpoint(tiny_data, tmp_path, how):
-    workdir = tmp_path / how
-    kw = dict(max_steps=12, eval_every_steps=12, checkpoint_every_steps=100, num_workers=1)
-    proc = _spawn(workdir, tiny_data, _env(TINY_STEP_SLEEP="0.2"), **kw)
-    _wait_for(lambda: len(_records(workdir)) >= 3, proc)
-    children = _children(proc.pid)
+def _interrupt_and_check(proc, workdir, children, how: str) -> int:
+    """Send ``how`` to a running tiny run; check the clean stop; return the checkpoint step."""
     if how == "sigterm":
         os.kill(proc.pid, signal.SIGTERM)
     else:  # a terminal sends Ctrl-C to the whole foreground process group
@@ -391,14 +375,49 @@ def test_sigterm_and_ctrl_c_stop_cleanly_with_a_checkpoint(tiny_data, tmp_path, 
     name = "SIGTERM" if how == "sigterm" else "SIGINT"
     assert (f"stopped by {name} at step {step}; checkpoint step {step} written" in error[0]
             and "rerun the same command to resume" in error[0]), error[0]
-    assert 3 <= step < 12
-    time.sleep(0.5)
-    assert not any(_alive(c) for c in children)
+    deadline = time.time() + 5
+    while time.time() < deadline and any(_alive(c) for c in children):
+        time.sleep(0.05)
+    assert not any(_alive(c) for c in children), "worker processes outlived the run"
+    return step
+
+
+def test_kill_9_then_ctrl_c_then_sigterm_then_finish(tiny_data, tmp_path):
+    """One workdir, four runs of the same command (with a data-loader worker process):
+    kill -9 before the first checkpoint (the worker must die too), Ctrl-C, SIGTERM, then to
+    the end; every stop resumes where it said, and metrics.jsonl has one record per step."""
+    workdir = tmp_path / "k"
+    kw = dict(max_steps=14, eval_every_steps=14, checkpoint_every_steps=100, num_workers=1)
+    slow = _env(TINY_STEP_SLEEP="0.1")
+
+    proc = _spawn(workdir, tiny_data, slow, **kw)
+    _wait_for(lambda: len(_records(workdir)) >= 2, proc)
+    children = _children(proc.pid)
+    assert children, "expected a grain worker process"
+    assert not _checkpoint_steps(workdir)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    proc.stdout.close()
+    deadline = time.time() + 10  # the worker (and multiprocessing's resource tracker) follow
+    while time.time() < deadline and any(_alive(c) for c in children):
+        time.sleep(0.05)
+    assert not any(_alive(c) for c in children), "orphaned worker processes after kill -9"
+
+    proc = _spawn(workdir, tiny_data, slow, **kw)  # starts afresh: no checkpoint yet
+    _wait_for(lambda: len(_records(workdir)) >= 3 and _children(proc.pid), proc)
+    first = _interrupt_and_check(proc, workdir, _children(proc.pid), "ctrl_c")
+    assert 3 <= first < 14
+
+    proc = _spawn(workdir, tiny_data, slow, **kw)
+    _wait_for(lambda: len(_records(workdir)) >= first + 2 and _children(proc.pid), proc)
+    second = _interrupt_and_check(proc, workdir, _children(proc.pid), "sigterm")
+    assert first < second < 14
+
     proc = _spawn(workdir, tiny_data, _env(), **kw)
     out, _ = proc.communicate(timeout=120)
-    assert proc.returncode == 0 and f"resumed from checkpoint step {step}" in out, out
-    keys = [(r["split"], r["step"]) for r in _records(workdir)]
-    assert len(keys) == len(set(keys)) and ("eval", 12) in keys
+    assert proc.returncode == 0 and f"resumed from checkpoint step {second}" in out, out
+    _assert_one_record_per_step(workdir, 14)
+    assert ("eval", 14) in [(r["split"], r["step"]) for r in _records(workdir)]
 
 
 def test_readme_documents_every_exit_code():

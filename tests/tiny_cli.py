@@ -17,33 +17,48 @@ import signal
 import sys
 import time
 
-import jax.numpy as jnp
-from flax import nnx
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 
 
-class TinyNet(nnx.Module):
-    """conv 3x3 / 2 -> BatchNorm -> ReLU -> mean pool -> linear: the loop's bookkeeping model."""
+_TINY_NET = None
 
-    def __init__(self, num_classes: int, dtype, param_dtype, rngs: nnx.Rngs, width: int = 8):
-        self.conv = nnx.Conv(3, width, (3, 3), strides=2, dtype=dtype, param_dtype=param_dtype,
-                             rngs=rngs)
-        self.bn = nnx.BatchNorm(width, dtype=dtype, param_dtype=param_dtype, rngs=rngs)
-        self.head = nnx.Linear(width, num_classes, dtype=dtype, param_dtype=param_dtype,
-                               rngs=rngs)
 
-    def __call__(self, x):
-        x = nnx.relu(self.bn(self.conv(x)))
-        return self.head(x.mean(axis=(1, 2))).astype(jnp.float32)
+def tiny_net_class():
+    """The TinyNet class, built on first use: this file is also imported by every grain worker
+    process (as ``__mp_main__``), which should not pay for importing jax and flax."""
+    global _TINY_NET
+    if _TINY_NET is None:
+        import jax.numpy as jnp
+        from flax import nnx
+
+        class TinyNet(nnx.Module):
+            """conv 3x3 / 2 -> BatchNorm -> ReLU -> mean pool -> linear."""
+
+            def __init__(self, num_classes: int, dtype, param_dtype, rngs: nnx.Rngs,
+                         width: int = 8):
+                self.conv = nnx.Conv(3, width, (3, 3), strides=2, dtype=dtype,
+                                     param_dtype=param_dtype, rngs=rngs)
+                self.bn = nnx.BatchNorm(width, dtype=dtype, param_dtype=param_dtype, rngs=rngs)
+                self.head = nnx.Linear(width, num_classes, dtype=dtype,
+                                       param_dtype=param_dtype, rngs=rngs)
+
+            def __call__(self, x):
+                x = nnx.relu(self.bn(self.conv(x)))
+                return self.head(x.mean(axis=(1, 2))).astype(jnp.float32)
+
+        _TINY_NET = TinyNet
+    return _TINY_NET
 
 
 def tiny_factory(name, *, num_classes, block_impl, dtype, param_dtype, drop_path, seed):
     """Stand-in for ``convfirst_jax.create_model``; ``name`` "convnext*" gives 16 channels (another
     parameter tree, as a different model would have)."""
+    from flax import nnx
+
     del block_impl, drop_path
     width = 16 if str(name).startswith("convnext") else 8
-    return TinyNet(num_classes, dtype, param_dtype, nnx.Rngs(seed), width=width)
+    return tiny_net_class()(num_classes, dtype, param_dtype, nnx.Rngs(seed), width=width)
 
 
 def main() -> int:
