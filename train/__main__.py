@@ -226,9 +226,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             raise
         print(f"error: {e}", file=sys.stderr)
         return errors.EXIT_BAD_INPUT
-    except KeyboardInterrupt:  # a second Ctrl-C: stopped at once, no checkpoint of this step
-        print("error: stopped at once by a second interrupt; rerun the same command to resume "
-              "from the last checkpoint", file=sys.stderr)
+    except KeyboardInterrupt:  # Ctrl-C before the step loop, or a second one: no checkpoint
+        print("error: stopped at once by Ctrl-C (no checkpoint of the current step); rerun the "
+              "same command to resume from the last checkpoint", file=sys.stderr)
         return errors.EXIT_SIGINT
     except Exception:  # noqa: BLE001  (a bug: keep its traceback, but not exit 1 = diverged)
         import traceback  # noqa: PLC0415

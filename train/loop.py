@@ -189,21 +189,19 @@ def config_changes(workdir: pathlib.Path, config: ml_collections.ConfigDict,
 
 class _StopRequest:
     """SIGINT / SIGTERM handlers (main thread only) that ask the loop to stop after the current
-    step; a second signal stops at once (KeyboardInterrupt)."""
+    step; a second signal stops at once (KeyboardInterrupt). The handler only sets a flag (no
+    printing: a handler that prints while the main thread prints raises a reentrancy error)."""
 
     SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
-    def __init__(self, say: Callable[[str], None]):
+    def __init__(self):
         self.signum: int | None = None
-        self._say = say
         self._previous: dict[int, Any] = {}
 
     def _handle(self, signum, frame) -> None:
         if self.signum is not None:
             raise KeyboardInterrupt
         self.signum = signum
-        self._say(f"{signal.Signals(signum).name} received: stopping after this step and "
-                  "writing a checkpoint (send it again to stop at once, without one)")
 
     def __enter__(self) -> "_StopRequest":
         if threading.current_thread() is threading.main_thread():
@@ -464,7 +462,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | os.Path
     writer = metrics_lib.MetricsWriter(workdir / "metrics.jsonl", enabled=primary)
     try:
         commit = _check_resume(config, workdir, ckpt, class_names, say, primary)
-        with _StopRequest(say) as stop:
+        with _StopRequest() as stop:
             return _loop(config, workdir, t_session, devices, primary, say, data_dir,
                          class_names, num_classes, steps_per_epoch, total_steps, eval_every,
                          train_loader, eval_loader, mesh, replicated, batch_sharding, peak_lr,
@@ -759,6 +757,8 @@ def _loop(config, workdir, t_session, devices, primary, say, data_dir, class_nam
 def _stop_now(signum, step, start_step, flush, save, ckpt, writer, say) -> None:
     """Checkpoint the current step (after the finiteness check) and raise Interrupted."""
     name = signal.Signals(signum).name
+    say(f"{name} received: stopping at step {step} and writing a checkpoint (send it again to "
+        "stop at once, without one)")
     flush(step)  # a diverged state is never saved: NonFiniteLossError instead
     if step > start_step:
         save(step)
