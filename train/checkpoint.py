@@ -29,6 +29,8 @@ import os
 import pathlib
 import re
 import shutil
+import sys
+import warnings
 from collections.abc import Mapping
 from typing import Any
 
@@ -57,6 +59,23 @@ class _QuietOrbax(logging.Filter):
 
 
 logging.getLogger("absl").addFilter(_QuietOrbax())
+# After a failed write, tensorstore completes the remaining writes of that save on its own
+# threads and reports "Event loop is closed" (orbax's loop for the save is already gone) as an
+# unraisable exception, and the abandoned write coroutines warn at exit. The failure itself
+# reaches the caller as one WriteFailedError; these echoes of it are dropped.
+warnings.filterwarnings("ignore", message=r"coroutine 'async_serialize_from_host",
+                        category=RuntimeWarning)
+_previous_unraisablehook = sys.unraisablehook
+
+
+def _quiet_unraisablehook(unraisable) -> None:
+    value = unraisable.exc_value
+    if isinstance(value, RuntimeError) and str(value) == "Event loop is closed":
+        return
+    _previous_unraisablehook(unraisable)
+
+
+sys.unraisablehook = _quiet_unraisablehook
 
 
 def _is_key(x: Any) -> bool:
