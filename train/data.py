@@ -56,9 +56,9 @@ __all__ = [
 
 IMAGE_EXTENSIONS = (".jpeg", ".jpg", ".png", ".webp")
 _FIX_HINT = (
-    "expected the ImageNet folder layout DATA_DIR/{train,val}/<class>/*.JPEG; pass "
-    "--config.data_dir=DIR pointing at such a folder, or --config.data_dir='' for the embedded "
-    "synthetic dataset (train.data.ensure_synthetic_dataset())"
+    "expected the ImageNet folder layout DATA_DIR/{train,val}/<class>/*.JPEG; point data_dir at "
+    "such a folder, or leave data_dir empty for the embedded synthetic dataset "
+    "(train.data.ensure_synthetic_dataset())"
 )
 # How many files per split :func:`probe_readable` decodes at start-up.
 PROBE_FILES = 64
@@ -265,7 +265,7 @@ def check_readable(scan: SplitScan, sample: int = PROBE_FILES) -> tuple[int, int
         raise ValueError(
             f"{every} {len(scan.paths)} image files of {scan.split_dir!r} are unreadable "
             f"(e.g. {example!r} does not decode as an image); replace them with JPEG / PNG / "
-            "WebP images, or point --config.data_dir at another folder"
+            "WebP images, or point data_dir at another folder"
         )
     return checked, bad
 
@@ -660,7 +660,14 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--num-workers", type=int, default=2)
     parser.add_argument("--batches", type=int, default=50)
-    _benchmark(parser.parse_args(argv))
+    args = parser.parse_args(argv)
+    try:
+        _benchmark(args)
+    except ValueError as e:  # one line, naming this tool's flag
+        import sys  # noqa: PLC0415
+
+        print(f"error: {e} (data_dir is --data-dir DIR here)", file=sys.stderr)
+        raise SystemExit(2) from None
 
 
 if __name__ == "__main__":

@@ -383,46 +383,49 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | os.Path
 
     # --- data (checked before the workdir is created) -----------------------------------------
     data_dir = config.data_dir or str(data_module.ensure_synthetic_dataset())
-    class_names = list(data_module.class_names(data_dir))
-    num_classes = config.num_classes or len(class_names)
-    if num_classes < len(class_names):
-        raise ValueError(f"config.num_classes={num_classes} is smaller than the "
-                         f"{len(class_names)} class folders of {data_dir}/train; set it to 0")
-    empty_ok = dict(allow_empty_classes=bool(config.allow_empty_classes))
-    if hasattr(data_module, "scan_split"):
-        for split in ("train", "val"):
-            scan = data_module.scan_split(data_dir, split, **(empty_ok if split == "train"
-                                                               else {}))
-            checked, bad = data_module.check_readable(scan)
-            if split == "train":
-                names = ", ".join(scan.class_names[:8]) + (
-                    f", ... ({len(scan.class_names)} in all)" if len(scan.class_names) > 8
-                    else "")
-                say(f"classes ({len(scan.class_names)}): {names}"
-                    + (f"; empty (allowed): {', '.join(scan.empty_classes)}"
-                       if scan.empty_classes else ""))
-            say(f"{split}: {scan.describe()}; unreadable in a start-up probe: {bad} of "
-                f"{checked}")
-        steps_per_epoch = int(data_module.steps_per_epoch(data_dir, config.batch_size,
-                                                          **empty_ok))
-    else:  # a minimal data module (tests): no scan report
-        steps_per_epoch = int(data_module.steps_per_epoch(data_dir, config.batch_size))
-    total_steps = int(config.max_steps) if config.max_steps > 0 else int(
-        round(config.num_epochs * steps_per_epoch))
-    eval_every = (int(config.eval_every_steps) if config.eval_every_steps > 0
-                  else int(config.eval_every_epochs) * steps_per_epoch)
-    loader_kwargs = dict(image_size=config.image_size, global_batch_size=config.batch_size,
-                         seed=config.seed, num_workers=config.num_workers,
-                         shard_index=jax.process_index(), shard_count=jax.process_count(),
-                         scale=(float(config.crop_min_scale), 1.0))
-    if hasattr(data_module, "scan_split"):
-        loader_kwargs.update(empty_ok)
-    train_loader = data_module.build_train_loader(data_dir, **loader_kwargs)
-    eval_loader = data_module.build_eval_loader(
-        data_dir, image_size=config.image_size,
-        batch_size=config.eval_batch_size // jax.process_count(),
-        num_workers=config.num_workers, shard_index=jax.process_index(),
-        shard_count=jax.process_count())
+    try:
+        class_names = list(data_module.class_names(data_dir))
+        num_classes = config.num_classes or len(class_names)
+        if num_classes < len(class_names):
+            raise ValueError(f"config.num_classes={num_classes} is smaller than the "
+                             f"{len(class_names)} class folders of {data_dir}/train; set it to 0")
+        empty_ok = dict(allow_empty_classes=bool(config.allow_empty_classes))
+        if hasattr(data_module, "scan_split"):
+            for split in ("train", "val"):
+                scan = data_module.scan_split(data_dir, split, **(empty_ok if split == "train"
+                                                                   else {}))
+                checked, bad = data_module.check_readable(scan)
+                if split == "train":
+                    names = ", ".join(scan.class_names[:8]) + (
+                        f", ... ({len(scan.class_names)} in all)" if len(scan.class_names) > 8
+                        else "")
+                    say(f"classes ({len(scan.class_names)}): {names}"
+                        + (f"; empty (allowed): {', '.join(scan.empty_classes)}"
+                           if scan.empty_classes else ""))
+                say(f"{split}: {scan.describe()}; unreadable in a start-up probe: {bad} of "
+                    f"{checked}")
+            steps_per_epoch = int(data_module.steps_per_epoch(data_dir, config.batch_size,
+                                                              **empty_ok))
+        else:  # a minimal data module (tests): no scan report
+            steps_per_epoch = int(data_module.steps_per_epoch(data_dir, config.batch_size))
+        total_steps = int(config.max_steps) if config.max_steps > 0 else int(
+            round(config.num_epochs * steps_per_epoch))
+        eval_every = (int(config.eval_every_steps) if config.eval_every_steps > 0
+                      else int(config.eval_every_epochs) * steps_per_epoch)
+        loader_kwargs = dict(image_size=config.image_size, global_batch_size=config.batch_size,
+                             seed=config.seed, num_workers=config.num_workers,
+                             shard_index=jax.process_index(), shard_count=jax.process_count(),
+                             scale=(float(config.crop_min_scale), 1.0))
+        if hasattr(data_module, "scan_split"):
+            loader_kwargs.update(empty_ok)
+        train_loader = data_module.build_train_loader(data_dir, **loader_kwargs)
+        eval_loader = data_module.build_eval_loader(
+            data_dir, image_size=config.image_size,
+            batch_size=config.eval_batch_size // jax.process_count(),
+            num_workers=config.num_workers, shard_index=jax.process_index(),
+            shard_count=jax.process_count())
+    except ValueError as e:  # data.py says "data_dir"; name this command's flag
+        raise ValueError(f"{e} (data_dir is --config.data_dir=DIR)") from None
     if primary:
         prepare_workdir(workdir)
 
@@ -689,7 +692,7 @@ def _loop(config, workdir, t_session, devices, primary, say, data_dir, class_nam
                                 f"every one of the {invalid_epoch} training images read in "
                                 f"epoch {epoch} of {data_dir}/train was unreadable; replace "
                                 "them with JPEG / PNG / WebP images or point "
-                                "--config.data_dir at another folder")
+                                "--config.data_dir=DIR at another folder")
                         writer.write({"step": step, "epoch": float(epoch), "split": "epoch",
                                       "invalid_train_images": invalid_epoch,
                                       "wall_time_s": wall_time()})
@@ -709,7 +712,7 @@ def _loop(config, workdir, t_session, devices, primary, say, data_dir, class_nam
                                 f"none of the {getattr(eval_loader, 'num_examples', '?')} "
                                 f"images of {data_dir}/val could be read, so there is no "
                                 "eval accuracy; replace them with JPEG / PNG / WebP images or "
-                                "point --config.data_dir at another folder")
+                                "point --config.data_dir=DIR at another folder")
                         record = {"step": step, "epoch": step / steps_per_epoch,
                                   "split": "eval", **eval_metrics, "wall_time_s": wall_time(),
                                   "train_flops": counter.train_flops,
