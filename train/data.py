@@ -305,9 +305,15 @@ def guard_worker_process(owner_pid: int) -> None:
     except ValueError:  # not the main thread of the worker: the watchdog still works
         pass
 
+    # The parent is normally ``owner_pid`` (grain spawns workers directly); any other start
+    # method works too: the worker exits when its parent changes (it was re-parented).
+    parent = os.getppid()
+    if parent == 1 and owner_pid != 1:  # already orphaned before the first record
+        os._exit(0)
+
     def watch() -> None:
         while True:
-            if os.getppid() != owner_pid:
+            if os.getppid() != parent:
                 os._exit(0)
             time.sleep(PARENT_POLL_S)
 
