@@ -47,64 +47,107 @@ from pallas_kernels.activations import KERNEL_ACTIVATIONS
 from pallas_kernels.options import BlockOptions, validate_inputs
 from pallas_kernels.reference import conv_first_block_reference
 from pallas_kernels.sharding import batch_shard_map
-from pallas_kernels.tuning import LaunchConfig, launch_config, padded_channels
+from pallas_kernels.tuning import MIN_DOT_DIM, LaunchConfig, launch_config, padded_channels
 
 _F32 = jnp.float32
 
 
-def _block_kernel(x_ref, cw_ref, cb_ref, ns_ref, nb_ref, w1_ref, b1_ref, w2_ref, b2_ref,
-                  ls_ref, bs_ref, *rest, height: int, width: int, channels: int,
-                  n_tiles: int, tile: int, hidden_chunk: int, n_chunks: int,
+def _block_kernel(x_ref, xp_ref, cw_ref, cb_ref, ns_ref, nb_ref, w1_ref, b1_ref, w2_ref,
+                  b2_ref, ls_ref, bs_ref, *rest, height: int, width: int, channels: int,
+                  total_rows: int, tile: int, hidden_chunk: int, n_chunks: int,
                   kernel_size: int, group_width: int, norm: str, activation: str,
                   eps: float, has_layer_scale: bool, has_branch_scale: bool):
-    """Kernel body: one (image, pixel tile) per program; see the module docstring."""
+    """Kernel body: one tile of ``tile`` consecutive rows of the flattened (N*H*W, C) pixels
+    per program (tiles may span images); see the module docstring.
+
+    Channel-vector operands come as ``(P, Cp / P)`` "parts": P = 1 normally; P = 2 for the
+    paired bfloat16 path, where ``xp_ref`` is x viewed as uint32 pairs (even channel in the
+    low half, odd channel in the high half) and part 0 / 1 holds the even / odd channels.
+    """
     o_ref = rest[-1]  # rest == (o_ref,) or (aliased_init_ref, o_ref)
-    cp = cb_ref.shape[0]
+    n_parts, cpart = cb_ref.shape
+    cp = n_parts * cpart
+    paired = n_parts == 2
     compute_dtype = w1_ref.dtype
 
-    pid = pl.program_id(0)
-    n = lax.div(pid, n_tiles)
-    pix = lax.rem(pid, n_tiles) * tile + jnp.arange(tile, dtype=jnp.int32)
-    pix_ok = pix < height * width
-    ph = lax.div(pix, width)
-    pw = lax.rem(pix, width)
+    rows = pl.program_id(0) * tile + jnp.arange(tile, dtype=jnp.int32)
+    row_ok = rows < total_rows
+    local = lax.rem(rows, height * width)
+    ph = lax.div(local, width)
+    pw = lax.rem(local, width)
     ch = jnp.arange(cp, dtype=jnp.int32)
+    pad_channels = cp != channels
     ch_ok = ch < channels
+
+    def tile_mask(pixel_ok):
+        return pixel_ok[:, None] & ch_ok[None, :] if pad_channels else pixel_ok[:, None]
+
+    # k x k depthwise / grouped conv, "SAME" zero padding via masks, f32 accumulation. Tap
+    # (dy, dx) of output row r reads input row r + (dy - pad) * W + (dx - pad): the same
+    # image whenever the tap is inside the image, which the row/column masks check.
     pad = kernel_size // 2
 
-    # k x k depthwise / grouped conv, "SAME" zero padding via masks, f32 accumulation.
-    # One loop step per (tap, in-group input): a masked gather of x and an FMA.
-    def conv_step(s, acc):
-        tap = lax.div(s, group_width)
-        i = lax.rem(s, group_width)
-        dy = lax.div(tap, kernel_size)
-        dx = lax.rem(tap, kernel_size)
-        hh = ph + (dy - pad)
-        ww = pw + (dx - pad)
-        ok = pix_ok & (hh >= 0) & (hh < height) & (ww >= 0) & (ww < width)
-        cin = ch if group_width == 1 else (ch // group_width) * group_width + i
-        xv = plgpu.load(x_ref.at[n, hh[:, None], ww[:, None], cin[None, :]],
-                        mask=ok[:, None] & ch_ok[None, :], other=0.0)
-        return acc + xv.astype(_F32) * cw_ref[dy, dx, i, :][None, :]
+    def tap(dy, dx, ys):
+        pixel_ok = (row_ok & (ph >= pad - dy) & (ph < height + pad - dy)
+                    & (pw >= pad - dx) & (pw < width + pad - dx))
+        src = (rows + ((dy - pad) * width + (dx - pad)))[:, None]
+        if paired:  # one 32-bit load = two bf16 channels; bf16 -> f32 is a shift / a mask
+            v = plgpu.load(xp_ref.at[src, jnp.arange(cpart, dtype=jnp.int32)[None, :]],
+                           mask=pixel_ok[:, None], other=0)
+            even = lax.bitcast_convert_type(lax.shift_left(v, jnp.uint32(16)), _F32)
+            odd = lax.bitcast_convert_type(v & jnp.uint32(0xFFFF0000), _F32)
+            return (ys[0] + even * cw_ref[dy, dx, 0, :][None, :],
+                    ys[1] + odd * cw_ref[dy, dx, 1, :][None, :])
+        (y,) = ys
+        for i in range(group_width):  # grouped conv: gather in-group input i per channel
+            cin = ch if group_width == 1 else (ch // group_width) * group_width + i
+            xv = plgpu.load(x_ref.at[src, cin[None, :]], mask=tile_mask(pixel_ok), other=0.0)
+            y = y + xv.astype(_F32) * cw_ref[dy, dx, i, :][None, :]
+        return (y,)
 
-    y = lax.fori_loop(0, kernel_size * kernel_size * group_width, conv_step,
-                      jnp.zeros((tile, cp), _F32))
-    y = y + cb_ref[...][None, :]
+    ys = tuple(jnp.zeros((tile, cpart), _F32) for _ in range(n_parts))
+    trips = conv_loop_trips(kernel_size, group_width)
+    if trips == 1:
+        # k = 3 depthwise: all taps statically unrolled (tap offsets are compile-time
+        # constants folded into the load addresses; masks are per pixel, not per element)
+        for dy in range(kernel_size):
+            for dx in range(kernel_size):
+                ys = tap(dy, dx, ys)
+    elif trips == kernel_size:
+        # k >= 5 depthwise: one loop step per kernel row, its k taps unrolled (unrolling all
+        # k*k lets the compiler hoist every load and spill registers)
+        def conv_row(dy, ys_):
+            for dx in range(kernel_size):
+                ys_ = tap(dy, dx, ys_)
+            return ys_
+        ys = lax.fori_loop(0, kernel_size, conv_row, ys)
+    else:
+        # grouped: 8 gathers per tap; one loop step per tap
+        ys = lax.fori_loop(0, kernel_size * kernel_size, lambda t, ys_: tap(
+            lax.div(t, kernel_size), lax.rem(t, kernel_size), ys_), ys)
+    ys = [y + cb_ref[p, :][None, :] for p, y in enumerate(ys)]
 
     if norm == "layernorm":  # over the C real channels; padded lanes of y are exactly 0
-        mean = jnp.sum(y, axis=1) * (1.0 / channels)
-        centered = jnp.where(ch_ok[None, :], y - mean[:, None], 0.0)
-        var = jnp.sum(centered * centered, axis=1) * (1.0 / channels)
-        y = centered * lax.rsqrt(var + eps)[:, None]
-    y = y * ns_ref[...][None, :] + nb_ref[...][None, :]  # padded lanes: scale = shift = 0
-    y = y.astype(compute_dtype)
+        mean = sum(jnp.sum(y, axis=1) for y in ys) * (1.0 / channels)
+        ys = [y - mean[:, None] for y in ys]
+        if pad_channels:  # only with P = 1
+            ys = [jnp.where(ch_ok[None, :], ys[0], 0.0)]
+        var = sum(jnp.sum(y * y, axis=1) for y in ys) * (1.0 / channels)
+        inv = lax.rsqrt(var + eps)[:, None]
+        ys = [y * inv for y in ys]
+    # padded lanes: scale = shift = 0
+    ys = [(y * ns_ref[p, :][None, :] + nb_ref[p, :][None, :]).astype(compute_dtype)
+          for p, y in enumerate(ys)]
 
     act = KERNEL_ACTIVATIONS[activation]
 
-    # 1x1 expand -> act -> 1x1 project, one hidden chunk at a time (never in HBM).
+    # 1x1 expand -> act -> 1x1 project, one hidden chunk at a time (never in HBM). With
+    # P = 2 the expand is two dots over the even / odd rows of w1 (K = Cp / 2 each).
     def mlp_chunk(j, z):
         start = pl.multiple_of(j * hidden_chunk, hidden_chunk)
-        h = plgpu.dot(y, w1_ref[:, pl.ds(start, hidden_chunk)])
+        h = plgpu.dot(ys[0], w1_ref[0, :, pl.ds(start, hidden_chunk)])
+        for p in range(1, n_parts):
+            h = h + plgpu.dot(ys[p], w1_ref[p, :, pl.ds(start, hidden_chunk)])
         h = act(h + b1_ref[pl.ds(start, hidden_chunk)][None, :])
         return z + plgpu.dot(h.astype(compute_dtype), w2_ref[pl.ds(start, hidden_chunk), :])
 
@@ -113,12 +156,28 @@ def _block_kernel(x_ref, cw_ref, cb_ref, ns_ref, nb_ref, w1_ref, b1_ref, w2_ref,
     if has_layer_scale:
         z = z * ls_ref[...][None, :]
     if has_branch_scale:
-        z = z * bs_ref[n]
+        image = lax.div(rows, height * width)
+        z = z * plgpu.load(bs_ref.at[image], mask=row_ok, other=0.0)[:, None]
 
-    mask = pix_ok[:, None] & ch_ok[None, :]
-    at = (n, ph[:, None], pw[:, None], ch[None, :])
+    mask = tile_mask(row_ok)
+    at = (rows[:, None], ch[None, :])
     residual = plgpu.load(x_ref.at[at], mask=mask, other=0.0).astype(_F32)
     plgpu.store(o_ref.at[at], (residual + z).astype(o_ref.dtype), mask=mask)
+
+
+def conv_loop_trips(kernel_size: int, group_width: int) -> int:
+    """Trip count of the kernel's conv loop: 1 = every tap statically unrolled (k = 3
+    depthwise), k = a loop over kernel rows (k >= 5 depthwise), k*k = one step per tap
+    (grouped)."""
+    if group_width > 1:
+        return kernel_size * kernel_size
+    return 1 if kernel_size <= 3 else kernel_size
+
+
+def uses_paired_loads(dtype: Any, channels: int, group_width: int) -> bool:
+    """The paired bfloat16 conv path: depthwise, bf16, C a power of two >= 32."""
+    return (jnp.dtype(dtype) == jnp.bfloat16 and group_width == 1
+            and padded_channels(channels) == channels and channels >= 2 * MIN_DOT_DIM)
 
 
 def _round_up(a: int, b: int) -> int:
@@ -126,8 +185,12 @@ def _round_up(a: int, b: int) -> int:
 
 
 def _prepare_operands(x: jax.Array, params: Mapping[str, Any], branch_scale: jax.Array | None,
-                      hidden_chunk: int) -> tuple[jax.Array, ...]:
-    """Zero-padded kernel operands: matmul/conv weights rounded to x.dtype, the rest f32."""
+                      hidden_chunk: int, paired: bool) -> tuple[jax.Array, ...]:
+    """Zero-padded kernel operands: matmul/conv weights rounded to x.dtype, the rest f32.
+
+    Channel vectors / conv weights / w1 rows are split into P parts (even / odd channels
+    when ``paired``), see :func:`_block_kernel`.
+    """
     dtype = x.dtype
     c = x.shape[-1]
     cp = padded_channels(c)
@@ -138,25 +201,33 @@ def _prepare_operands(x: jax.Array, params: Mapping[str, Any], branch_scale: jax
         v = jnp.asarray(v).astype(_F32)
         return jnp.pad(v, (0, size - v.shape[0]))
 
+    def parts(v):  # (..., cp) -> (..., P, cp / P): even / odd channels when paired
+        if not paired:
+            return v[..., None, :]
+        return jnp.stack([v[..., 0::2], v[..., 1::2]], axis=-2)
+
     conv_w = jnp.asarray(params["conv_w"]).astype(dtype).astype(_F32)
     conv_w = jnp.pad(conv_w, ((0, 0), (0, 0), (0, 0), (0, cp - c)))
+    if paired:  # (k, k, 1, cp) -> (k, k, 2, cp / 2)
+        conv_w = parts(conv_w[:, :, 0, :])
     w1 = jnp.pad(jnp.asarray(params["w1"]).astype(dtype), ((0, cp - c), (0, hp - hidden)))
+    w1 = jnp.stack([w1[0::2], w1[1::2]]) if paired else w1[None]  # (P, cp / P, hp)
     w2 = jnp.pad(jnp.asarray(params["w2"]).astype(dtype), ((0, hp - hidden), (0, cp - c)))
     ls = params.get("layer_scale")
     ls = jnp.ones((cp,), _F32) if ls is None else vec(ls, cp)
     bs = (jnp.ones((x.shape[0],), _F32) if branch_scale is None
           else jnp.asarray(branch_scale).astype(_F32))
-    return (conv_w, vec(params["conv_b"], cp), vec(params["norm_scale"], cp),
-            vec(params["norm_shift"], cp), w1, vec(params["b1"], hp), w2,
+    return (conv_w, parts(vec(params["conv_b"], cp)), parts(vec(params["norm_scale"], cp)),
+            parts(vec(params["norm_shift"], cp)), w1, vec(params["b1"], hp), w2,
             vec(params["b2"], cp), ls, bs)
 
 
 def block_launch_config(x_shape: tuple[int, ...], x_dtype: Any, params: Mapping[str, Any],
                         kernel_size: int, group_width: int) -> LaunchConfig:
     """The tuning-table entry (or default) the kernel uses for this configuration."""
-    c = x_shape[-1]
+    n, h, w, c = x_shape
     return launch_config(padded_channels(c), kernel_size, group_width,
-                         params["w1"].shape[1], jnp.dtype(x_dtype).name)
+                         params["w1"].shape[1], jnp.dtype(x_dtype).name, rows=n * h * w)
 
 
 # Lowering platforms that get the compiled Triton kernel when ``interpret=None``.
@@ -194,33 +265,39 @@ def _pallas_forward(x: jax.Array, params: Mapping[str, Any], opts: BlockOptions,
     n, h, w, c = x.shape
     hidden = params["w1"].shape[1]
     lc = block_launch_config(x.shape, x.dtype, params, opts.kernel_size, opts.group_width)
-    operands = _prepare_operands(x, params, branch_scale, lc.hidden_chunk)
-    n_tiles = pl.cdiv(h * w, lc.tile)
+    paired = uses_paired_loads(x.dtype, c, opts.group_width)
+    operands = _prepare_operands(x, params, branch_scale, lc.hidden_chunk, paired)
+    total_rows = n * h * w
     kernel = functools.partial(
-        _block_kernel, height=h, width=w, channels=c, n_tiles=n_tiles, tile=lc.tile,
+        _block_kernel, height=h, width=w, channels=c, total_rows=total_rows, tile=lc.tile,
         hidden_chunk=lc.hidden_chunk, n_chunks=pl.cdiv(hidden, lc.hidden_chunk),
         kernel_size=opts.kernel_size, group_width=opts.group_width, norm=opts.norm,
         activation=opts.activation, eps=float(opts.eps),
         has_layer_scale=params.get("layer_scale") is not None,
         has_branch_scale=branch_scale is not None)
-    args = (x, *operands)
+    x2 = x.reshape(total_rows, c)  # flattened pixels: free, row-major NHWC
+    # uint32 view of channel pairs (a bitcast, no copy); unused (a dummy) unless paired
+    xp = (lax.bitcast_convert_type(x2.reshape(total_rows, c // 2, 2), jnp.uint32) if paired
+          else jnp.zeros((1, 1), jnp.uint32))
+    args = (x2, xp, *operands)
     aliases = {}
     if out_init is not None:
         if out_init.shape != x.shape or out_init.dtype != x.dtype:
             raise ValueError(f"out_init must match x: got {out_init.shape} {out_init.dtype}, "
                              f"expected {x.shape} {x.dtype}")
         aliases = {len(args): 0}
-        args = (*args, out_init)
-    return pl.pallas_call(
+        args = (*args, out_init.reshape(total_rows, c))
+    out = pl.pallas_call(
         kernel,
-        out_shape=jax.ShapeDtypeStruct(x.shape, x.dtype),
-        grid=(n * n_tiles,),
+        out_shape=jax.ShapeDtypeStruct((total_rows, c), x.dtype),
+        grid=(pl.cdiv(total_rows, lc.tile),),
         input_output_aliases=aliases,
         compiler_params=plgpu.CompilerParams(num_warps=lc.num_warps,
                                              num_stages=lc.num_stages),
         interpret=opts.interpret,
         name=f"conv_first_block_k{opts.kernel_size}_gw{opts.group_width}",
     )(*args)
+    return out.reshape(x.shape)
 
 
 def _sharded_forward(opts: BlockOptions, x, params, branch_scale):

@@ -43,6 +43,9 @@ MIN_DOT_DIM = 16
 ACC_ELEMENTS = 8192
 # Shared-memory budget of one pipeline stage of expand + project weight chunks.
 STAGE_BYTES = 32 * 1024
+# Small inputs (batch 1): the tile is halved (down to MIN_DOT_DIM) until the grid has at least
+# this many programs -- one per SM of a 132-SM H100 plus headroom, so more than one wave.
+MIN_PROGRAMS = 160
 
 
 @dataclasses.dataclass(frozen=True)
@@ -115,10 +118,21 @@ def default_launch_config(c_padded: int, kernel_size: int, group_width: int, hid
 
 
 def launch_config(c_padded: int, kernel_size: int, group_width: int, hidden: int,
-                  dtype_name: str) -> LaunchConfig:
-    """Launch parameters for one configuration: the table entry if any, else the default rule."""
+                  dtype_name: str, rows: int | None = None) -> LaunchConfig:
+    """Launch parameters for one configuration: the table entry if any, else the default rule.
+
+    ``rows`` (optional): the number of output pixels N*H*W of the call. When the chosen tile
+    gives fewer than :data:`MIN_PROGRAMS` programs, the tile is halved (not below
+    ``MIN_DOT_DIM``) so small batches still spread over the SMs; smaller tiles only lower the
+    register and shared-memory use, so the entry stays valid.
+    """
     key = (int(c_padded), int(kernel_size), int(group_width), int(hidden), str(dtype_name))
     found = LAUNCH_TABLE.get(key)
-    if found is not None:
-        return found
-    return default_launch_config(*key)
+    lc = found if found is not None else default_launch_config(*key)
+    if rows is not None:
+        tile = lc.tile
+        while tile > MIN_DOT_DIM and -(-int(rows) // tile) < MIN_PROGRAMS:
+            tile //= 2
+        if tile != lc.tile:
+            lc = dataclasses.replace(lc, tile=tile)
+    return lc

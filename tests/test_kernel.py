@@ -133,11 +133,16 @@ def test_poisoned_output_catches_unwritten_tiles(monkeypatch):
     short.pallas_call = lambda kernel, *, grid, **kw: real.pallas_call(
         kernel, grid=(grid[0] - 1,), **kw)
     monkeypatch.setattr(fused_block_module, "pl", short)
-    x, params, _ = random_block_inputs(0, batch=2, height=3, width=3, channels=16, hidden=32,
+    x, params, _ = random_block_inputs(0, batch=2, height=9, width=9, channels=16, hidden=32,
                                        kernel_size=3)
+    tile = fused_block_module.block_launch_config(x.shape, x.dtype, params, 3, 1).tile
+    rows = 2 * 9 * 9
+    assert rows > tile, "the case must have more than one program"
     opts = BlockOptions(kernel_size=3, norm=A, activation="relu", interpret=True)
     out = np.asarray(fused_forward(x, params, opts, out_init=jnp.full(x.shape, jnp.nan)))
-    assert np.isnan(out[1]).all() and np.isfinite(out[0]).all()
+    flat = out.reshape(rows, 16)  # programs own consecutive rows of the flattened N*H*W pixels
+    last = (rows - 1) // tile * tile
+    assert np.isnan(flat[last:]).all() and np.isfinite(flat[:last]).all()
 
 
 def test_reference_matches_numpy():
@@ -375,3 +380,76 @@ def test_empty_inputs(shape, dtype):
     for name, g in gp.items():
         assert g.shape == params[name].shape, name
         np.testing.assert_array_equal(g, 0.0, err_msg=name)
+
+
+def test_small_inputs_get_smaller_tiles():
+    """Batch-1 sized calls shrink the tile so the grid has >= MIN_PROGRAMS programs."""
+    from pallas_kernels import tuning
+
+    big = launch_config(64, 7, 1, 256, "bfloat16")
+    assert launch_config(64, 7, 1, 256, "bfloat16", rows=10 ** 7) == big
+    small = launch_config(64, 7, 1, 256, "bfloat16", rows=56 * 56)
+    assert small.tile < big.tile and small.hidden_chunk == big.hidden_chunk
+    assert -(-56 * 56 // small.tile) >= tuning.MIN_PROGRAMS
+    assert launch_config(512, 3, 1, 2048, "bfloat16", rows=49).tile == 16  # floor: dot minimum
+
+
+@pytest.mark.parametrize("case", [CASES[1], CASES[6], CASES[9]], ids=lambda cs: cs.id)
+def test_forward_with_tiles_spanning_images(monkeypatch, case):
+    """Large tiles over small images: one program covers several images and a partial tile
+    (the launch rule would shrink these tiles; MIN_PROGRAMS = 1 keeps them)."""
+    from pallas_kernels import tuning
+
+    monkeypatch.setattr(tuning, "MIN_PROGRAMS", 1)
+    dtype = jnp.dtype(case.dtype)
+    x, params, bs = random_block_inputs(
+        40, batch=case.n, height=case.hw[0], width=case.hw[1], channels=case.c,
+        hidden=case.e * case.c, kernel_size=case.k, group_width=case.gw, dtype=dtype,
+        layer_scale=case.ls, branch_scale=case.bs)
+    params = _round_like(params, dtype)
+    key = (tuning.padded_channels(case.c), case.k, case.gw, case.e * case.c, case.dtype)
+    monkeypatch.setitem(LAUNCH_TABLE, key, LaunchConfig(tile=128, hidden_chunk=32))
+    rows = case.n * case.hw[0] * case.hw[1]
+    assert rows > case.hw[0] * case.hw[1] and rows % 128, "tiles must span images, one partial"
+    opts = BlockOptions(kernel_size=case.k, norm=case.norm, activation=case.act,
+                        group_width=case.gw, eps=1e-6, interpret=True)
+    out = jax.jit(lambda x_, p_, b_, o_: fused_forward(x_, p_, opts, b_, out_init=o_))(
+        x, params, bs, jnp.full(x.shape, jnp.nan, dtype))
+    out = np.asarray(out.astype(jnp.float32))
+    assert np.isfinite(out).all()
+    ref = numpy_block(np.asarray(x.astype(jnp.float32)), params, k=case.k, gw=case.gw,
+                      norm=case.norm, act=case.act, eps=1e-6, branch_scale=bs)
+    assert np.abs(out - ref).max() <= TOL[case.dtype] * np.abs(ref).max()
+
+
+PAIRED_CASES = [  # bf16, depthwise, C a power of two >= 32: the paired uint32 conv path
+    Case(7, 32, 4, (9, 11), 2, L, "gelu", "bfloat16", ls=True, bs=True),
+    Case(3, 64, 4, (6, 5), 3, A, "silu", "bfloat16"),
+]
+
+
+@pytest.mark.parametrize("case", PAIRED_CASES, ids=lambda cs: cs.id)
+def test_forward_paired_bf16_path(case):
+    from pallas_kernels.fused_block import uses_paired_loads
+
+    assert uses_paired_loads(jnp.bfloat16, case.c, case.gw)
+    _check_forward(case, seed=77)
+
+
+def _check_forward(case: Case, seed: int) -> None:
+    dtype = jnp.dtype(case.dtype)
+    x, params, bs = random_block_inputs(
+        seed, batch=case.n, height=case.hw[0], width=case.hw[1], channels=case.c,
+        hidden=case.e * case.c, kernel_size=case.k, group_width=case.gw, dtype=dtype,
+        layer_scale=case.ls, branch_scale=case.bs)
+    params = _round_like(params, dtype)
+    opts = BlockOptions(kernel_size=case.k, norm=case.norm, activation=case.act,
+                        group_width=case.gw, eps=1e-6, interpret=True)
+    out = jax.jit(lambda x_, p_, b_, o_: fused_forward(x_, p_, opts, b_, out_init=o_))(
+        x, params, bs, jnp.full(x.shape, jnp.nan, dtype))
+    out = np.asarray(out.astype(jnp.float32))
+    assert np.isfinite(out).all(), "kernel left poisoned (unwritten) output elements"
+    ref = numpy_block(np.asarray(x.astype(jnp.float32)), params, k=case.k, gw=case.gw,
+                      norm=case.norm, act=case.act, eps=1e-6, branch_scale=bs)
+    err = np.abs(out - ref).max()
+    assert err <= TOL[case.dtype] * np.abs(ref).max(), err

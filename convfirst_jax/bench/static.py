@@ -505,6 +505,7 @@ def parse_ptxas_log(log: str) -> dict[str, int | None]:
 def analyse(cfg: StaticConfig, hw: H100Model, workdir: str) -> dict[str, Any]:
     """Every number of the report for one configuration (needs jax's Triton lowering and
     triton)."""
+    from pallas_kernels.fused_block import block_launch_config, conv_loop_trips
     from pallas_kernels.tuning import padded_channels
 
     t0 = time.time()
@@ -518,7 +519,12 @@ def analyse(cfg: StaticConfig, hw: H100Model, workdir: str) -> dict[str, Any]:
     smem = comp["dyn_smem"] + comp["static_smem"]
     occ = occupancy(comp["regs"] or 255, smem, info["num_warps"], hw)
     row.update(occ, grid=grid, smem_kib=smem / 1024, waves=waves(grid, occ["ctas_per_sm"], hw))
-    grid_n1 = math.ceil(cfg.H * cfg.W / info["tile"])  # batch 1: one image's pixel tiles
+    # batch 1: the launch rule shrinks the tile for small inputs; same CTAs/SM assumed
+    # (a smaller tile needs fewer registers, so this is conservative)
+    tile_n1 = block_launch_config((1, cfg.H, cfg.W, cfg.C), cfg.dtype, _param_specs(cfg),
+                                  cfg.k, cfg.gw).tile
+    grid_n1 = math.ceil(cfg.H * cfg.W / tile_n1)
+    row["tile_n1"] = tile_n1
     row.update(grid_n1=grid_n1, waves_n1=waves(grid_n1, occ["ctas_per_sm"], hw))
     row["pix_util"] = cfg.N * cfg.H * cfg.W / (grid * info["tile"])
     cp = padded_channels(cfg.C)
@@ -526,7 +532,7 @@ def analyse(cfg: StaticConfig, hw: H100Model, workdir: str) -> dict[str, Any]:
     row.update(floors(cfg, hw))
 
     counts, loop_info = dynamic_counts(instrs, labels, mlp_trips=hp // info["hidden_chunk"],
-                                       other_trips=cfg.k * cfg.k * cfg.gw)
+                                       other_trips=conv_loop_trips(cfg.k, cfg.gw))
     row["loops"] = loop_info
     warps_total = info["num_warps"] * grid
     weight_bytes = (2 * cp * hp * cfg.itemsize + cfg.k * cfg.k * cfg.gw * cp * 4
@@ -618,7 +624,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def run(configs: Sequence[StaticConfig], hw: H100Model | None = None,
-        workdir: str | None = None) -> list[dict[str, Any]]:
+        workdir: str | None = None, verbose: bool = False) -> list[dict[str, Any]]:
     """One report row per configuration (errors become rows with an "error" key)."""
     ok, why = triton_available()
     if not ok:
@@ -635,6 +641,10 @@ def run(configs: Sequence[StaticConfig], hw: H100Model | None = None,
             rows.append(analyse(cfg, hw, workdir))
         except Exception as e:  # noqa: BLE001 - report the failure in the table, go on
             rows.append(dict(cfg=cfg.name, error=f"{type(e).__name__}: {e}"))
+        if verbose:
+            r = rows[-1]
+            print(f"  {cfg.name} N={cfg.N}: " + (r["error"][:200] if "error" in r else
+                  f"{r['model_overlap_us']:.0f} us overlap, {r['seconds']:.1f} s"), flush=True)
     return rows
 
 
@@ -654,7 +664,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     os.environ.setdefault("JAX_PLATFORMS", "cpu")
     hw = H100Model(peak_flops=args.peak_tflops * 1e12, hbm_bw=args.hbm_tbs * 1e12,
                    l2_bw=args.l2_tbs * 1e12, clock=args.clock_ghz * 1e9)
-    rows = run(configs, hw, args.keep)
+    rows = run(configs, hw, args.keep, verbose=True)
     env = environment()
     table = markdown_table(rows)
     print(f"{env['label']}: {env['target']}, jax {env['jax']}, triton {env['triton']}, "
