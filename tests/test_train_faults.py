@@ -104,6 +104,16 @@ def _wait_for(predicate, proc, timeout=120.0) -> None:
     raise AssertionError("timed out")
 
 
+def _wait_for_step(proc, step: int) -> list[str]:
+    """Read the run's output until it logs ``step`` (or more); returns the lines read."""
+    lines = []
+    for line in proc.stdout:
+        lines.append(line)
+        if line.startswith("[train] step ") and int(line.split()[2].split("/")[0]) >= step:
+            return lines
+    raise AssertionError("the run ended before step %d:\n%s" % (step, "".join(lines)))
+
+
 def _records(workdir) -> list[dict]:
     path = pathlib.Path(workdir) / "metrics.jsonl"
     return [json.loads(x) for x in path.read_text().splitlines() if x.strip()] \
@@ -374,7 +384,7 @@ def _interrupt_and_check(proc, workdir, children, how: str) -> int:
         os.kill(proc.pid, signal.SIGTERM)
     else:  # a terminal sends Ctrl-C to the whole foreground process group
         os.killpg(proc.pid, signal.SIGINT)
-    out, _ = proc.communicate(timeout=60)
+    out = proc.communicate(timeout=60)[0]
     code = errors.EXIT_SIGTERM if how == "sigterm" else errors.EXIT_SIGINT
     assert proc.returncode == code, out
     assert "shared_memory" not in out and "Traceback" not in out, out
@@ -400,7 +410,7 @@ def test_kill_9_then_ctrl_c_then_sigterm_then_finish(tiny_data, tmp_path):
     slow = _env(TINY_STEP_SLEEP="0.1")
 
     proc = _spawn(workdir, tiny_data, slow, **kw)
-    _wait_for(lambda: len(_records(workdir)) >= 2, proc)
+    _wait_for_step(proc, 2)
     children = _children(proc.pid)
     assert children, "expected a grain worker process"
     assert not _checkpoint_steps(workdir)
@@ -413,12 +423,13 @@ def test_kill_9_then_ctrl_c_then_sigterm_then_finish(tiny_data, tmp_path):
     assert not any(_alive(c) for c in children), "orphaned worker processes after kill -9"
 
     proc = _spawn(workdir, tiny_data, slow, **kw)  # starts afresh: no checkpoint yet
-    _wait_for(lambda: len(_records(workdir)) >= 3 and _children(proc.pid), proc)
+    _wait_for_step(proc, 3)
     first = _interrupt_and_check(proc, workdir, _children(proc.pid), "ctrl_c")
     assert 3 <= first < 14
 
     proc = _spawn(workdir, tiny_data, slow, **kw)
-    _wait_for(lambda: len(_records(workdir)) >= first + 2 and _children(proc.pid), proc)
+    assert any(f"resumed from checkpoint step {first}" in ln
+               for ln in _wait_for_step(proc, first + 2))
     second = _interrupt_and_check(proc, workdir, _children(proc.pid), "sigterm")
     assert first < second < 14
 
