@@ -21,8 +21,8 @@ import time
 import numpy as np
 import pytest
 
-from train import data, errors, loop
 from train import __main__ as cli
+from train import data, errors, loop
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 TINY_CLI = REPO / "tests" / "tiny_cli.py"
@@ -49,8 +49,9 @@ def _args(workdir, data_dir, **overrides) -> list[str]:
 @pytest.fixture
 def run_main(monkeypatch, capsys):
     """Run the command line in-process with the tiny model: returns (exit code, stderr)."""
-    import convfirst_jax
     import tiny_cli
+
+    import convfirst_jax
 
     monkeypatch.setattr(convfirst_jax, "create_model", tiny_cli.tiny_factory)
 

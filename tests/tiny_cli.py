@@ -17,7 +17,6 @@ import signal
 import sys
 import time
 
-
 REPO = pathlib.Path(__file__).resolve().parents[1]
 
 

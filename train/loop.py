@@ -49,8 +49,13 @@ from train import checkpoint as checkpoint_lib
 from train import flops as flops_lib
 from train import metrics as metrics_lib
 from train import state as state_lib
-from train.errors import (Interrupted, NonFiniteLossError, WorkdirError,  # noqa: F401
-                          WorkdirMismatchError, WriteFailedError)
+from train.errors import (
+    Interrupted,
+    NonFiniteLossError,
+    WorkdirError,
+    WorkdirMismatchError,
+    WriteFailedError,
+)
 
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
 BLOCK_IMPLS = ("xla", "pallas")
@@ -203,7 +208,7 @@ class _StopRequest:
             raise KeyboardInterrupt
         self.signum = signum
 
-    def __enter__(self) -> "_StopRequest":
+    def __enter__(self) -> _StopRequest:
         if threading.current_thread() is threading.main_thread():
             for sig in self.SIGNALS:
                 self._previous[sig] = signal.signal(sig, self._handle)
@@ -594,13 +599,13 @@ def _loop(config, workdir, t_session, devices, primary, say, data_dir, class_nam
 
         # --- loop -------------------------------------------------------------------------------
         pending: list[tuple[int, dict[str, jax.Array]]] = []
-        last_good = ckpt.latest_step()
         divergence_loss = float(config.divergence_loss) or max(
             20.0, 10.0 * math.log(max(num_classes, 2)))
         interval_t, interval_steps = time.perf_counter(), 0
 
         def flush(step: int) -> dict[str, Any] | None:
-            """Fetch pending step metrics; stop on a non-finite loss; return the interval mean."""
+            """Fetch pending step metrics; stop on divergence (NaN/Inf or too large a loss, a
+            non-finite updated state) or a failed background write; return the interval mean."""
             nonlocal pending, invalid_total, invalid_epoch
             if not pending:
                 return None
@@ -619,7 +624,11 @@ def _loop(config, workdir, t_session, devices, primary, say, data_dir, class_nam
                     what, first_bad = "weights, BatchNorm statistics or optimizer state", s
                 else:
                     continue
-                moved = ckpt.quarantine(first_bad, workdir / "diverged_checkpoints")
+                if primary:  # one process moves the files (the folder may be shared)
+                    moved = ckpt.quarantine(first_bad, workdir / "diverged_checkpoints")
+                else:
+                    ckpt.wait()
+                    moved = []
                 raise NonFiniteLossError(s, loss, ckpt.latest_step(), str(workdir), what=what,
                                          moved=tuple(moved), threshold=divergence_loss)
             ckpt.check()  # a failed background checkpoint write stops the run here
@@ -633,7 +642,6 @@ def _loop(config, workdir, t_session, devices, primary, say, data_dir, class_nam
             return mean
 
         def save(step: int, eval_metrics: Mapping[str, float] | None = None) -> None:
-            nonlocal last_good
             meta_out = {
                 "step": step,
                 "data_iterator": checkpoint_lib.encode_iterator_state(train_iter.get_state()),
@@ -644,8 +652,7 @@ def _loop(config, workdir, t_session, devices, primary, say, data_dir, class_nam
                 "loop_images": loop_images,
             }
             metrics = {"top1": float(eval_metrics["top1"])} if eval_metrics else None
-            if ckpt.save(step, state, meta_out, metrics=metrics):
-                last_good = step
+            ckpt.save(step, state, meta_out, metrics=metrics)
 
         progress = _progress(config, total_steps, start_step, primary)
         say.bar = progress
