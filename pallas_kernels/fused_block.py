@@ -56,18 +56,20 @@ def _block_kernel(x_ref, xp_ref, cw_ref, cb_ref, ns_ref, nb_ref, w1_ref, b1_ref,
                   b2_ref, ls_ref, bs_ref, *rest, height: int, width: int, channels: int,
                   total_rows: int, tile: int, hidden_chunk: int, n_chunks: int,
                   kernel_size: int, group_width: int, norm: str, activation: str,
-                  eps: float, has_layer_scale: bool, has_branch_scale: bool):
+                  eps: float, has_layer_scale: bool, has_branch_scale: bool, conv_mode: str):
     """Kernel body: one tile of ``tile`` consecutive rows of the flattened (N*H*W, C) pixels
     per program (tiles may span images); see the module docstring.
 
-    Channel-vector operands come as ``(P, Cp / P)`` "parts": P = 1 normally; P = 2 for the
-    paired bfloat16 path, where ``xp_ref`` is x viewed as uint32 pairs (even channel in the
-    low half, odd channel in the high half) and part 0 / 1 holds the even / odd channels.
+    Channel-vector operands come as ``(P, Cp / P)`` "parts" (see :data:`CONV_MODES`):
+    "direct" P = 1; "paired" P = 2, ``xp_ref`` is x viewed as uint32 pairs (even channel in
+    the low half, odd in the high half), part 0 / 1 = even / odd channels; "blockdiag"
+    P = Cp / 16, part p = channels [16 p, 16 p + 16), conv weights as 16 x 16 block-diagonal
+    matrices (two 8-channel groups each) multiplied on the tensor cores.
     """
     o_ref = rest[-1]  # rest == (o_ref,) or (aliased_init_ref, o_ref)
     n_parts, cpart = cb_ref.shape
     cp = n_parts * cpart
-    paired = n_parts == 2
+    paired = conv_mode == "paired"
     compute_dtype = w1_ref.dtype
 
     rows = pl.program_id(0) * tile + jnp.arange(tile, dtype=jnp.int32)
@@ -81,6 +83,11 @@ def _block_kernel(x_ref, xp_ref, cw_ref, cb_ref, ns_ref, nb_ref, w1_ref, b1_ref,
 
     def tile_mask(pixel_ok):
         return pixel_ok[:, None] & ch_ok[None, :] if pad_channels else pixel_ok[:, None]
+
+    def part_channels(p):  # channel index of each lane of part p
+        if conv_mode == "paired":
+            return 2 * jnp.arange(cpart, dtype=jnp.int32) + p
+        return p * cpart + jnp.arange(cpart, dtype=jnp.int32)
 
     # k x k depthwise / grouped conv, "SAME" zero padding via masks, f32 accumulation. Tap
     # (dy, dx) of output row r reads input row r + (dy - pad) * W + (dx - pad): the same
@@ -98,6 +105,15 @@ def _block_kernel(x_ref, xp_ref, cw_ref, cb_ref, ns_ref, nb_ref, w1_ref, b1_ref,
             odd = lax.bitcast_convert_type(v & jnp.uint32(0xFFFF0000), _F32)
             return (ys[0] + even * cw_ref[dy, dx, 0, :][None, :],
                     ys[1] + odd * cw_ref[dy, dx, 1, :][None, :])
+        if conv_mode == "blockdiag":  # per 16-channel slice: (tile, 16) @ (16, 16) on TCs
+            out = []
+            for p, y in enumerate(ys):
+                cin = part_channels(p)
+                m = pixel_ok[:, None] & (cin < channels)[None, :] if pad_channels else (
+                    pixel_ok[:, None])
+                xs = plgpu.load(x_ref.at[src, cin[None, :]], mask=m, other=0.0)
+                out.append(y + plgpu.dot(xs, cw_ref[dy, dx, p]))
+            return tuple(out)
         (y,) = ys
         for i in range(group_width):  # grouped conv: gather in-group input i per channel
             cin = ch if group_width == 1 else (ch // group_width) * group_width + i
@@ -130,8 +146,9 @@ def _block_kernel(x_ref, xp_ref, cw_ref, cb_ref, ns_ref, nb_ref, w1_ref, b1_ref,
     if norm == "layernorm":  # over the C real channels; padded lanes of y are exactly 0
         mean = sum(jnp.sum(y, axis=1) for y in ys) * (1.0 / channels)
         ys = [y - mean[:, None] for y in ys]
-        if pad_channels:  # only with P = 1
-            ys = [jnp.where(ch_ok[None, :], ys[0], 0.0)]
+        if pad_channels:
+            ys = [jnp.where((part_channels(p) < channels)[None, :], y, 0.0)
+                  for p, y in enumerate(ys)]
         var = sum(jnp.sum(y * y, axis=1) for y in ys) * (1.0 / channels)
         inv = lax.rsqrt(var + eps)[:, None]
         ys = [y * inv for y in ys]
@@ -174,10 +191,31 @@ def conv_loop_trips(kernel_size: int, group_width: int) -> int:
     return 1 if kernel_size <= 3 else kernel_size
 
 
+CONV_MODES = {
+    "direct": "depthwise, or grouped in float32: FMAs on the CUDA cores (grouped: one "
+              "gather per in-group input)",
+    "paired": "bfloat16 depthwise with C a power of two >= 32: uint32 loads of channel "
+              "pairs, bf16 -> f32 by a shift / a mask",
+    "blockdiag": "grouped (width 8) in bfloat16 / float16: per tap and 16-channel slice a "
+                 "(tile, 16) @ (16, 16) block-diagonal tensor-core dot, f32 accumulation",
+}
+
+
+def conv_mode(dtype: Any, channels: int, group_width: int) -> str:
+    """Which conv path the kernel takes (see :data:`CONV_MODES`)."""
+    dtype = jnp.dtype(dtype)
+    if group_width > 1:
+        # float32 stays on exact FMAs: tensor-core dots of f32 would run in TF32
+        return "direct" if dtype == jnp.float32 else "blockdiag"
+    if (dtype == jnp.bfloat16 and padded_channels(channels) == channels
+            and channels >= 2 * MIN_DOT_DIM):
+        return "paired"
+    return "direct"
+
+
 def uses_paired_loads(dtype: Any, channels: int, group_width: int) -> bool:
-    """The paired bfloat16 conv path: depthwise, bf16, C a power of two >= 32."""
-    return (jnp.dtype(dtype) == jnp.bfloat16 and group_width == 1
-            and padded_channels(channels) == channels and channels >= 2 * MIN_DOT_DIM)
+    """The paired bfloat16 conv path (see :data:`CONV_MODES`)."""
+    return conv_mode(dtype, channels, group_width) == "paired"
 
 
 def _round_up(a: int, b: int) -> int:
@@ -185,12 +223,13 @@ def _round_up(a: int, b: int) -> int:
 
 
 def _prepare_operands(x: jax.Array, params: Mapping[str, Any], branch_scale: jax.Array | None,
-                      hidden_chunk: int, paired: bool) -> tuple[jax.Array, ...]:
+                      hidden_chunk: int, mode: str) -> tuple[jax.Array, ...]:
     """Zero-padded kernel operands: matmul/conv weights rounded to x.dtype, the rest f32.
 
     Channel vectors / conv weights / w1 rows are split into P parts (even / odd channels
-    when ``paired``), see :func:`_block_kernel`.
+    when paired, 16-channel slices for "blockdiag"), see :func:`_block_kernel`.
     """
+    paired = mode == "paired"
     dtype = x.dtype
     c = x.shape[-1]
     cp = padded_channels(c)
@@ -201,17 +240,31 @@ def _prepare_operands(x: jax.Array, params: Mapping[str, Any], branch_scale: jax
         v = jnp.asarray(v).astype(_F32)
         return jnp.pad(v, (0, size - v.shape[0]))
 
-    def parts(v):  # (..., cp) -> (..., P, cp / P): even / odd channels when paired
-        if not paired:
-            return v[..., None, :]
-        return jnp.stack([v[..., 0::2], v[..., 1::2]], axis=-2)
+    def parts(v):  # (..., cp) -> (..., P, cp / P)
+        if paired:  # even / odd channels
+            return jnp.stack([v[..., 0::2], v[..., 1::2]], axis=-2)
+        if mode == "blockdiag":  # 16-channel slices
+            return v.reshape(*v.shape[:-1], cp // 16, 16)
+        return v[..., None, :]
 
     conv_w = jnp.asarray(params["conv_w"]).astype(dtype).astype(_F32)
     conv_w = jnp.pad(conv_w, ((0, 0), (0, 0), (0, 0), (0, cp - c)))
     if paired:  # (k, k, 1, cp) -> (k, k, 2, cp / 2)
         conv_w = parts(conv_w[:, :, 0, :])
+    elif mode == "blockdiag":  # (k, k, 8, cp) -> (k, k, cp / 16, 16, 16) in x.dtype
+        k = conv_w.shape[0]
+        # [dy, dx, i, slice, h, j]: output channel 16 slice + 8 h + j, in-group input i
+        w6 = conv_w.reshape(k, k, 8, cp // 16, 2, 8)
+        # block [slice][8 h + i, 8 g + j] = w6[i, slice, h, j] if h == g else 0
+        conv_w = jnp.einsum("abispj,pq->abspiqj", w6, jnp.eye(2, dtype=_F32)).reshape(
+            k, k, cp // 16, 16, 16).astype(dtype)
     w1 = jnp.pad(jnp.asarray(params["w1"]).astype(dtype), ((0, cp - c), (0, hp - hidden)))
-    w1 = jnp.stack([w1[0::2], w1[1::2]]) if paired else w1[None]  # (P, cp / P, hp)
+    if paired:  # (P, cp / P, hp)
+        w1 = jnp.stack([w1[0::2], w1[1::2]])
+    elif mode == "blockdiag":
+        w1 = w1.reshape(cp // 16, 16, hp)
+    else:
+        w1 = w1[None]
     w2 = jnp.pad(jnp.asarray(params["w2"]).astype(dtype), ((0, hp - hidden), (0, cp - c)))
     ls = params.get("layer_scale")
     ls = jnp.ones((cp,), _F32) if ls is None else vec(ls, cp)
@@ -253,9 +306,10 @@ def fused_forward(x: jax.Array, params: Mapping[str, Any], opts: BlockOptions,
         def branch(interpret: bool):
             o = dataclasses.replace(opts, interpret=interpret)
             return lambda x_, p_, b_, i_: _pallas_forward(x_, p_, o, b_, i_)
+        triton = branch(False)  # one branch object shared by the GPU platforms
         return lax.platform_dependent(
             x, dict(params), branch_scale, out_init, default=branch(True),
-            **{platform: branch(False) for platform in TRITON_PLATFORMS})
+            **{platform: triton for platform in TRITON_PLATFORMS})
     return _pallas_forward(x, params, opts, branch_scale, out_init)
 
 
@@ -265,8 +319,9 @@ def _pallas_forward(x: jax.Array, params: Mapping[str, Any], opts: BlockOptions,
     n, h, w, c = x.shape
     hidden = params["w1"].shape[1]
     lc = block_launch_config(x.shape, x.dtype, params, opts.kernel_size, opts.group_width)
-    paired = uses_paired_loads(x.dtype, c, opts.group_width)
-    operands = _prepare_operands(x, params, branch_scale, lc.hidden_chunk, paired)
+    mode = conv_mode(x.dtype, c, opts.group_width)
+    paired = mode == "paired"
+    operands = _prepare_operands(x, params, branch_scale, lc.hidden_chunk, mode)
     total_rows = n * h * w
     kernel = functools.partial(
         _block_kernel, height=h, width=w, channels=c, total_rows=total_rows, tile=lc.tile,
@@ -274,7 +329,7 @@ def _pallas_forward(x: jax.Array, params: Mapping[str, Any], opts: BlockOptions,
         kernel_size=opts.kernel_size, group_width=opts.group_width, norm=opts.norm,
         activation=opts.activation, eps=float(opts.eps),
         has_layer_scale=params.get("layer_scale") is not None,
-        has_branch_scale=branch_scale is not None)
+        has_branch_scale=branch_scale is not None, conv_mode=mode)
     x2 = x.reshape(total_rows, c)  # flattened pixels: free, row-major NHWC
     # uint32 view of channel pairs (a bitcast, no copy); unused (a dummy) unless paired
     xp = (lax.bitcast_convert_type(x2.reshape(total_rows, c // 2, 2), jnp.uint32) if paired

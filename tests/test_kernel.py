@@ -422,17 +422,20 @@ def test_forward_with_tiles_spanning_images(monkeypatch, case):
     assert np.abs(out - ref).max() <= TOL[case.dtype] * np.abs(ref).max()
 
 
-PAIRED_CASES = [  # bf16, depthwise, C a power of two >= 32: the paired uint32 conv path
-    Case(7, 32, 4, (9, 11), 2, L, "gelu", "bfloat16", ls=True, bs=True),
-    Case(3, 64, 4, (6, 5), 3, A, "silu", "bfloat16"),
+MODE_CASES = [  # the 16-bit conv paths (pallas_kernels.fused_block.CONV_MODES)
+    ("paired", Case(7, 32, 4, (9, 11), 2, L, "gelu", "bfloat16", ls=True, bs=True)),
+    ("paired", Case(3, 64, 4, (6, 5), 3, A, "silu", "bfloat16")),
+    ("blockdiag", Case(5, 40, 2, (7, 9), 2, A, "silu", "float16", gw=8, bs=True)),
+    ("blockdiag", Case(7, 32, 4, (9, 6), 2, L, "gelu", "bfloat16", gw=8, ls=True)),
 ]
 
 
-@pytest.mark.parametrize("case", PAIRED_CASES, ids=lambda cs: cs.id)
-def test_forward_paired_bf16_path(case):
-    from pallas_kernels.fused_block import uses_paired_loads
+@pytest.mark.parametrize("mode,case", MODE_CASES, ids=lambda v: v if isinstance(v, str)
+                         else v.id)
+def test_forward_16bit_conv_paths(mode, case):
+    from pallas_kernels.fused_block import conv_mode
 
-    assert uses_paired_loads(jnp.bfloat16, case.c, case.gw)
+    assert conv_mode(jnp.dtype(case.dtype), case.c, case.gw) == mode
     _check_forward(case, seed=77)
 
 

@@ -58,8 +58,8 @@ def test_parse_sass_and_classify():
 def test_dynamic_counts_phases_and_trips():
     instrs, labels = static.parse_sass(SASS)
     assert static.find_loops(instrs, labels) == [(2, 6), (7, 12)]
-    counts, loops = static.dynamic_counts(instrs, labels, mlp_trips=4, other_trips=9)
-    assert [lp["kind"] for lp in loops] == ["other", "mlp"]
+    counts, loops = static.dynamic_counts(instrs, labels, mlp_trips=4, conv_trips=9)
+    assert [lp["kind"] for lp in loops] == ["conv", "mlp"]
     conv, mlp, rest = counts["conv"], counts["mlp"], counts["rest"]
     assert conv["issue"] == 2 + 5 * 9
     assert conv["l1"] == 4 + 2 * 9 and conv["fp32"] == 9 and conv["alu"] == 2 * 9
@@ -71,7 +71,7 @@ def test_dynamic_counts_phases_and_trips():
 
 def test_pipe_model_overlap_and_serial():
     hw = static.H100Model()
-    counts, _ = static.dynamic_counts(*static.parse_sass(SASS), mlp_trips=4, other_trips=9)
+    counts, _ = static.dynamic_counts(*static.parse_sass(SASS), mlp_trips=4, conv_trips=9)
     warps = 132 * 8  # 8 warps per SM
     m = static.pipe_model(counts, warps, dict(conv=1e6, mlp=2e6), hbm_bytes=3e6, hw=hw)
     issue_conv = 47 * 8 / 4.0 / hw.clock
@@ -148,3 +148,16 @@ def test_static_report_end_to_end(tmp_path):
     assert 0 < row["pct_floor_overlap"] <= 1.0
     table = static.markdown_table(rows)
     assert row["cfg"] in table
+
+
+def test_conv_loop_with_tensor_cores_is_not_the_mlp():
+    """Block-diagonal grouped conv: the first loop has MMAs too; the MLP is the last one."""
+    sass = SASS.replace("FFMA R20, R12, R13, R20 ;", "HMMA.16816.F32.BF16 R20, R12, R14, R20 ;")
+    instrs, labels = static.parse_sass(sass)
+    counts, loops = static.dynamic_counts(instrs, labels, mlp_trips=4, conv_trips=9)
+    assert [lp["kind"] for lp in loops] == ["conv", "mlp"]
+    assert counts["conv"]["tc_flops_HMMA"] == 9 * 2 * 16 * 8 * 16
+    assert counts["mlp"]["tc_flops_HMMA"] == 4 * 2 * 16 * 8 * 16
+    # without a conv loop (unrolled taps) the only loop with MMAs is the MLP
+    _, loops = static.dynamic_counts(instrs, labels, mlp_trips=4, conv_trips=1)
+    assert [lp["kind"] for lp in loops] == ["other", "mlp"]

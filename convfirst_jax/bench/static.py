@@ -303,24 +303,24 @@ def find_loops(instrs: Sequence[SassInstr], labels: dict[str, int]) -> list[tupl
 
 
 def dynamic_counts(instrs: Sequence[SassInstr], labels: dict[str, int], mlp_trips: int,
-                   other_trips: int) -> tuple[dict[str, Counter], list[dict[str, Any]]]:
+                   conv_trips: int) -> tuple[dict[str, Counter], list[dict[str, Any]]]:
     """Per-warp dynamic counts per phase and pipe.
 
-    A loop with tensor-core instructions is the MLP loop (``mlp_trips`` iterations); other
-    loops (the conv loop of a non-unrolled design) run ``other_trips`` times. Phases:
-    "conv" = everything before the first MLP loop, "mlp" = that loop, "rest" = after.
+    The MLP loop is the last loop with tensor-core instructions (``mlp_trips`` iterations);
+    when the kernel has a conv loop (``conv_trips`` > 1) it is the first loop (it may use
+    tensor cores too: the block-diagonal grouped conv). Phases: "mlp" = the MLP loop,
+    "conv" = everything before it, "rest" = everything after it.
     """
     loops = find_loops(instrs, labels)
+    mma_loops = [lp for lp in loops if any(x.op in MMA_OPS for x in instrs[lp[0]:lp[1] + 1])]
+    mlp_span = mma_loops[-1] if mma_loops else None
+    conv_span = loops[0] if conv_trips > 1 and loops and loops[0] != mlp_span else None
     mult = [1] * len(instrs)
     loop_info = []
-    mlp_span = None
     for lo, hi in loops:
-        is_mlp = any(x.op in MMA_OPS for x in instrs[lo:hi + 1])
-        trips = mlp_trips if is_mlp else other_trips
-        if is_mlp and mlp_span is None:
-            mlp_span = (lo, hi)
-        loop_info.append(dict(kind="mlp" if is_mlp else "other", n_instr=hi - lo + 1,
-                              trips=trips))
+        kind = "mlp" if (lo, hi) == mlp_span else "conv" if (lo, hi) == conv_span else "other"
+        trips = mlp_trips if kind == "mlp" else conv_trips if kind == "conv" else 1
+        loop_info.append(dict(kind=kind, n_instr=hi - lo + 1, trips=trips))
         for j in range(lo, hi + 1):
             mult[j] *= trips
     counts = {p: Counter() for p in ("conv", "mlp", "rest")}
@@ -532,7 +532,7 @@ def analyse(cfg: StaticConfig, hw: H100Model, workdir: str) -> dict[str, Any]:
     row.update(floors(cfg, hw))
 
     counts, loop_info = dynamic_counts(instrs, labels, mlp_trips=hp // info["hidden_chunk"],
-                                       other_trips=conv_loop_trips(cfg.k, cfg.gw))
+                                       conv_trips=conv_loop_trips(cfg.k, cfg.gw))
     row["loops"] = loop_info
     warps_total = info["num_warps"] * grid
     weight_bytes = (2 * cp * hp * cfg.itemsize + cfg.k * cfg.k * cfg.gw * cp * 4
@@ -547,7 +547,7 @@ def analyse(cfg: StaticConfig, hw: H100Model, workdir: str) -> dict[str, Any]:
     row["pct_floor_overlap"] = row["floor_us"] / row["model_overlap_us"]
     row["pct_floor_serial"] = row["floor_us"] / row["model_serial_us"]
     row["vs_xla_floor"] = row["model_overlap_us"] / row["xla_floor_us"]
-    exec_tc = sum(counts[p]["tc_flops_" + op] for p in counts for op in MMA_OPS) * warps_total
+    exec_tc = sum(counts["mlp"]["tc_flops_" + op] for op in MMA_OPS) * warps_total
     useful_tc = 2 * cfg.N * cfg.H * cfg.W * 2 * cfg.C * cfg.E * cfg.C
     row["tc_useful"] = useful_tc / exec_tc if exec_tc else 0.0
     ops = Counter()
