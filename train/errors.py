@@ -38,7 +38,8 @@ EXIT_SIGTERM = 143  # 128 + SIGTERM
 
 EXIT_CODES = {
     EXIT_OK: "completed",
-    EXIT_DIVERGED: "training diverged (non-finite loss or state); last good checkpoint kept",
+    EXIT_DIVERGED: "training diverged (NaN/Inf or too large a loss, non-finite state); last "
+                   "good checkpoint kept",
     EXIT_BAD_INPUT: "bad arguments, config value or dataset folder",
     EXIT_WORKDIR: "workdir unusable (a file in its place, not writable)",
     EXIT_WRITE_FAILED: "a write failed during the run (disk full, I/O error); last complete "
