@@ -184,8 +184,8 @@ def test_update_that_makes_weights_non_finite_is_never_saved(tiny_data, tmp_path
 def test_real_divergence_rerun_as_advised_resumes_from_a_good_checkpoint(tiny_data, tmp_path,
                                                                          run_main):
     workdir = tmp_path / "div"
-    kw = dict(max_steps=24, eval_every_steps=24, checkpoint_every_steps=1, warmup_epochs=5.0)
-    rc, err = run_main(workdir, tiny_data, learning_rate=2e3, **kw)
+    kw = dict(max_steps=16, eval_every_steps=16, checkpoint_every_steps=1, warmup_epochs=2.0)
+    rc, err = run_main(workdir, tiny_data, learning_rate=1e3, **kw)
     assert rc == errors.EXIT_DIVERGED and len(err.strip().splitlines()) == 1, err
     assert "is above divergence_loss=20: the training diverged" in err  # 4 classes: auto 20
     good = max(_checkpoint_steps(workdir))
@@ -197,14 +197,15 @@ def test_real_divergence_rerun_as_advised_resumes_from_a_good_checkpoint(tiny_da
     assert train[good + 1] < 20 and max(train) == good + 1
     _assert_saved_state_finite(workdir)
     assert "--config.learning_rate=LOWER --config.allow_config_change=True" in err
+    kw["checkpoint_every_steps"] = 100  # a free key: not a change of settings
     rc, err = run_main(workdir, tiny_data, learning_rate=2e-2, allow_config_change=True, **kw)
     assert rc == 0, err
     summary = json.loads((workdir / "summary.json").read_text())
     assert summary["final"]["train_loss"] < 20 and np.isfinite(summary["final"]["loss"])
     change = json.loads((workdir / loop.CONFIG_CHANGES_FILE).read_text().splitlines()[-1])
     assert change["step"] == good and change["changed"] == {
-        "learning_rate": {"stored": 2e3, "now": 2e-2}}
-    _assert_one_record_per_step(workdir, 24)
+        "learning_rate": {"stored": 1e3, "now": 2e-2}}
+    _assert_one_record_per_step(workdir, 16)
 
 
 def test_debug_nan_loss_still_stops_with_exit_1(tiny_data, tmp_path, run_main):

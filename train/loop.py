@@ -64,8 +64,9 @@ BATCH_KEYS = ("image", "label", "valid")
 
 # Config keys that may differ between a run and its resumption without
 # ``allow_config_change``: they change what is printed or kept, not what is trained.
-RESUME_FREE_KEYS = ("progress_bar", "log_every_steps", "keep_checkpoints",
-                    "speed_check_batches", "speed_check_steps", "allow_config_change")
+RESUME_FREE_KEYS = ("progress_bar", "log_every_steps", "checkpoint_every_steps",
+                    "keep_checkpoints", "speed_check_batches", "speed_check_steps",
+                    "allow_config_change")
 CONFIG_CHANGES_FILE = "config_changes.jsonl"
 
 
