@@ -446,6 +446,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | os.Path
     peak_lr = config.learning_rate * config.batch_size / 256.0
     warmup_steps = min(int(round(config.warmup_epochs * steps_per_epoch)), total_steps)
     schedule = state_lib.lr_schedule(peak_lr, total_steps, warmup_steps)
+    if total_steps > 1 and warmup_steps >= total_steps:
+        print(f"WARNING: warm-up ({config.warmup_epochs:g} epochs = {warmup_steps} steps) is as "
+              f"long as the whole run ({total_steps} steps): the learning rate never decays; "
+              "lower --config.warmup_epochs (e.g. 0.1 x num_epochs)", file=sys.stderr,
+              flush=True)
     tx = state_lib.make_optimizer(schedule, weight_decay=config.weight_decay,
                                   grad_clip_norm=config.grad_clip_norm)
     defs, state = state_lib.create_train_state(model, tx, use_ema=config.ema_decay > 0)
@@ -668,7 +673,11 @@ def _loop(config, workdir, t_session, devices, primary, say, data_dir, class_nam
                 interval_steps += 1
                 counter.add_steps(1, config.batch_size)
                 pending.append((step, m))
-                progress.update(1)
+                # The bar counts *completed* steps: wait for the previous step (one stays in
+                # flight, so dispatch still overlaps the host), not the dispatched ones.
+                if len(pending) >= 2:
+                    jax.block_until_ready(pending[-2][1]["loss"])
+                    progress.update(1)
 
                 is_eval = step % eval_every == 0 or step == total_steps
                 is_ckpt = step % config.checkpoint_every_steps == 0 or is_eval
@@ -676,6 +685,7 @@ def _loop(config, workdir, t_session, devices, primary, say, data_dir, class_nam
                 if step % config.log_every_steps == 0 or is_eval or is_ckpt or is_epoch_end:
                     mean = flush(step)
                     jax.block_until_ready(state.step)
+                    progress.update(step - progress.n)  # every dispatched step is done here
                     dt = time.perf_counter() - interval_t
                     ips = interval_steps * config.batch_size / max(dt, 1e-9)
                     loop_time += dt
@@ -754,7 +764,8 @@ def _loop(config, workdir, t_session, devices, primary, say, data_dir, class_nam
     if primary:
         _write_text(workdir / "summary.json",
                     json.dumps(summary, indent=2, default=metrics_lib._jsonable))
-        say(f"done: {step} steps, top-1 {summary['final']['top1']}, "
+        top1 = summary["final"]["top1"]
+        say(f"done: {step} steps, top-1 {'-' if top1 is None else format(top1, '.4f')}, "
             f"{counter.xla_flops:.3g} training FLOPs (XLA) / {counter.analytic_flops:.3g} "
             f"(3 x forward); summary in {workdir / 'summary.json'}")
     ckpt.close()
@@ -787,8 +798,10 @@ def _stop_now(signum, step, start_step, flush, save, ckpt, writer, say) -> None:
 class _NoProgress:
     """Stand-in for tqdm when the bar is off: progress shows up in the log lines only."""
 
+    n = 0  # completed steps, as tqdm's ``n``
+
     def update(self, n: int) -> None:
-        pass
+        self.n += n
 
     def set_postfix(self, **kw: Any) -> None:
         pass
@@ -847,9 +860,24 @@ def _evaluate(jit_eval, state, eval_loader, batch_sharding, config, measure_late
     variables = state_lib.eval_variables(state)
     acc = metrics_lib.EvalAccumulator()
     batch = None
-    for host_batch in eval_loader:  # each host iterates its own shard of the val split
-        batch = _to_global(host_batch, batch_sharding)
-        acc.add(jit_eval(*variables, batch))
+    bar = None
+    if config.progress_bar and jax.process_index() == 0:
+        from tqdm import tqdm  # noqa: PLC0415  (training-only dependency)
+        n = getattr(eval_loader, "num_examples_local",
+                    getattr(eval_loader, "num_examples", None))
+        bar = tqdm(total=n, unit="img", desc="eval", leave=False, dynamic_ncols=True,
+                   mininterval=2.0, file=sys.stderr)
+    try:
+        for host_batch in eval_loader:  # each host iterates its own shard of the val split
+            batch = _to_global(host_batch, batch_sharding)
+            sums = jit_eval(*variables, batch)
+            acc.add(sums)
+            if bar is not None:
+                bar.update(int(np.sum(host_batch["valid"])) if "valid" in host_batch
+                           else len(host_batch["label"]))
+    finally:
+        if bar is not None:
+            bar.close()
     latency = None
     if measure_latency and batch is not None:
         times = []
@@ -884,6 +912,9 @@ def _summary(config, data_dir, class_names, num_classes, devices, n_params, comp
         "devices": len(devices),
         "device_kind": devices[0].device_kind,
         "backend": jax.default_backend(),
+        "jax_version": jax.__version__,
+        "finished_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "dataset": pathlib.Path(config.data_dir).name if config.data_dir else "synthetic",
         "params": n_params,
         **complexity,
         "steps": total_steps,

@@ -318,6 +318,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     if argv[:1] == ["static"]:  # static H100 report: no timing, own options
         from convfirst_jax.bench.static import main as static_main
         return static_main(argv[1:])
+    if argv[:1] == ["train-compare"]:  # CPU train steps vs PyTorch/timm: own options
+        from convfirst_jax.bench.train_compare import main as train_compare_main
+        return train_compare_main(argv[1:])
     parser = build_parser()
     args = parser.parse_args(argv)
     validate(parser, args)

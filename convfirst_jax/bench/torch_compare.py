@@ -57,3 +57,58 @@ def time_timm(model: str, *, batch_size: int, resolution: int, num_classes: int,
             "timm_version": timm.__version__,
             "note": "torch.compile, channels_last, bf16 autocast; compile time is in first_call_s"}
     return timing, info
+
+
+def torch_train_available() -> tuple[bool, str]:
+    """(usable, reason) for the CPU train-step comparison: torch and timm import."""
+    try:
+        import timm  # noqa: F401
+        import torch  # noqa: F401
+    except Exception as e:  # ImportError, or a broken install (e.g. a CUDA-only torchvision)
+        return False, (f"--compare-torch: torch/timm not importable ({type(e).__name__}: "
+                       f"{str(e)[:200]}); install matching torch, torchvision and timm")
+    return True, ""
+
+
+def timm_train_name(model: str) -> str:
+    """timm model for a *training* comparison: same architecture where timm has one.
+
+    ConvFirst has no timm twin; its ConvNeXt of the same size is the nearest (same macro
+    design, LayerNorm/GELU/7x7 instead of BatchNorm/SiLU/3x3), so the row says which ran.
+    """
+    return timm_name(model)
+
+
+def make_torch_train_step(model: str, *, batch_size: int, resolution: int, num_classes: int,
+                          threads: int | None = None, seed: int = 0):
+    """A callable running one timm AdamW train step on random data (CPU, channels_last, fp32).
+
+    Returns ``(step, info)``: ``step()`` does forward, label-smoothed cross entropy, backward,
+    global-norm clipping and an AdamW update, the same work as ``train.state.train_step``.
+    """
+    import timm
+    import torch
+
+    if threads:
+        torch.set_num_threads(int(threads))
+    torch.manual_seed(seed)
+    name = timm_train_name(model)
+    net = timm.create_model(name, pretrained=False, num_classes=num_classes)
+    net = net.train().to(memory_format=torch.channels_last)
+    opt = torch.optim.AdamW(net.parameters(), lr=1e-3, weight_decay=0.05)
+    loss_fn = torch.nn.CrossEntropyLoss(label_smoothing=0.1)
+    x = torch.randn(batch_size, 3, resolution, resolution).to(memory_format=torch.channels_last)
+    y = torch.randint(0, num_classes, (batch_size,))
+
+    def step() -> float:
+        opt.zero_grad(set_to_none=True)
+        loss = loss_fn(net(x), y)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(net.parameters(), 1.0)
+        opt.step()
+        return float(loss)
+
+    info = {"timm_model": name, "torch_version": torch.__version__,
+            "timm_version": timm.__version__, "torch_threads": torch.get_num_threads(),
+            "note": "eager fp32, channels_last, AdamW + clip 1.0, label smoothing 0.1"}
+    return step, info

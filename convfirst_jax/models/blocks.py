@@ -26,8 +26,8 @@ from flax import nnx
 
 from convfirst_jax import folding
 from convfirst_jax.models.layers import (TRUNC_NORMAL_02, DropPath, activation_fn,
-                                         depthwise_conv_shift_add, make_norm, scale_branch,
-                                         use_shift_add_depthwise)
+                                         conv_general_dilated, depthwise_conv_shift_add,
+                                         make_norm, scale_branch, use_shift_add_depthwise)
 from convfirst_jax.specs import ConvFirstBlockConfig
 
 logger = logging.getLogger("convfirst_jax")
@@ -73,7 +73,8 @@ class ConvFirstBlock(nnx.Module):
         self.conv_dw = nnx.Conv(
             c, c, (k, k), padding=((k // 2, k // 2), (k // 2, k // 2)),
             feature_group_count=c // config.group_width, use_bias=config.conv_bias,
-            kernel_init=TRUNC_NORMAL_02, dtype=dtype, param_dtype=param_dtype, rngs=rngs)
+            kernel_init=TRUNC_NORMAL_02, dtype=dtype, param_dtype=param_dtype,
+            conv_general_dilated=conv_general_dilated, rngs=rngs)
         norm_kw = dict(eps=config.norm_eps, dtype=dtype, param_dtype=param_dtype, rngs=rngs)
         self.norm = make_norm(config.norm, c, **norm_kw)
         self.fc1 = nnx.Linear(c, config.hidden, use_bias=config.mlp_bias,

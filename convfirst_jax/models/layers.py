@@ -264,3 +264,153 @@ def depthwise_conv_shift_add(x: Array, kernel: Array, bias: Array | None) -> Arr
     if bias is not None:
         out = out + bias.astype(jnp.float32)
     return out.astype(x.dtype)
+
+
+_CONV_IMPL: contextvars.ContextVar[str] = contextvars.ContextVar("conv_impl", default="auto")
+CONV_IMPLS = ("auto", "conv", "im2col")
+#: "auto" uses im2col on the CPU for strided convs and for outputs of at most this many pixels.
+IM2COL_MAX_OUTPUT_PIXELS = 16
+
+
+@contextlib.contextmanager
+def conv_impl(impl: str) -> Iterator[None]:
+    """Choose how dense (ungrouped) convs of every model are traced, in a scope.
+
+    "auto" (default): on the CPU, :func:`conv_im2col` for strided convs and for convs whose
+    output has at most :data:`IM2COL_MAX_OUTPUT_PIXELS` pixels, ``lax.conv_general_dilated``
+    otherwise and on every other backend; "conv": always the library conv; "im2col": always
+    :func:`conv_im2col` where it applies (ungrouped, undilated, NHWC/HWIO, explicit padding).
+    Both compute the same sums (float rounding aside).
+    """
+    if impl not in CONV_IMPLS:
+        raise ValueError(f"unknown conv impl {impl!r}; valid: {', '.join(CONV_IMPLS)}")
+    token = _CONV_IMPL.set(impl)
+    try:
+        yield
+    finally:
+        _CONV_IMPL.reset(token)
+
+
+def conv_im2col(x: Array, kernel: Array, strides: tuple[int, int],
+                padding: tuple[tuple[int, int], tuple[int, int]]) -> Array:
+    """NHWC x HWIO convolution as one matmul over the k*k shifted (strided) slices of ``x``.
+
+    Same sums as ``lax.conv_general_dilated(x, kernel, strides, padding,
+    dimension_numbers=("NHWC", "HWIO", "NHWC"))``. Autodiff of slices, concatenation and one
+    dot gives pads, slices and dots, which XLA's CPU backend runs at matmul speed; its own
+    convolution gradients for strided convs and tiny (2x2, 4x4) feature maps fall off the fast
+    Eigen path (up to 150x slower, measured on 2 cores: ResNet-18's 2x2 3x3 convs at 64 px).
+    """
+    kh, kw, cin, cout = kernel.shape
+    (pt, pb), (pl, pr) = padding
+    sh, sw = strides
+    if any(p for p in (pt, pb, pl, pr)):
+        x = jnp.pad(x, ((0, 0), (pt, pb), (pl, pr), (0, 0)))
+    n, hp, wp, _ = x.shape
+    ho, wo = (hp - kh) // sh + 1, (wp - kw) // sw + 1
+    cols = [x[:, dy:dy + sh * (ho - 1) + 1:sh, dx:dx + sw * (wo - 1) + 1:sw, :]
+            for dy in range(kh) for dx in range(kw)]
+    patches = cols[0] if len(cols) == 1 else jnp.concatenate(cols, axis=-1)
+    y = jnp.dot(patches.reshape(n * ho * wo, kh * kw * cin), kernel.reshape(kh * kw * cin, cout),
+                preferred_element_type=jnp.promote_types(x.dtype, kernel.dtype))
+    return y.reshape(n, ho, wo, cout).astype(jnp.result_type(x.dtype, kernel.dtype))
+
+
+#: Grouped convs with at most this many groups run as one dense conv with a block-diagonal
+#: kernel on the CPU ("auto"); more groups run as a sum of per-tap grouped matmuls.
+BLOCK_DIAGONAL_MAX_GROUPS = 4
+
+
+def grouped_conv_taps(x: Array, kernel: Array, strides: tuple[int, int],
+                      padding: tuple[tuple[int, int], tuple[int, int]]) -> Array:
+    """Grouped NHWC x HWIO conv (kernel (kh, kw, C_in / G, C_out)) as a sum over the k*k taps.
+
+    Each tap is a strided slice of the padded input times a batched (over groups) small
+    matmul, accumulated in float32: the same sums as ``lax.conv_general_dilated(...,
+    feature_group_count=G)``. XLA's CPU gradient of grouped convs is 10-300x slower than
+    this form (measured on 2 cores for ConvFirst gw8 shapes).
+    """
+    kh, kw, ci, cout = kernel.shape
+    n, _, _, cin = x.shape
+    groups = cin // ci
+    (pt, pb), (pl, pr) = padding
+    sh, sw = strides
+    if any(p for p in (pt, pb, pl, pr)):
+        x = jnp.pad(x, ((0, 0), (pt, pb), (pl, pr), (0, 0)))
+    hp, wp = x.shape[1], x.shape[2]
+    ho, wo = (hp - kh) // sh + 1, (wp - kw) // sw + 1
+    w = kernel.reshape(kh, kw, ci, groups, cout // groups)
+    acc = jnp.promote_types(x.dtype, kernel.dtype)
+    out = jnp.zeros((n, ho, wo, groups, cout // groups), jnp.promote_types(acc, jnp.float32))
+    for dy in range(kh):
+        for dx in range(kw):
+            tap = x[:, dy:dy + sh * (ho - 1) + 1:sh, dx:dx + sw * (wo - 1) + 1:sw, :]
+            out = out + jnp.einsum("nhwgi,igo->nhwgo", tap.reshape(n, ho, wo, groups, ci),
+                                   w[dy, dx], preferred_element_type=out.dtype)
+    return out.reshape(n, ho, wo, cout).astype(jnp.result_type(x.dtype, kernel.dtype))
+
+
+def block_diagonal_kernel(kernel: Array, groups: int) -> Array:
+    """The dense (kh, kw, G * ci, C_out) kernel of a grouped (kh, kw, ci, C_out) one (zeros
+    off the diagonal blocks), so a grouped conv can run as an ungrouped one."""
+    kh, kw, ci, cout = kernel.shape
+    w = kernel.reshape(kh, kw, 1, ci, groups, cout // groups)
+    eye = jnp.eye(groups, dtype=kernel.dtype).reshape(1, 1, groups, 1, groups, 1)
+    return (w * eye).reshape(kh, kw, groups * ci, cout)
+
+
+_NHWC_HWIO = jax.lax.ConvDimensionNumbers(lhs_spec=(0, 3, 1, 2), rhs_spec=(3, 2, 0, 1),
+                                          out_spec=(0, 3, 1, 2))
+
+
+def _output_pixels(lhs_shape, rhs_shape, strides, pad) -> int:
+    kh, kw = rhs_shape[:2]
+    ho = (lhs_shape[1] + pad[0][0] + pad[0][1] - kh) // strides[0] + 1
+    wo = (lhs_shape[2] + pad[1][0] + pad[1][1] - kw) // strides[1] + 1
+    return ho * wo
+
+
+def conv_general_dilated(lhs: Array, rhs: Array, window_strides, padding, lhs_dilation=None,
+                         rhs_dilation=None, dimension_numbers=None, feature_group_count=1,
+                         precision=None, **kwargs) -> Array:
+    """``lax.conv_general_dilated`` with CPU fast paths (``nnx.Conv(conv_general_dilated=)``).
+
+    Undilated 2-d NHWC/HWIO convs with explicit (or "VALID") padding, as :func:`conv_impl`
+    says (on the CPU under "auto"):
+
+    * ungrouped: :func:`conv_im2col` for strided convs and outputs of at most
+      :data:`IM2COL_MAX_OUTPUT_PIXELS` pixels (input channels >= 8; the RGB stems stay on
+      the library conv), else the library conv;
+    * grouped with more than one channel per group: a dense conv with
+      :func:`block_diagonal_kernel` (through the rule above) for at most
+      :data:`BLOCK_DIAGONAL_MAX_GROUPS` groups, else :func:`grouped_conv_taps`;
+    * depthwise (one channel per group) and everything else: the library conv (the
+      conv-first blocks run depthwise convs as :func:`depthwise_conv_shift_add` themselves).
+    """
+    impl = _CONV_IMPL.get()
+    eligible = (impl != "conv" and lhs.ndim == 4
+                and all(d == 1 for d in (lhs_dilation or (1, 1)))
+                and all(d == 1 for d in (rhs_dilation or (1, 1)))
+                and jax.lax.conv_dimension_numbers(lhs.shape, rhs.shape, dimension_numbers)
+                == _NHWC_HWIO
+                and (padding == "VALID" or not isinstance(padding, str))
+                and kwargs.get("out_sharding") is None
+                and kwargs.get("preferred_element_type") is None
+                and (impl == "im2col" or jax.default_backend() == "cpu"))
+    if eligible:
+        pad = ((0, 0), (0, 0)) if padding == "VALID" else tuple(tuple(p) for p in padding)
+        strides = tuple(int(s) for s in window_strides)
+        groups = int(feature_group_count)
+        if groups > 1 and rhs.shape[2] > 1:
+            if groups > BLOCK_DIAGONAL_MAX_GROUPS:
+                return grouped_conv_taps(lhs, rhs, strides, pad)
+            rhs, groups = block_diagonal_kernel(rhs, groups), 1
+            feature_group_count = 1
+        if groups == 1 and (impl == "im2col" or (
+                rhs.shape[2] >= 8 and (max(strides) > 1 or _output_pixels(
+                    lhs.shape, rhs.shape, strides, pad) <= IM2COL_MAX_OUTPUT_PIXELS))):
+            return conv_im2col(lhs, rhs, strides, pad)
+    return jax.lax.conv_general_dilated(
+        lhs, rhs, window_strides, padding, lhs_dilation=lhs_dilation,
+        rhs_dilation=rhs_dilation, dimension_numbers=dimension_numbers,
+        feature_group_count=feature_group_count, precision=precision, **kwargs)

@@ -17,8 +17,8 @@ import jax.numpy as jnp
 from flax import nnx
 
 from convfirst_jax.models.blocks import ConvFirstBlock, check_block_impl
-from convfirst_jax.models.layers import (TRUNC_NORMAL_02, check_image_input, drop_path_rates,
-                                         make_norm)
+from convfirst_jax.models.layers import (TRUNC_NORMAL_02, check_image_input,
+                                         conv_general_dilated, drop_path_rates, make_norm)
 from convfirst_jax.specs import ConvFirstNetSpec
 
 MIN_RESOLUTION = 32
@@ -36,7 +36,8 @@ class Stem(nnx.Module):
         k = spec.stem_size
         self.conv = nnx.Conv(3, spec.dims[0], (k, k), strides=(k, k), padding="VALID",
                              use_bias=kind == "layernorm", kernel_init=TRUNC_NORMAL_02,
-                             dtype=dtype, param_dtype=param_dtype, rngs=rngs)
+                             dtype=dtype, param_dtype=param_dtype,
+                             conv_general_dilated=conv_general_dilated, rngs=rngs)
         self.norm = make_norm(kind, spec.dims[0], eps=eps, dtype=dtype,
                               param_dtype=param_dtype, rngs=rngs)
 
@@ -54,8 +55,8 @@ class Downsample(nnx.Module):
         self.norm = make_norm(kind, cin, eps=eps, dtype=dtype, param_dtype=param_dtype,
                               rngs=rngs)
         self.conv = nnx.Conv(cin, cout, (2, 2), strides=(2, 2), padding="VALID",
-                             kernel_init=TRUNC_NORMAL_02, dtype=dtype,
-                             param_dtype=param_dtype, rngs=rngs)
+                             kernel_init=TRUNC_NORMAL_02, dtype=dtype, param_dtype=param_dtype,
+                             conv_general_dilated=conv_general_dilated, rngs=rngs)
 
     def __call__(self, x: jax.Array) -> jax.Array:
         return self.conv(self.norm(x))

@@ -16,7 +16,8 @@ from flax import nnx
 
 from convfirst_jax.models.blocks import check_block_impl
 from convfirst_jax.models.layers import (KAIMING_FAN_OUT, DropPath, check_image_input,
-                                         drop_path_rates, make_norm, scale_branch)
+                                         conv_general_dilated, drop_path_rates, make_norm,
+                                         scale_branch)
 from convfirst_jax.specs import ResNetSpec
 
 MIN_RESOLUTION = 32
@@ -27,7 +28,8 @@ def _conv(cin: int, cout: int, k: int, stride: int, *, dtype, param_dtype,
     p = k // 2
     return nnx.Conv(cin, cout, (k, k), strides=(stride, stride), padding=((p, p), (p, p)),
                     use_bias=False, kernel_init=KAIMING_FAN_OUT, dtype=dtype,
-                    param_dtype=param_dtype, rngs=rngs)
+                    param_dtype=param_dtype, conv_general_dilated=conv_general_dilated,
+                    rngs=rngs)
 
 
 def _bn(c: int, *, zero: bool = False, dtype, param_dtype, rngs: nnx.Rngs) -> nnx.BatchNorm:
@@ -118,7 +120,8 @@ class ResNet(nnx.Module):
         kw = dict(dtype=dtype, param_dtype=param_dtype, rngs=rngs)
         block_cls = BasicBlock if spec.block == "basic" else Bottleneck
         self.conv1 = nnx.Conv(3, spec.width, (7, 7), strides=(2, 2), padding=((3, 3), (3, 3)),
-                              use_bias=False, kernel_init=KAIMING_FAN_OUT, **kw)
+                              use_bias=False, kernel_init=KAIMING_FAN_OUT,
+                              conv_general_dilated=conv_general_dilated, **kw)
         self.bn1 = _bn(spec.width, **kw)
         rates = drop_path_rates(drop_path, spec.layers)
         cin, layers = spec.width, []
