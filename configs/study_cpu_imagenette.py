@@ -4,7 +4,7 @@
 with this config, only ``model`` differs (``--config.model=NAME``). Same epochs,
 learning rate, warm-up, augmentation (RandomResizedCrop scale (0.35, 1) + flip), label
 smoothing, weight decay and seed for all four, so the accuracy and FLOPs-to-target columns
-compare architectures, not recipes. Sized for a 2-core CPU: 4 epochs of Imagenette's 9,469
+compare architectures, not recipes. Sized for a 2-core CPU: 5 epochs of Imagenette's 9,469
 training images per model (see docs/results/cpu-imagenette-64px/ for the measured times).
 """
 
@@ -23,7 +23,7 @@ STUDY_TARGETS = (0.5, 0.6, 0.7)
 def get_config() -> ml_collections.ConfigDict:
     c = cpu_small.get_config()
     c.model = STUDY_MODELS[0]
-    c.num_epochs = 4
+    c.num_epochs = 5
     c.learning_rate = 4e-3       # peak 1e-3 at batch 64
     c.warmup_epochs = 0.5        # < num_epochs, so the cosine decay reaches 0 at the end
     c.eval_every_epochs = 1
