@@ -137,7 +137,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     cfg = study_cfg.get_config()
     epochs = a.epochs if a.epochs is not None else cfg.num_epochs
     overrides = [f"--config.data_dir={data_dir.resolve()}", f"--config.num_epochs={epochs}",
-                 *(["--config.progress_bar=false"] if a.no_progress_bar else []), *(f"--config.{kv}" for kv in a.set)]
+                 *(["--config.progress_bar=false"] if a.no_progress_bar else []),
+                 *(f"--config.{kv}" for kv in a.set)]
     sweep.update(command=" ".join(["python -m train.study", *(argv if argv is not None
                                                                  else sys.argv[1:])]),
                  config=str(CONFIG_FILE.relative_to(REPO)), epochs=epochs,

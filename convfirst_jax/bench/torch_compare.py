@@ -106,7 +106,7 @@ def make_torch_train_step(model: str, *, batch_size: int, resolution: int, num_c
         loss.backward()
         torch.nn.utils.clip_grad_norm_(net.parameters(), 1.0)
         opt.step()
-        return float(loss)
+        return float(loss.detach())
 
     info = {"timm_model": name, "torch_version": torch.__version__,
             "timm_version": timm.__version__, "torch_threads": torch.get_num_threads(),

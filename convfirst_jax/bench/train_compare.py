@@ -137,11 +137,12 @@ def compare(models: Sequence[str], *, batch_size: int = 64, resolution: int = 64
                 sample["torch_s"] = time_steps(torch_step, steps)
             sample["load_after"] = os.getloadavg()[0]
             rec["samples"].append(sample)
-            log(f"[train-compare] {model} round {r}: jax {batch_size / sample['jax_s']:.0f} "
-                f"img/s" + "".join(f", jax {v} {batch_size / sample[f'jax_{v}_s']:.0f} img/s"
-                                   for v in variants[1:]) + (f", torch {batch_size / sample['torch_s']:.0f} img/s"
-                            if "torch_s" in sample else "")
-                + f" (load {sample['load_before']:.1f}->{sample['load_after']:.1f})")
+            parts = [f"jax {batch_size / sample['jax_s']:.0f}"]
+            parts += [f"jax {v} {batch_size / sample[f'jax_{v}_s']:.0f}" for v in variants[1:]]
+            if "torch_s" in sample:
+                parts.append(f"torch {batch_size / sample['torch_s']:.0f}")
+            log(f"[train-compare] {model} round {r}: {', '.join(parts)} img/s (load "
+                f"{sample['load_before']:.1f}->{sample['load_after']:.1f})")
         jax_ips = statistics.median(batch_size / s["jax_s"] for s in rec["samples"])
         rec["jax_images_per_s"] = jax_ips
         rec["jax_variant"] = variants[0]
