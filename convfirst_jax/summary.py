@@ -42,7 +42,7 @@ def xla_cost_analysis(name: str, resolution: int, batch_size: int, dtype: str = 
     from flax import nnx
 
     from convfirst_jax import create_model
-    from convfirst_jax.models.layers import depthwise_impl
+    from convfirst_jax.models.layers import conv_impl, depthwise_impl
 
     model = nnx.eval_shape(lambda: create_model(name, num_classes=num_classes,
                                                 dtype=jnp.dtype(dtype)))
@@ -53,8 +53,9 @@ def xla_cost_analysis(name: str, resolution: int, batch_size: int, dtype: str = 
         return nnx.merge(graphdef, state)(x)
 
     x = jax.ShapeDtypeStruct((batch_size, resolution, resolution, 3), jnp.float32)
-    # The library conv, as on a GPU: XLA charges the CPU shift-add depthwise form 2x per MAC.
-    with depthwise_impl("conv"):
+    # The library conv, as on a GPU: XLA charges the CPU shift-add depthwise form 2x per MAC
+    # (and the block-diagonal form of few-group convs G x).
+    with depthwise_impl("conv"), conv_impl("conv"):
         cost = jax.jit(forward).lower(state, x).compile().cost_analysis()
     if isinstance(cost, (list, tuple)):  # jax < 0.4.3x returned one dict per computation
         cost = cost[0] if cost else {}
