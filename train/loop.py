@@ -446,11 +446,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | os.Path
     peak_lr = config.learning_rate * config.batch_size / 256.0
     warmup_steps = min(int(round(config.warmup_epochs * steps_per_epoch)), total_steps)
     schedule = state_lib.lr_schedule(peak_lr, total_steps, warmup_steps)
-    if total_steps > 1 and warmup_steps >= total_steps:
-        print(f"WARNING: warm-up ({config.warmup_epochs:g} epochs = {warmup_steps} steps) is as "
-              f"long as the whole run ({total_steps} steps): the learning rate never decays; "
-              "lower --config.warmup_epochs (e.g. 0.1 x num_epochs)", file=sys.stderr,
-              flush=True)
+    if total_steps > 1 and warmup_steps >= total_steps:  # stdout: stderr is for errors
+        say(f"WARNING: warm-up ({config.warmup_epochs:g} epochs = {warmup_steps} steps) is as "
+            f"long as the whole run ({total_steps} steps): the learning rate never decays; "
+            "lower --config.warmup_epochs (e.g. 0.1 x num_epochs)")
     tx = state_lib.make_optimizer(schedule, weight_decay=config.weight_decay,
                                   grad_clip_norm=config.grad_clip_norm)
     defs, state = state_lib.create_train_state(model, tx, use_ema=config.ema_decay > 0)
