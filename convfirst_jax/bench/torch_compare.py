@@ -71,17 +71,54 @@ def torch_train_available() -> tuple[bool, str]:
 
 
 def timm_train_name(model: str) -> str:
-    """timm model for a *training* comparison: same architecture where timm has one.
+    """PyTorch model of a *training* comparison: timm's for ConvNeXt / ResNet, and for
+    ConvFirst a plain-PyTorch twin of the same architecture (:func:`torch_convfirst`)."""
+    return f"torch_{model}" if model.startswith("convfirst_") else timm_name(model)
 
-    ConvFirst has no timm twin; its ConvNeXt of the same size is the nearest (same macro
-    design, LayerNorm/GELU/7x7 instead of BatchNorm/SiLU/3x3), so the row says which ran.
+
+def torch_convfirst(model: str, num_classes: int):
+    """The ConvFirstNet of ``convfirst_jax.specs`` in plain PyTorch (same layers and shapes).
+
+    Stem 4x4/4 conv + BN; stages: [BN -> 2x2/2 conv] + blocks of k x k conv (groups =
+    C / group_width, no bias) -> BN -> 1x1 C->E*C -> BN -> SiLU -> 1x1 E*C->C -> BN (+ x);
+    head: average pool -> BN -> Linear. Used only to time a train step against this project's.
     """
-    return timm_name(model)
+    import torch
+    from torch import nn
+
+    from convfirst_jax.specs import MODEL_SPECS
+
+    spec = MODEL_SPECS[model]
+    act = {"silu": nn.SiLU, "relu": nn.ReLU, "gelu": nn.GELU}[spec.activation]
+
+    class Block(nn.Module):
+        def __init__(self, c: int):
+            super().__init__()
+            k, h = spec.kernel_size, spec.expansion * c
+            self.branch = nn.Sequential(
+                nn.Conv2d(c, c, k, padding=k // 2, groups=c // spec.group_width, bias=False),
+                nn.BatchNorm2d(c), nn.Conv2d(c, h, 1, bias=False), nn.BatchNorm2d(h), act(),
+                nn.Conv2d(h, c, 1, bias=False), nn.BatchNorm2d(c))
+
+        def forward(self, x):
+            return x + self.branch(x)
+
+    layers: list = [nn.Conv2d(3, spec.dims[0], spec.stem_size, stride=spec.stem_size,
+                              bias=False), nn.BatchNorm2d(spec.dims[0])]
+    for i, (depth, c) in enumerate(zip(spec.depths, spec.dims)):
+        if i > 0:
+            layers += [nn.BatchNorm2d(spec.dims[i - 1]), nn.Conv2d(spec.dims[i - 1], c, 2, 2)]
+        layers += [Block(c) for _ in range(depth)]
+    layers += [nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.BatchNorm1d(spec.dims[-1]),
+               nn.Linear(spec.dims[-1], num_classes)]
+    return torch.nn.Sequential(*layers)
 
 
 def make_torch_train_step(model: str, *, batch_size: int, resolution: int, num_classes: int,
                           threads: int | None = None, seed: int = 0):
-    """A callable running one timm AdamW train step on random data (CPU, channels_last, fp32).
+    """A callable running one PyTorch AdamW train step on random data (CPU, channels_last, fp32).
+
+    timm's model for ConvNeXt / ResNet, :func:`torch_convfirst` for ConvFirst.
 
     Returns ``(step, info)``: ``step()`` does forward, label-smoothed cross entropy, backward,
     global-norm clipping and an AdamW update, the same work as ``train.state.train_step``.
@@ -93,7 +130,10 @@ def make_torch_train_step(model: str, *, batch_size: int, resolution: int, num_c
         torch.set_num_threads(int(threads))
     torch.manual_seed(seed)
     name = timm_train_name(model)
-    net = timm.create_model(name, pretrained=False, num_classes=num_classes)
+    if model.startswith("convfirst_"):
+        net = torch_convfirst(model, num_classes)
+    else:
+        net = timm.create_model(name, pretrained=False, num_classes=num_classes)
     net = net.train().to(memory_format=torch.channels_last)
     opt = torch.optim.AdamW(net.parameters(), lr=1e-3, weight_decay=0.05)
     loss_fn = torch.nn.CrossEntropyLoss(label_smoothing=0.1)

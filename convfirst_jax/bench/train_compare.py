@@ -10,8 +10,8 @@ import, the same work on timm's model (eager, channels_last, ``torch.set_num_thr
 The two frameworks alternate within each round and the rounds repeat, so a busy machine slows
 both alike; the report gives medians over rounds, the ratio JAX/PyTorch images/s, and the
 1-minute load average (``os.getloadavg``) beside every sample. torch/timm are optional: without
-them only the JAX column is filled. ConvFirst has no timm twin: its row times timm's ConvNeXt
-of the same size (named in the ``torch_model`` column).
+them only the JAX column is filled. ConvFirst has no timm twin: its rows time a plain-PyTorch
+model of the same architecture (``torch_compare.torch_convfirst``, named ``torch_<model>``).
 """
 
 from __future__ import annotations
