@@ -1,13 +1,13 @@
-"""The accuracy-complexity study: four models, one recipe, one command, one results page.
+r"""The accuracy-complexity study: four models, one recipe, one command, one results page.
 
     python -m train.study --data-dir ../shared/data/imagenette \
         --out runs/study-cpu-imagenette-64px --results docs/results/cpu-imagenette-64px
 
-Trains ``configs.study_cpu_imagenette.STUDY_MODELS`` (convfirst_atto, convfirst_atto_gw8,
-convnext_atto, resnet18) one after the other with ``configs/study_cpu_imagenette.py`` (only
+Trains ``configs.study_cpu_imagenette.STUDY_MODELS`` (resnet18, convfirst_atto, convnext_atto,
+convfirst_atto_gw8) one after the other with ``configs/study_cpu_imagenette.py`` (only
 ``model`` differs), each as its own ``python -m train`` process with its progress bar. The
-sweep is resumable: ``OUT/sweep.json`` records every run; a finished run (its summary.json
-covers all its steps) is skipped and an unfinished one resumes from its newest checkpoint, so
+sweep is resumable: ``OUT/sweep.json`` records every run; a finished run (``python -m train``
+wrote its summary.json) is skipped and an unfinished one resumes from its newest checkpoint, so
 rerunning the same command after a kill continues where it stopped. After each run it times
 the model's forward pass on this CPU at batch 1 and 64 (``OUT/NAME/latency.json``); at the end
 it writes the results page (``python -m train.report``: table, plots, report.json) to
@@ -139,11 +139,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     overrides = [f"--config.data_dir={data_dir.resolve()}", f"--config.num_epochs={epochs}",
                  *(["--config.progress_bar=false"] if a.no_progress_bar else []),
                  *(f"--config.{kv}" for kv in a.set)]
-    sweep.update(command=" ".join(["python -m train.study", *(argv if argv is not None
-                                                                 else sys.argv[1:])]),
-                 config=str(CONFIG_FILE.relative_to(REPO)), epochs=epochs,
-                 overrides=overrides, jax_version=jax.__version__,
-                 device_kind=jax.devices()[0].device_kind, cpu_count=os.cpu_count())
+    this = " ".join(["python -m train.study", *(argv if argv is not None else sys.argv[1:])])
+    if a.report_only:  # the page says which command trained the runs
+        sweep.setdefault("command", this)
+        sweep["report_command"] = this
+    else:
+        sweep.update(command=this, config=str(CONFIG_FILE.relative_to(REPO)), epochs=epochs,
+                     overrides=overrides, jax_version=jax.__version__,
+                     device_kind=jax.devices()[0].device_kind, cpu_count=os.cpu_count())
     failed = []
     for i, model in enumerate(a.models if not a.report_only else []):
         run_dir = out / model
@@ -182,7 +185,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     if runs:
         paths = report.write_report(runs, a.results, baseline=study_cfg.STUDY_BASELINE,
                                     targets=study_cfg.STUDY_TARGETS,
-                                    command=sweep["command"])
+                                    command=sweep["command"],
+                                    device=(f"CPU ({sweep['cpu_count']} cores)"
+                                            if sweep.get("device_kind") == "cpu" else None))
         (a.results / "sweep.json").write_text(json.dumps(sweep, indent=2))
         _say(f"results page: {paths['markdown']}")
     else:
