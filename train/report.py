@@ -107,6 +107,10 @@ def _fmt(x: Any, spec: str, missing: str = "-") -> str:
     return format(x, spec)
 
 
+def _pct(x: float | None) -> str:
+    return _fmt(100 * x if x is not None else None, ".1f")
+
+
 def _flops_per_step(summary: dict[str, Any]) -> float | None:
     """Analytic training FLOPs of one step: 3 x forward FLOPs per image x batch (or None)."""
     fwd, batch = summary.get("forward_flops_per_image"), summary.get("batch_size")
@@ -162,9 +166,12 @@ def _order(runs: dict[str, dict[str, Any]]) -> list[str]:
 
 def markdown_table(runs: dict[str, dict[str, Any]], targets: Sequence[float],
                    baseline: str | None) -> str:
-    """The models table (one row per run, by dataset then GMACs) and the targets table."""
+    """The models table (one row per run, by dataset then GMACs) and the targets table.
+
+    Accuracies are the final evaluation's, in percent; PFLOPs are training FLOPs / 1e15.
+    """
     head = ["run", "dataset", "model", "res", "params (M)", "GMACs/img", "latency b1 (ms)",
-            "latency b64 (ms)", "train img/s", "top-1 final", "top-5 final", "train PFLOPs",
+            "latency b64 (ms)", "train img/s", "top-1 (%)", "top-5 (%)", "train PFLOPs",
             "XLA / 3xfwd", "wall time (s)"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for name in _order(runs):
@@ -179,8 +186,8 @@ def markdown_table(runs: dict[str, dict[str, Any]], targets: Sequence[float],
                _fmt(macs / 1e9 if macs else None, ".3f"),
                _fmt(lat.get("1"), ".2f"), _fmt(lat.get("64"), ".1f"),
                _fmt(s.get("train_images_per_s"), ".0f"),
-               _fmt(final.get("top1"), ".3f"), _fmt(final.get("top5"), ".3f"),
-               _fmt(total / 1e15 if total else None, ".3f"),
+               _pct(final.get("top1")), _pct(final.get("top5")),
+               _fmt(total / 1e15 if total else None, ".3g"),
                _fmt(s.get("train_flops_ratio_xla_over_analytic"), ".2f"),
                _fmt(s.get("wall_time_s"), ".0f")]
         lines.append("| " + " | ".join(row) + " |")
@@ -197,7 +204,7 @@ def markdown_table(runs: dict[str, dict[str, Any]], targets: Sequence[float],
         for t in targets:
             rec = _target_record(s, t)
             f = train_flops_at(s, rec) if rec else None
-            cell = _fmt(f / 1e15 if f else None, ".3f", "not reached")
+            cell = _fmt(f / 1e15 if f else None, ".3g", "not reached")
             r = rs.get(name, {}).get(t)
             if baseline and r is not None:
                 cell += f" ({r:.2f}x)"
