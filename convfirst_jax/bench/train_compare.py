@@ -41,6 +41,8 @@ def make_jax_train_step(model: str, *, batch_size: int, resolution: int, num_cla
 
     ``variant`` (:data:`JAX_VARIANTS`) picks the conv paths the step is traced with.
     """
+    if variant not in JAX_VARIANTS:
+        raise ValueError(f"unknown variant {variant!r}; valid: {', '.join(JAX_VARIANTS)}")
     import contextlib
     import jax
     import jax.numpy as jnp
@@ -67,8 +69,6 @@ def make_jax_train_step(model: str, *, batch_size: int, resolution: int, num_cla
              "label": jnp.asarray(rng.integers(0, num_classes, batch_size), jnp.int32),
              "valid": jnp.ones((batch_size,), bool)}
     holder = {"state": st}
-    if variant not in JAX_VARIANTS:
-        raise ValueError(f"unknown variant {variant!r}; valid: {', '.join(JAX_VARIANTS)}")
     from convfirst_jax.models import layers
     with contextlib.ExitStack() as scope:  # the conv paths are chosen at trace time
         if variant == "library":
