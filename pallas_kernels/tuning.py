@@ -26,8 +26,9 @@ output pixels with all ``c_padded`` channels; Lavin 2024, "block fusion"):
 * group_width 8 halves tiles above 32 (8x the CUDA-core FMAs and gathers per tap);
 * every dot dimension is >= 16 (Triton ``tl.dot`` minimum) and a power of two.
 
-These defaults are educated guesses, not measurements: the table ships empty and is meant to
-be filled from GPU sweeps (``convfirst_jax.bench``).
+These defaults are educated guesses, not measurements; the table rows come from a sweep with
+the static H100 model (``scripts/sweep_launch_static.py``), also not measurements, and are
+meant to be replaced by GPU sweeps (``convfirst_jax.bench``).
 """
 
 from __future__ import annotations
@@ -81,10 +82,27 @@ class LaunchConfig:
 
 LaunchKey = tuple[int, int, int, int, str]
 
-# Measured overrides: (c_padded, kernel_size, group_width, hidden, dtype_name) -> LaunchConfig.
-# Empty until tuned on a GPU; e.g.
-#   (128, 3, 1, 512, "bfloat16"): LaunchConfig(tile=64, hidden_chunk=64, num_warps=4, num_stages=3),
-LAUNCH_TABLE: dict[LaunchKey, LaunchConfig] = {}
+# Overrides: (c_padded, kernel_size, group_width, hidden, dtype_name) -> LaunchConfig.
+# The rows below come from the STATIC H100 model, not from measurements: the best spill-free
+# candidate of `scripts/sweep_launch_static.py` (tile x hidden chunk x warps, batch 128,
+# bfloat16; gw1 rows must be spill-free for both the ConvNeXt LN-GELU and the ConvFirst
+# affine-SiLU block, gw8 rows for the affine-SiLU block; comment = modelled "overlap" times,
+# docs/results/static-h100/launch_sweep_gw*.json). C = 512 keeps the default rule (no
+# spill-free candidate with tile >= 32). Replace them with GPU measurements when a GPU runs.
+LAUNCH_TABLE: dict[LaunchKey, LaunchConfig] = {
+    (64, 3, 1, 256, "bfloat16"): LaunchConfig(128, 128, 8, 2),  # 133, 88 us
+    (64, 3, 8, 256, "bfloat16"): LaunchConfig(128, 64, 4, 2),  # 102 us
+    (64, 7, 1, 256, "bfloat16"): LaunchConfig(128, 128, 8, 2),  # 246, 202 us
+    (64, 7, 8, 256, "bfloat16"): LaunchConfig(128, 64, 4, 2),  # 237 us
+    (128, 3, 1, 512, "bfloat16"): LaunchConfig(64, 128, 8, 2),  # 116, 86 us
+    (128, 3, 8, 512, "bfloat16"): LaunchConfig(128, 32, 8, 2),  # 85 us
+    (128, 7, 1, 512, "bfloat16"): LaunchConfig(64, 128, 8, 2),  # 173, 130 us
+    (128, 7, 8, 512, "bfloat16"): LaunchConfig(64, 32, 4, 2),  # 155 us
+    (256, 3, 1, 1024, "bfloat16"): LaunchConfig(32, 32, 8, 2),  # 157, 157 us
+    (256, 3, 8, 1024, "bfloat16"): LaunchConfig(64, 64, 8, 2),  # 89 us
+    (256, 7, 1, 1024, "bfloat16"): LaunchConfig(32, 32, 8, 2),  # 167, 167 us
+    (256, 7, 8, 1024, "bfloat16"): LaunchConfig(64, 64, 8, 2),  # 148 us
+}
 
 
 def next_power_of_2(n: int) -> int:

@@ -1,12 +1,14 @@
 """Launch-table sweep with the static H100 model (no GPU): prints LAUNCH_TABLE rows.
 
-For every launch key of the issue-9 configurations (bfloat16, batch 128; gw1 keys scored on
-the ConvNeXt LN-GELU block, gw8 keys on the ConvFirst affine-SiLU block -- the key has no
-norm/activation), every candidate (tile, hidden_chunk, num_warps, num_stages) is compiled
-for sm_90 and modelled by ``convfirst_jax.bench.static``; candidates that do not fit on an
-SM or spill registers are rejected, the lowest "overlap" time wins (ties: "serial").
+For every launch key of the issue-9 configurations (bfloat16, batch 128), every candidate
+(tile, hidden_chunk, num_warps, num_stages) is compiled for sm_90 and modelled by
+``convfirst_jax.bench.static`` on every block style that shares the key (the key has no
+norm/activation: gw1 keys serve the ConvNeXt LN-GELU and the ConvFirst affine-SiLU block,
+gw8 keys the ConvFirst affine-SiLU block). A candidate that does not fit on an SM or spills
+registers for any of them is rejected; the lowest summed "overlap" time wins (ties: "serial").
 
-    PYTHONPATH=. python scripts/sweep_launch_static.py --json docs/results/static-h100/launch_sweep.json
+    PYTHONPATH=. python scripts/sweep_launch_static.py --gw 1 --json docs/results/static-h100/launch_sweep_gw1.json
+    PYTHONPATH=. python scripts/sweep_launch_static.py --gw 8 --json docs/results/static-h100/launch_sweep_gw8.json
 
 Needs the "static" extra (triton). Static model, not measured: confirm on a GPU.
 """
@@ -44,41 +46,48 @@ def _quiet_stderr():
             os.close(fd)
 
 
-def sweep(batch: int = 128, dtype: str = "bfloat16", verbose: bool = True) -> list[dict]:
-    chosen = {}
+def sweep(batch: int = 128, dtype: str = "bfloat16", group_widths=(1, 8),
+          verbose: bool = True) -> list[dict]:
+    keyed: dict[tuple, list] = {}
     for cfg in static.brief_configs(batch, dtype):
-        if cfg.gw == 1 and cfg.norm != "layernorm":
-            continue  # gw1 keys are shared by both styles; score on the ConvNeXt block
-        key = (padded_channels(cfg.C), cfg.k, cfg.gw, cfg.E * cfg.C, cfg.dtype)
-        chosen[key] = cfg
+        if cfg.gw in group_widths:
+            key = (padded_channels(cfg.C), cfg.k, cfg.gw, cfg.E * cfg.C, cfg.dtype)
+            keyed.setdefault(key, []).append(cfg)
     hw = static.H100Model()
     workdir = tempfile.mkdtemp(prefix="convfirst-sweep-")
     results = []
-    for key, cfg in chosen.items():
+    for key, cfgs in keyed.items():
         best, tried = None, []
         for tile, hc, warps, stages in itertools.product(TILES, CHUNKS, WARPS, STAGES):
-            if hc > cfg.E * cfg.C:
+            if hc > key[3]:
                 continue
+            entry = dict(launch=(tile, hc, warps, stages), ok=True, overlap_us=0.0,
+                         serial_us=0.0, per_config={})
             tuning.LAUNCH_TABLE[key] = LaunchConfig(tile, hc, warps, stages)
             try:
-                with _quiet_stderr():
-                    row = static.analyse(cfg, hw, workdir)
+                for cfg in cfgs:
+                    with _quiet_stderr():
+                        row = static.analyse(cfg, hw, workdir)
+                    fits = row["ctas_per_sm"] > 0 and not (row["spill_st"] or row["spill_ld"])
+                    entry["ok"] &= fits
+                    entry["overlap_us"] += row["model_overlap_us"]
+                    entry["serial_us"] += row["model_serial_us"]
+                    entry["per_config"][cfg.name] = dict(
+                        regs=row["regs"], spill=row["spill_st"], ctas_per_sm=row["ctas_per_sm"],
+                        overlap_us=row["model_overlap_us"], serial_us=row["model_serial_us"])
             except Exception as e:  # noqa: BLE001 - a candidate that does not compile
-                tried.append(dict(launch=(tile, hc, warps, stages), error=str(e)[:120]))
-                continue
+                entry.update(ok=False, error=str(e)[:120])
             finally:
                 tuning.LAUNCH_TABLE.pop(key, None)
-            ok = row["ctas_per_sm"] > 0 and not (row["spill_st"] or row["spill_ld"])
-            entry = dict(launch=(tile, hc, warps, stages), ok=ok, regs=row["regs"],
-                         spill=row["spill_st"], ctas_per_sm=row["ctas_per_sm"],
-                         overlap_us=row["model_overlap_us"], serial_us=row["model_serial_us"])
             tried.append(entry)
-            if ok and (best is None or (entry["overlap_us"], entry["serial_us"]) <
-                       (best["overlap_us"], best["serial_us"])):
+            if entry["ok"] and (best is None or (entry["overlap_us"], entry["serial_us"]) <
+                                (best["overlap_us"], best["serial_us"])):
                 best = entry
-        results.append(dict(key=key, config=cfg.name, best=best, tried=tried))
+        results.append(dict(key=key, configs=[c.name for c in cfgs], best=best, tried=tried))
         if verbose:
-            print(f"{cfg.name}: best {best}", flush=True)
+            print(f"{key}: best {best and best['launch']} "
+                  f"{best and {n: round(v['overlap_us']) for n, v in best['per_config'].items()}}",
+                  flush=True)
     return results
 
 
@@ -87,19 +96,21 @@ def main(argv=None) -> int:
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--batch", type=int, default=128)
     ap.add_argument("--dtype", default="bfloat16")
+    ap.add_argument("--gw", type=int, action="append", default=None,
+                    help="group widths to sweep (default 1 and 8)")
     ap.add_argument("--json", default=None)
     args = ap.parse_args(argv)
     ok, why = static.triton_available()
     if not ok:
         raise SystemExit(why)
     os.environ.setdefault("TRITON_DEFAULT_FP_FUSION", "1")
-    results = sweep(args.batch, args.dtype)
+    results = sweep(args.batch, args.dtype, tuple(args.gw or (1, 8)))
     print("\n# LAUNCH_TABLE rows (pallas_kernels/tuning.py):")
     for r in results:
         if r["best"]:
             t, hc, w, st = r["best"]["launch"]
-            print(f"    {tuple(r['key'])!r}: LaunchConfig({t}, {hc}, {w}, {st}),"
-                  f"  # {r['config']}: {r['best']['overlap_us']:.0f} us overlap")
+            per = ", ".join(f"{v['overlap_us']:.0f}" for v in r["best"]["per_config"].values())
+            print(f"    {tuple(r['key'])!r}: LaunchConfig({t}, {hc}, {w}, {st}),  # {per} us")
     if args.json:
         with open(args.json, "w") as fh:
             json.dump(dict(environment=static.environment(), batch=args.batch,

@@ -312,14 +312,15 @@ def test_reference_accepts_what_the_kernel_rejects():
 # Launch table.
 # --------------------------------------------------------------------------------------
 def test_launch_table_overrides_default(monkeypatch):
-    key = (128, 3, 1, 512, "bfloat16")
+    key = (128, 5, 1, 512, "bfloat16")  # not in the shipped table
+    assert key not in LAUNCH_TABLE
     default = launch_config(*key)
     assert default == default_launch_config(*key)
     tuned = LaunchConfig(tile=64, hidden_chunk=32, num_warps=8, num_stages=3)
     monkeypatch.setitem(LAUNCH_TABLE, key, tuned)
     assert launch_config(*key) is tuned
-    assert launch_config(128, 3, 1, 512, "float32") == default_launch_config(
-        128, 3, 1, 512, "float32")
+    assert launch_config(128, 5, 1, 512, "float32") == default_launch_config(
+        128, 5, 1, 512, "float32")
 
 
 @pytest.mark.parametrize("cp", [16, 32, 64, 128, 256, 512, 1024, 2048])
