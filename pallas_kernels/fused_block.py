@@ -41,6 +41,8 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 from jax.experimental import pallas as pl
+from jax.extend import core as jex_core
+from jax.interpreters import batching, mlir
 from jax.experimental.pallas import triton as plgpu
 
 from pallas_kernels.activations import KERNEL_ACTIVATIONS
@@ -297,20 +299,67 @@ def fused_forward(x: jax.Array, params: Mapping[str, Any], opts: BlockOptions,
     pass a NaN-filled buffer to catch unwritten tiles.
 
     ``opts.interpret`` True / False forces the interpreter / the Triton lowering; None picks
-    per *lowering* platform (``lax.platform_dependent``): the Triton kernel for
-    :data:`TRITON_PLATFORMS`, the interpreter elsewhere. Only the branch of the platform being
-    lowered is lowered, so ``jax.export(platforms=["cuda"])`` on a CPU host embeds the Triton
-    kernel and no interpreter.
+    per *lowering* platform (a primitive with per-platform lowering rules): the Triton kernel
+    for :data:`TRITON_PLATFORMS`, the interpreter elsewhere, so ``jax.export(platforms=
+    ["cuda"])`` on a CPU host embeds the Triton kernel and no interpreter, and a multi-platform
+    export (``["cpu", "cuda"]``) gets each where it belongs.
     """
     if opts.interpret is None:
-        def branch(interpret: bool):
-            o = dataclasses.replace(opts, interpret=interpret)
-            return lambda x_, p_, b_, i_: _pallas_forward(x_, p_, o, b_, i_)
-        triton = branch(False)  # one branch object shared by the GPU platforms
-        return lax.platform_dependent(
-            x, dict(params), branch_scale, out_init, default=branch(True),
-            **{platform: triton for platform in TRITON_PLATFORMS})
+        flat, treedef = jax.tree.flatten((x, dict(params), branch_scale, out_init))
+        return _forward_p.bind(*flat, treedef=treedef, opts=opts)
     return _pallas_forward(x, params, opts, branch_scale, out_init)
+
+
+# The per-platform choice is a primitive with one lowering rule per platform: lowered for
+# TRITON_PLATFORMS it is the Triton pallas_call, for any other platform the interpreter.
+# (lax.platform_dependent would lower *both* branches for every platform of a multi-platform
+# export, and the Triton pallas_call has no CPU lowering.)
+_forward_p = jex_core.Primitive("conv_first_block_forward")
+
+
+def _flat_forward(*flat, treedef, opts: BlockOptions, interpret: bool):
+    x, params, branch_scale, out_init = jax.tree.unflatten(treedef, flat)
+    return _pallas_forward(x, params, dataclasses.replace(opts, interpret=interpret),
+                           branch_scale, out_init)
+
+
+def _forward_impl(*flat, treedef, opts):
+    # eager (un-jitted) call: runs on the default backend
+    interpret = jax.default_backend() not in ("gpu", *TRITON_PLATFORMS)
+    return jax.jit(functools.partial(_flat_forward, treedef=treedef, opts=opts,
+                                     interpret=interpret))(*flat)
+
+
+def _forward_abstract_eval(x_aval, *rest, treedef, opts):
+    del rest, treedef, opts
+    return x_aval  # the output has the shape and dtype of x
+
+
+def _forward_batching(args, dims, *, treedef, opts):
+    """vmap: a sequential ``lax.map`` over the mapped axis (correct for any mix of mapped
+    arguments; the fused kernel itself is per call)."""
+    size = next(a.shape[d] for a, d in zip(args, dims) if d is not None)
+    mapped = [jnp.moveaxis(a, d, 0) if d is not None else None
+              for a, d in zip(args, dims)]
+
+    def one(slices):
+        it = iter(slices)
+        flat = [next(it) if m is not None else a for a, m in zip(args, mapped)]
+        return _forward_p.bind(*flat, treedef=treedef, opts=opts)
+
+    out = lax.map(one, [m for m in mapped if m is not None])
+    assert out.shape[0] == size
+    return out, 0
+
+
+_forward_p.def_impl(_forward_impl)
+_forward_p.def_abstract_eval(_forward_abstract_eval)
+batching.primitive_batchers[_forward_p] = _forward_batching
+mlir.register_lowering(_forward_p, mlir.lower_fun(functools.partial(
+    _flat_forward, interpret=True), multiple_results=False))
+for _platform in TRITON_PLATFORMS:
+    mlir.register_lowering(_forward_p, mlir.lower_fun(functools.partial(
+        _flat_forward, interpret=False), multiple_results=False), platform=_platform)
 
 
 def _pallas_forward(x: jax.Array, params: Mapping[str, Any], opts: BlockOptions,
