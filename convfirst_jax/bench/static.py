@@ -547,7 +547,12 @@ def analyse(cfg: StaticConfig, hw: H100Model, workdir: str) -> dict[str, Any]:
     row["pct_floor_overlap"] = row["floor_us"] / row["model_overlap_us"]
     row["pct_floor_serial"] = row["floor_us"] / row["model_serial_us"]
     row["vs_xla_floor"] = row["model_overlap_us"] / row["xla_floor_us"]
-    exec_tc = sum(counts["mlp"]["tc_flops_" + op] for op in MMA_OPS) * warps_total
+    # MLP tensor work: the MLP loop's; when Triton unrolled that loop away (few chunks) the
+    # phases cannot be told apart, so all tensor-core work counts (the conv's included)
+    has_mlp_loop = any(lp["kind"] == "mlp" for lp in loop_info)
+    row["mlp_loop_found"] = has_mlp_loop
+    tc_phases = ("mlp",) if has_mlp_loop else tuple(counts)
+    exec_tc = sum(counts[p]["tc_flops_" + op] for p in tc_phases for op in MMA_OPS) * warps_total
     useful_tc = 2 * cfg.N * cfg.H * cfg.W * 2 * cfg.C * cfg.E * cfg.C
     row["tc_useful"] = useful_tc / exec_tc if exec_tc else 0.0
     ops = Counter()
