@@ -10,6 +10,7 @@ Launch parameters live in :mod:`pallas_kernels.tuning`.
 from pallas_kernels.fused_block import conv_first_block, fused_forward
 from pallas_kernels.options import ACTIVATIONS, NORMS, BlockOptions
 from pallas_kernels.reference import conv_first_block_reference
+from pallas_kernels.targets import cuda_export_target
 from pallas_kernels.tuning import LAUNCH_TABLE, LaunchConfig, launch_config
 
 __all__ = [
@@ -20,6 +21,7 @@ __all__ = [
     "NORMS",
     "conv_first_block",
     "conv_first_block_reference",
+    "cuda_export_target",
     "fused_forward",
     "launch_config",
 ]

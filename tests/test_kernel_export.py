@@ -18,7 +18,7 @@ import jax.numpy as jnp
 import pytest
 
 from convfirst_jax.specs import MODEL_SPECS, ConvFirstNetSpec
-from pallas_kernels import conv_first_block
+from pallas_kernels import conv_first_block, cuda_export_target
 from pallas_kernels.testing import CASES
 
 TRITON_CALL = "__gpu$xla.gpu.triton"
@@ -95,8 +95,9 @@ def _export_cuda(verifier, fn, *args) -> None:
     """Exports ``jax.jit(fn)`` for CUDA; asserts the Triton kernel is in the module."""
     before = verifier.count
     try:
-        exported = jax.export.export(jax.jit(fn), platforms=["cuda"],
-                                     disabled_checks=DISABLED)(*args)
+        with cuda_export_target():  # jax 0.11 needs the target GPU named
+            exported = jax.export.export(jax.jit(fn), platforms=["cuda"],
+                                         disabled_checks=DISABLED)(*args)
     except RuntimeError as e:
         # jaxlib > 0.10.2 compiles the Triton module at lowering time, which needs a CUDA
         # Triton compiler; the (verified) Triton module was still built.

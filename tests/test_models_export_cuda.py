@@ -17,7 +17,7 @@ from flax import nnx
 
 from convfirst_jax.models.testing import abstract_model
 from convfirst_jax.specs import MODEL_SPECS
-from pallas_kernels import conv_first_block, conv_first_block_reference
+from pallas_kernels import conv_first_block, conv_first_block_reference, cuda_export_target
 from pallas_kernels.testing import random_block_inputs
 
 TRITON_CALL = "__gpu$xla.gpu.triton"
@@ -26,8 +26,9 @@ DISABLED = [jax.export.DisabledSafetyCheck.custom_call(TRITON_CALL)]
 
 def _export_text(fn, *args, platforms=("cuda",)) -> str:
     try:
-        exported = jax.export.export(jax.jit(fn), platforms=list(platforms),
-                                     disabled_checks=DISABLED)(*args)
+        with cuda_export_target():  # jax 0.11 needs the target GPU named
+            exported = jax.export.export(jax.jit(fn), platforms=list(platforms),
+                                         disabled_checks=DISABLED)(*args)
     except RuntimeError as e:  # jaxlib that compiles Triton while lowering (no CUDA here)
         if "Triton compilation handler" in str(e):
             pytest.skip("this jaxlib compiles Triton at lowering time and has no CUDA compiler")
@@ -88,8 +89,9 @@ def test_multi_platform_export_holds_both_and_runs_on_cpu():
     del kw["interpret"]
     fn = lambda x_: conv_first_block(x_, params, **kw)  # noqa: E731
     try:
-        exported = jax.export.export(jax.jit(fn), platforms=["cpu", "cuda"],
-                                     disabled_checks=DISABLED)(x)
+        with cuda_export_target():
+            exported = jax.export.export(jax.jit(fn), platforms=["cpu", "cuda"],
+                                         disabled_checks=DISABLED)(x)
     except RuntimeError as e:
         if "Triton compilation handler" in str(e):
             pytest.skip("this jaxlib compiles Triton at lowering time and has no CUDA compiler")

@@ -410,7 +410,7 @@ def export_triton_module(cfg: StaticConfig) -> tuple[str, dict[str, Any]]:
     import jax.numpy as jnp
     from jax._src.pallas.triton import pallas_call_registration as reg
 
-    from pallas_kernels import conv_first_block
+    from pallas_kernels import conv_first_block, cuda_export_target
     from pallas_kernels.fused_block import block_launch_config
 
     captured: list[str] = []
@@ -433,9 +433,11 @@ def export_triton_module(cfg: StaticConfig) -> tuple[str, dict[str, Any]]:
 
     reg.lowering.lower_jaxpr_to_triton_module = hook
     try:
-        exported = jax.export.export(
-            jax.jit(f), platforms=["cuda"],
-            disabled_checks=[jax.export.DisabledSafetyCheck.custom_call(TRITON_CALL)])(x, params)
+        with cuda_export_target():  # jax 0.11 lowers for a named GPU
+            exported = jax.export.export(
+                jax.jit(f), platforms=["cuda"],
+                disabled_checks=[jax.export.DisabledSafetyCheck.custom_call(TRITON_CALL)])(
+                    x, params)
         text = exported.mlir_module()
         for key in ("num_warps", "num_stages", "grid_x", "grid_y", "grid_z"):
             m = re.search(rf"\b{key} = (\d+) : i32", text)
