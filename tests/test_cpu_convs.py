@@ -84,3 +84,26 @@ def test_unknown_impl_is_one_error():
     with pytest.raises(ValueError, match="valid: auto, conv, im2col"):
         with conv_impl("winograd"):
             pass
+
+
+@pytest.mark.parametrize("hw,k", [(8, 7), (4, 3), (9, 3)])  # written-out and autodiff grads
+def test_depthwise_shift_add_gradient_matches_library_conv(hw, k):
+    from convfirst_jax.models.layers import depthwise_conv_shift_add
+
+    rng = np.random.default_rng(2)
+    x = jnp.asarray(rng.standard_normal((2, hw, hw, 6)), jnp.float32)
+    w = jnp.asarray(rng.standard_normal((k, k, 1, 6)), jnp.float32)
+    b = jnp.asarray(rng.standard_normal((6,)), jnp.float32)
+
+    def lib(x, w, b):
+        y = jax.lax.conv_general_dilated(x, w, (1, 1), ((k // 2, k // 2),) * 2,
+                                         dimension_numbers=("NHWC", "HWIO", "NHWC"),
+                                         feature_group_count=6)
+        return jnp.sum(jnp.sin(y + b))
+
+    def fast(x, w, b):
+        return jnp.sum(jnp.sin(depthwise_conv_shift_add(x, w, b)))
+
+    for a, r in zip(jax.jit(jax.grad(fast, argnums=(0, 1, 2)))(x, w, b),
+                    jax.jit(jax.grad(lib, argnums=(0, 1, 2)))(x, w, b)):
+        np.testing.assert_allclose(np.asarray(a), np.asarray(r), rtol=1e-4, atol=1e-4)

@@ -249,22 +249,68 @@ def depthwise_conv_shift_add(x: Array, kernel: Array, bias: Array | None) -> Arr
     The same arithmetic as ``lax.conv_general_dilated(..., feature_group_count=C)`` with a
     (k, k, 1, C) kernel, accumulated in float32. XLA's CPU backend has no fast depthwise conv:
     its gradient is 5-14x slower than this form (measured on 2 cores for C 32-160, 3x3 and
-    7x7), so the blocks use it on the CPU; GPUs keep the library conv.
+    7x7), so the blocks use it on the CPU; GPUs keep the library conv. The gradient is written
+    out (:func:`_depthwise_bwd`) on maps of at least 64 pixels: the input gradient is the same
+    shift-add with the flipped kernel, the kernel gradient per kernel row one batched matmul
+    (autodiff's k*k separate reductions over N, H, W were 2-6x slower for ConvNeXt's 7x7 at
+    16x16 and 8x8); smaller maps keep autodiff, which was as fast or faster there.
     """
-    k = kernel.shape[0]
+    w = kernel.astype(x.dtype)
+    big = x.shape[1] * x.shape[2] >= _ROW_MATMUL_MIN_PIXELS
+    out = _depthwise(x, w) if big else _shift_add(x, w)  # float32 sums, same values
+    if bias is not None:
+        out = out + bias.astype(jnp.float32)
+    return out.astype(x.dtype)
+
+
+def _shift_add(x: Array, w: Array) -> Array:
+    """Sum of the k*k shifted slices of zero-padded ``x`` times ``w[dy, dx, 0]``, in float32."""
+    k = w.shape[0]
     p = k // 2
     height, width = x.shape[1], x.shape[2]
     xp = jnp.pad(x, ((0, 0), (p, p), (p, p), (0, 0)))
-    w = kernel.astype(x.dtype)
     out = jnp.zeros(x.shape, jnp.float32)
     for dy in range(k):
         for dx in range(k):
             tap = xp[:, dy:dy + height, dx:dx + width, :] * w[dy, dx, 0]
             out = out + tap.astype(jnp.float32)
-    if bias is not None:
-        out = out + bias.astype(jnp.float32)
-    return out.astype(x.dtype)
+    return out
 
+
+#: Feature maps with at least this many pixels get the per-row matmul kernel gradient.
+_ROW_MATMUL_MIN_PIXELS = 64
+
+
+@jax.custom_vjp
+def _depthwise(x: Array, w: Array) -> Array:
+    return _shift_add(x, w)
+
+
+def _depthwise_fwd(x: Array, w: Array):
+    return _shift_add(x, w), (x, w)
+
+
+def _depthwise_bwd(res, g: Array):
+    """dx = shift-add of g with the flipped kernel; dw[dy, dx, c] = sum over N, H, W of
+    xpad[n, h + dy, w + dx, c] * g[n, h, w, c]: per kernel row dy one matmul over the N*H rows
+    batched over channels, (C, W + 2p, W), whose k diagonals are the k taps of that row."""
+    x, w = res
+    k = w.shape[0]
+    p = k // 2
+    n, height, width, c = x.shape
+    dx = _shift_add(g.astype(x.dtype), w[::-1, ::-1]).astype(x.dtype)
+    xp = jnp.pad(x, ((0, 0), (p, p), (p, p), (0, 0)))
+    gg = g.astype(x.dtype).reshape(n * height, width, c)
+    rows = []
+    for dy in range(k):
+        a = xp[:, dy:dy + height].reshape(n * height, width + 2 * p, c)
+        b = jnp.einsum("ric,rjc->cij", a, gg, preferred_element_type=jnp.float32)
+        rows.append(jnp.stack([jnp.trace(b, offset=-j, axis1=1, axis2=2) for j in range(k)]))
+    dw = jnp.stack(rows)[:, :, None, :].astype(w.dtype)
+    return dx, dw
+
+
+_depthwise.defvjp(_depthwise_fwd, _depthwise_bwd)
 
 _CONV_IMPL: contextvars.ContextVar[str] = contextvars.ContextVar("conv_impl", default="auto")
 CONV_IMPLS = ("auto", "conv", "im2col")
