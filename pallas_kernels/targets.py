@@ -33,7 +33,9 @@ def cuda_export_target(device_kind: str = DEFAULT_DEVICE_KIND,
     if not jax.sharding.get_abstract_mesh().empty:
         yield
         return
-    mesh = AbstractMesh((1,), (_AXIS,), abstract_device=AbstractDevice(
-        device_kind=device_kind, num_cores=num_cores, platform="gpu"))
+    # Auto axis: no explicit-sharding types leak into the traced program
+    mesh = AbstractMesh((1,), (_AXIS,), axis_types=(jax.sharding.AxisType.Auto,),
+                        abstract_device=AbstractDevice(device_kind=device_kind,
+                                                       num_cores=num_cores, platform="gpu"))
     with jax.sharding.use_abstract_mesh(mesh):
         yield
