@@ -27,6 +27,7 @@ the CUDA lowering, the Pallas interpreter in a CPU lowering (slow; use xla for C
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import pathlib
 import sys
@@ -36,6 +37,8 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 from flax import nnx
+
+from pallas_kernels import cuda_export_target
 
 TRITON_CALL = "__gpu$xla.gpu.triton"
 ARTIFACT = "model.jaxexport"
@@ -139,8 +142,14 @@ def export_model(model, *, batch_size: int | None, image_size: int,
     disabled = ([jax.export.DisabledSafetyCheck.custom_call(TRITON_CALL)]
                 if block_impl == "pallas" else [])
     spec = jax.ShapeDtypeStruct((batch, image_size, image_size, 3), jnp.float32)
-    exported = jax.export.export(jax.jit(fn), platforms=tuple(platforms),
-                                 disabled_checks=disabled)(spec)
+    # jax 0.11 lowers the Triton call only for a named GPU; on a machine without one, name the
+    # GPU the launch table was tuned for (harmless with jax 0.10).
+    needs_target = ("cuda" in platforms and block_impl == "pallas"
+                    and jax.default_backend() != "gpu")
+    target = cuda_export_target() if needs_target else contextlib.nullcontext()
+    with target:
+        exported = jax.export.export(jax.jit(fn), platforms=tuple(platforms),
+                                     disabled_checks=disabled)(spec)
     return exported, how
 
 
@@ -148,7 +157,7 @@ def write_artifact(run, out: str | pathlib.Path, *, batch_size: int | None = 1,
                    platforms: Sequence[str] = ("cpu",), block_impl: str = "xla"
                    ) -> pathlib.Path:
     """Export ``run.model`` (a :class:`~convfirst_jax.weights.run.LoadedRun`) into ``out``."""
-    from train import transforms  # numpy-only constants of the eval transform
+    from convfirst_jax import transforms  # numpy + PIL: the one home of the image transforms
 
     exported, how = export_model(run.model, batch_size=batch_size, image_size=run.image_size,
                                  platforms=platforms, block_impl=block_impl)

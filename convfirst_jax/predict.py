@@ -3,7 +3,7 @@
     python -m convfirst_jax.predict IMAGE [IMAGE ...] --workdir RUN [--step latest|best|N]
     python -m convfirst_jax.predict IMAGE ... --weights FILE --model NAME [--classes FILE]
 
-Each image gets the training run's eval transform (``train.transforms.eval_image``: short side
+Each image gets the training run's eval transform (``convfirst_jax.transforms.eval_image``: short side
 to ``image_size / crop_pct``, centre crop, ImageNet mean/std) and one batched forward pass;
 class names come from the run's classes.json (``--classes`` for weights; indices otherwise).
 A missing or undecodable image is one error line and exit code 2 (missing files are caught
@@ -27,7 +27,7 @@ def preprocess(paths: Sequence[str | pathlib.Path], image_size: int,
 
     Raises ValueError naming the first file that is missing or cannot be decoded.
     """
-    from train import transforms  # numpy + PIL only: the one home of the eval transform
+    from convfirst_jax import transforms  # numpy + PIL: the one home of the image transforms
 
     crop = transforms.DEFAULT_CROP_PCT if crop_pct is None else crop_pct
     images = []

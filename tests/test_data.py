@@ -1,4 +1,4 @@
-"""Tests for train/data.py, train/transforms.py and train/synthetic.py (numpy + PIL references)."""
+"""Tests for train/data.py, convfirst_jax/transforms.py and train/synthetic.py (numpy + PIL references)."""
 
 from __future__ import annotations
 
@@ -10,9 +10,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from train import data, synthetic, transforms
+from convfirst_jax import transforms
+from train import data, synthetic
 
-# Published ImageNet channel statistics (typed in independently of train/transforms.py).
+# Published ImageNet channel statistics (typed in independently of convfirst_jax/transforms.py).
 MEAN = np.array([0.485, 0.456, 0.406])
 STD = np.array([0.229, 0.224, 0.225])
 # ../shared/data/imagenette beside the checkout (CI layout); CONVFIRST_IMAGENETTE overrides.

@@ -1,6 +1,6 @@
 """train.evaluate and convfirst_jax.predict on tiny run directories (tests/fixtures/runs.py).
 
-The reference is computed separately: each val image through ``train.transforms.eval_image``
+The reference is computed separately: each val image through ``convfirst_jax.transforms.eval_image``
 + ``normalize`` one by one, the saved model (not the restored one) applied to it, and top-k
 counted by rank (how many logits beat the label's) in plain numpy.
 """
@@ -21,7 +21,8 @@ from fixtures.runs import make_run  # noqa: E402
 from convfirst_jax import predict as predict_lib  # noqa: E402
 from convfirst_jax.weights import export_state_dict  # noqa: E402
 from convfirst_jax.weights.run import load_run  # noqa: E402
-from train import data, transforms  # noqa: E402
+from convfirst_jax import transforms  # noqa: E402
+from train import data  # noqa: E402
 from train import evaluate as evaluate_lib  # noqa: E402
 
 

@@ -15,7 +15,7 @@ Batches are dicts of numpy arrays::
 
 The training loop masks ``valid == 0`` out of the loss and metrics and counts those examples.
 Transforms (random-resized-crop + flip for train, resize + centre crop for eval) are in
-``train/transforms.py``; the embedded synthetic dataset is in ``train/synthetic.py``.
+``convfirst_jax/transforms.py``; the embedded synthetic dataset is in ``train/synthetic.py``.
 
 Benchmark the loader (prints images/s)::
 
@@ -35,7 +35,7 @@ from collections.abc import Iterator
 import grain
 import numpy as np
 
-from train import transforms
+from convfirst_jax import transforms
 from train.synthetic import ensure_synthetic_dataset
 
 __all__ = [

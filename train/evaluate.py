@@ -30,7 +30,7 @@ from flax import nnx
 
 from convfirst_jax.weights import run as run_lib
 from train import data as data_lib
-from train import transforms
+from convfirst_jax import transforms
 
 
 def forward_fn(model: nnx.Module):
