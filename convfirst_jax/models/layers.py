@@ -214,6 +214,23 @@ def check_image_input(x, *, min_resolution: int, model_name: str) -> None:
             f"by 32, so H and W must be >= {min_resolution}")
 
 
+def _scoped_choice(var: contextvars.ContextVar[str], impl: str, valid: tuple[str, ...],
+                   kind: str) -> contextlib.AbstractContextManager[None]:
+    """Set ``var`` to ``impl`` (one of ``valid``) for a ``with`` scope, restoring it after."""
+    if impl not in valid:
+        raise ValueError(f"unknown {kind} impl {impl!r}; valid: {', '.join(valid)}")
+
+    @contextlib.contextmanager
+    def scope() -> Iterator[None]:
+        token = var.set(impl)
+        try:
+            yield
+        finally:
+            var.reset(token)
+
+    return scope()
+
+
 _DEPTHWISE_IMPL: contextvars.ContextVar[str] = contextvars.ContextVar("depthwise_impl",
                                                                      default="auto")
 DEPTHWISE_IMPLS = ("auto", "conv", "shift_add")
@@ -228,13 +245,8 @@ def depthwise_impl(impl: str) -> Iterator[None]:
     Both compute the same values. XLA's cost analysis charges the shift-add form twice the
     flops per multiply-add, so the complexity cross-check traces with "conv".
     """
-    if impl not in DEPTHWISE_IMPLS:
-        raise ValueError(f"unknown depthwise impl {impl!r}; valid: {', '.join(DEPTHWISE_IMPLS)}")
-    token = _DEPTHWISE_IMPL.set(impl)
-    try:
+    with _scoped_choice(_DEPTHWISE_IMPL, impl, DEPTHWISE_IMPLS, "depthwise"):
         yield
-    finally:
-        _DEPTHWISE_IMPL.reset(token)
 
 
 def use_shift_add_depthwise() -> bool:
@@ -328,13 +340,8 @@ def conv_impl(impl: str) -> Iterator[None]:
     :func:`conv_im2col` where it applies (ungrouped, undilated, NHWC/HWIO, explicit padding).
     Both compute the same sums (float rounding aside).
     """
-    if impl not in CONV_IMPLS:
-        raise ValueError(f"unknown conv impl {impl!r}; valid: {', '.join(CONV_IMPLS)}")
-    token = _CONV_IMPL.set(impl)
-    try:
+    with _scoped_choice(_CONV_IMPL, impl, CONV_IMPLS, "conv"):
         yield
-    finally:
-        _CONV_IMPL.reset(token)
 
 
 def conv_im2col(x: Array, kernel: Array, strides: tuple[int, int],
