@@ -96,15 +96,20 @@ def test_resnet_batchnorm_folding_equals_eval_mode():
     assert _rel_err(got, want) < RTOL
 
 
-def test_cuda_pallas_export_contains_the_triton_kernel(run):
-    model = load_run(run, block_impl="pallas").model
+def _export_cuda_pallas(model, batch_size: int):
+    """``export_model`` for cuda with the fused kernel, at 32 px; skips where Triton cannot lower."""
     try:
-        exported, _ = export_lib.export_model(model, batch_size=2, image_size=32,
-                                              platforms=("cuda",), block_impl="pallas")
+        return export_lib.export_model(model, batch_size=batch_size, image_size=32,
+                                       platforms=("cuda",), block_impl="pallas")
     except RuntimeError as e:
         if "Triton compilation handler" in str(e):
             pytest.skip("this jaxlib compiles Triton at lowering time and has no CUDA compiler")
         raise
+
+
+def test_cuda_pallas_export_contains_the_triton_kernel(run):
+    model = load_run(run, block_impl="pallas").model
+    exported, _ = _export_cuda_pallas(model, batch_size=2)
     text = exported.mlir_module()
     assert exported.platforms == ("cuda",)
     blocks = sum(model.spec.depths)
@@ -130,13 +135,7 @@ def test_convnext_cuda_pallas_export_fuses_every_block():
                                depths=(1, 1, 1, 1), dims=(16, 32, 64, 128))
     model = random_model(spec, num_classes=10, block_impl="pallas")
     model.eval()
-    try:
-        exported, how = export_lib.export_model(model, batch_size=1, image_size=32,
-                                                platforms=("cuda",), block_impl="pallas")
-    except RuntimeError as e:
-        if "Triton compilation handler" in str(e):
-            pytest.skip("this jaxlib compiles Triton at lowering time and has no CUDA compiler")
-        raise
+    exported, how = _export_cuda_pallas(model, batch_size=1)
     assert how.startswith("none") and exported.out_avals[0].shape == (1, 10)
     assert exported.mlir_module().count(export_lib.TRITON_CALL) == sum(model.spec.depths)
     with pytest.raises(ValueError, match="built with block_impl='pallas'"):
