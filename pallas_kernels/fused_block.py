@@ -323,11 +323,17 @@ def _flat_forward(*flat, treedef, opts: BlockOptions, interpret: bool):
                            branch_scale, out_init)
 
 
+@functools.lru_cache(maxsize=None)
+def _jitted_flat_forward(treedef, opts: BlockOptions, interpret: bool):
+    """One jitted function per (treedef, options, interpreter?), so eager calls hit jit's cache."""
+    return jax.jit(functools.partial(_flat_forward, treedef=treedef, opts=opts,
+                                     interpret=interpret))
+
+
 def _forward_impl(*flat, treedef, opts):
     # eager (un-jitted) call: runs on the default backend
     interpret = jax.default_backend() not in ("gpu", *TRITON_PLATFORMS)
-    return jax.jit(functools.partial(_flat_forward, treedef=treedef, opts=opts,
-                                     interpret=interpret))(*flat)
+    return _jitted_flat_forward(treedef, opts, interpret)(*flat)
 
 
 def _forward_abstract_eval(x_aval, *rest, treedef, opts):

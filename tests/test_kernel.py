@@ -444,3 +444,27 @@ def test_forward_16bit_conv_paths(mode, case):
     _check_forward(case, seed=77)
 
 
+
+
+
+def test_eager_calls_trace_the_kernel_once(monkeypatch):
+    """Un-jitted calls with the same shapes and options trace (and compile) the kernel once."""
+    from pallas_kernels import fused_block
+
+    traces = []
+    real = fused_block._flat_forward
+
+    def counting(*flat, **kw):
+        traces.append(kw["opts"])
+        return real(*flat, **kw)
+
+    monkeypatch.setattr(fused_block, "_flat_forward", counting)
+    fused_block._jitted_flat_forward.cache_clear()
+    x, params, _ = random_block_inputs(3, batch=1, height=4, width=4, channels=8, hidden=32,
+                                       kernel_size=3)
+    call = functools.partial(conv_first_block, kernel_size=3, norm="layernorm",
+                             activation="gelu")
+    first, second = call(x, params), call(x, params)
+    fused_block._jitted_flat_forward.cache_clear()  # drop the entries holding the wrapper
+    assert len(traces) == 1
+    np.testing.assert_array_equal(np.asarray(first), np.asarray(second))
