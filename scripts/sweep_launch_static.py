@@ -63,6 +63,7 @@ def sweep(batch: int = 128, dtype: str = "bfloat16", group_widths=(1, 8),
                 continue
             entry = dict(launch=(tile, hc, warps, stages), ok=True, overlap_us=0.0,
                          serial_us=0.0, per_config={})
+            shipped = tuning.LAUNCH_TABLE.get(key)
             tuning.LAUNCH_TABLE[key] = LaunchConfig(tile, hc, warps, stages)
             try:
                 for cfg in cfgs:
@@ -77,8 +78,11 @@ def sweep(batch: int = 128, dtype: str = "bfloat16", group_widths=(1, 8),
                         overlap_us=row["model_overlap_us"], serial_us=row["model_serial_us"])
             except Exception as e:  # noqa: BLE001 - a candidate that does not compile
                 entry.update(ok=False, error=str(e)[:120])
-            finally:
-                tuning.LAUNCH_TABLE.pop(key, None)
+            finally:  # put back the committed row (or none) for this key
+                if shipped is None:
+                    tuning.LAUNCH_TABLE.pop(key, None)
+                else:
+                    tuning.LAUNCH_TABLE[key] = shipped
             tried.append(entry)
             if entry["ok"] and (best is None or (entry["overlap_us"], entry["serial_us"]) <
                                 (best["overlap_us"], best["serial_us"])):

@@ -29,11 +29,11 @@ from collections.abc import Sequence
 from typing import Any
 
 from configs import study_cpu_imagenette as study_cfg
+from train.report import LATENCY_FILE
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 CONFIG_FILE = REPO / "configs" / "study_cpu_imagenette.py"
 LATENCY_BATCHES = (1, 64)
-LATENCY_FILE = "latency.json"
 
 
 def _say(msg: str) -> None:

@@ -18,15 +18,15 @@ def timm_name(model: str) -> str:
     return model
 
 
-def torch_available() -> tuple[bool, str]:
-    """(usable, reason): torch + timm import and a CUDA device is visible."""
+def torch_available(require_cuda: bool = True) -> tuple[bool, str]:
+    """(usable, reason): torch + timm import (and, with ``require_cuda``, a CUDA device is visible)."""
     try:
         import timm  # noqa: F401
         import torch
-    except Exception as e:  # ImportError, or a broken install
-        return False, f"--compare-torch: torch/timm not importable ({type(e).__name__}: {e}); " \
-                      "install torch and timm to compare with timm + torch.compile"
-    if not torch.cuda.is_available():
+    except Exception as e:  # ImportError, or a broken install (e.g. a CUDA-only torchvision)
+        return False, (f"--compare-torch: torch/timm not importable ({type(e).__name__}: "
+                       f"{str(e)[:200]}); install matching torch, torchvision and timm")
+    if require_cuda and not torch.cuda.is_available():
         return False, "--compare-torch: torch imports but sees no CUDA device; skipped"
     return True, ""
 
@@ -57,17 +57,6 @@ def time_timm(model: str, *, batch_size: int, resolution: int, num_classes: int,
             "timm_version": timm.__version__,
             "note": "torch.compile, channels_last, bf16 autocast; compile time is in first_call_s"}
     return timing, info
-
-
-def torch_train_available() -> tuple[bool, str]:
-    """(usable, reason) for the CPU train-step comparison: torch and timm import."""
-    try:
-        import timm  # noqa: F401
-        import torch  # noqa: F401
-    except Exception as e:  # ImportError, or a broken install (e.g. a CUDA-only torchvision)
-        return False, (f"--compare-torch: torch/timm not importable ({type(e).__name__}: "
-                       f"{str(e)[:200]}); install matching torch, torchvision and timm")
-    return True, ""
 
 
 def timm_train_name(model: str) -> str:

@@ -104,7 +104,7 @@ def compare(models: Sequence[str], *, batch_size: int = 64, resolution: int = 64
     """
     from convfirst_jax.bench import torch_compare
 
-    use_torch, why = torch_compare.torch_train_available() if torch else (False, "off")
+    use_torch, why = torch_compare.torch_available(require_cuda=False) if torch else (False, "off")
     if torch and not use_torch:
         log(why)
     records = []

@@ -236,8 +236,7 @@ _DEPTHWISE_IMPL: contextvars.ContextVar[str] = contextvars.ContextVar("depthwise
 DEPTHWISE_IMPLS = ("auto", "conv", "shift_add")
 
 
-@contextlib.contextmanager
-def depthwise_impl(impl: str) -> Iterator[None]:
+def depthwise_impl(impl: str) -> contextlib.AbstractContextManager[None]:
     """Choose how depthwise (group width 1) convs of the XLA blocks are traced, in a scope.
 
     "auto" (default): shifted slices on the CPU, the library conv (cuDNN) elsewhere; "conv":
@@ -245,8 +244,7 @@ def depthwise_impl(impl: str) -> Iterator[None]:
     Both compute the same values. XLA's cost analysis charges the shift-add form twice the
     flops per multiply-add, so the complexity cross-check traces with "conv".
     """
-    with _scoped_choice(_DEPTHWISE_IMPL, impl, DEPTHWISE_IMPLS, "depthwise"):
-        yield
+    return _scoped_choice(_DEPTHWISE_IMPL, impl, DEPTHWISE_IMPLS, "depthwise")
 
 
 def use_shift_add_depthwise() -> bool:
@@ -330,8 +328,7 @@ CONV_IMPLS = ("auto", "conv", "im2col")
 IM2COL_MAX_OUTPUT_PIXELS = 16
 
 
-@contextlib.contextmanager
-def conv_impl(impl: str) -> Iterator[None]:
+def conv_impl(impl: str) -> contextlib.AbstractContextManager[None]:
     """Choose how dense (ungrouped) convs of every model are traced, in a scope.
 
     "auto" (default): on the CPU, :func:`conv_im2col` for strided convs and for convs whose
@@ -340,8 +337,7 @@ def conv_impl(impl: str) -> Iterator[None]:
     :func:`conv_im2col` where it applies (ungrouped, undilated, NHWC/HWIO, explicit padding).
     Both compute the same sums (float rounding aside).
     """
-    with _scoped_choice(_CONV_IMPL, impl, CONV_IMPLS, "conv"):
-        yield
+    return _scoped_choice(_CONV_IMPL, impl, CONV_IMPLS, "conv")
 
 
 def conv_im2col(x: Array, kernel: Array, strides: tuple[int, int],

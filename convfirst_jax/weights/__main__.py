@@ -24,7 +24,7 @@ from flax import nnx
 def _main(argv: Sequence[str] | None) -> int:
     from convfirst_jax.weights import names as names_lib
     from convfirst_jax.weights.pretrained import (export_state_dict, load_pretrained,
-                                                  read_state_dict)
+                                                  read_state_dict, resolve_naming)
 
     parser = argparse.ArgumentParser(prog="python -m convfirst_jax.weights",
                                      description=__doc__.splitlines()[0])
@@ -36,9 +36,9 @@ def _main(argv: Sequence[str] | None) -> int:
     parser.add_argument("--naming", default="auto", choices=("auto",) + names_lib.NAMINGS)
     parser.add_argument("--out", help="write the loaded weights here in timm naming")
     args = parser.parse_args(argv)
-    naming = (names_lib.detect_naming(read_state_dict(args.file)) if args.naming == "auto"
-              else args.naming)
-    model = load_pretrained(args.model, args.file, num_classes=args.num_classes,
+    state_dict = read_state_dict(args.file)  # read once: for the naming and the weights
+    naming = resolve_naming(state_dict, args.naming)
+    model = load_pretrained(args.model, state_dict, num_classes=args.num_classes,
                             reset_head=args.reset_head, naming=naming)
     tensors = len(names_lib.tensor_map(model, naming))
     params = sum(int(np.prod(v.shape)) for v in jax.tree.leaves(nnx.state(model, nnx.Param)))

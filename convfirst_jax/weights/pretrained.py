@@ -263,6 +263,15 @@ def check_state_dict(model, shapes: Mapping[str, tuple[int, ...]], *, naming: st
     return entries
 
 
+def resolve_naming(state_dict: Mapping[str, np.ndarray], naming: str = "auto") -> str:
+    """``naming`` checked, or with "auto" the naming detected from the state dict's keys."""
+    if naming == "auto":
+        return names_lib.detect_naming(state_dict)
+    if naming not in names_lib.NAMINGS:
+        raise ValueError(f"unknown naming {naming!r}; valid: auto, {', '.join(names_lib.NAMINGS)}")
+    return naming
+
+
 def load_state_dict(model, state_dict: Mapping[str, np.ndarray], *, naming: str = "auto",
                     reset_head: bool = False) -> nnx.Module:
     """Copy a PyTorch state dict into ``model`` in place (see :func:`check_state_dict`).
@@ -271,10 +280,7 @@ def load_state_dict(model, state_dict: Mapping[str, np.ndarray], *, naming: str 
     its current (freshly initialised) values. Returns ``model``.
     """
     names_lib.check_family(model, state_dict)
-    if naming == "auto":
-        naming = names_lib.detect_naming(state_dict)
-    elif naming not in names_lib.NAMINGS:
-        raise ValueError(f"unknown naming {naming!r}; valid: auto, {', '.join(names_lib.NAMINGS)}")
+    naming = resolve_naming(state_dict, naming)
     entries = check_state_dict(model, {k: np.shape(v) for k, v in state_dict.items()},
                                naming=naming, reset_head=reset_head)
     for e in entries:
@@ -287,7 +293,7 @@ def load_state_dict(model, state_dict: Mapping[str, np.ndarray], *, naming: str 
     return model
 
 
-def load_pretrained(name, path: PathLike, *, num_classes: int | None = None,
+def load_pretrained(name, path: PathLike | Mapping[str, np.ndarray], *, num_classes: int | None = None,
                     reset_head: bool = False, naming: str = "auto", block_impl: str = "xla",
                     dtype=jnp.float32, seed: int = 0) -> nnx.Module:
     """A model of architecture ``name`` with the PyTorch weights in ``path``, in eval mode.
@@ -295,7 +301,8 @@ def load_pretrained(name, path: PathLike, *, num_classes: int | None = None,
     Args:
       name: a registered model name ("convnext_tiny", "resnet50", ...; see
         ``convfirst_jax.list_models()``) or a spec object for a custom architecture.
-      path: ``.safetensors`` (read with numpy) or ``.pth`` / ``.pt`` (needs torch).
+      path: ``.safetensors`` (read with numpy) or ``.pth`` / ``.pt`` (needs torch), or a
+        state dict already read with :func:`read_state_dict`.
       num_classes: classifier width; None = as many classes as the file's head.
       reset_head: allow ``num_classes`` to differ from the file: the head is then freshly
         initialised (timm init, from ``seed``) instead of loaded. Said once in the log.
@@ -306,19 +313,19 @@ def load_pretrained(name, path: PathLike, *, num_classes: int | None = None,
     """
     from convfirst_jax.models.registry import create_model
 
-    state_dict = read_state_dict(path)
-    if naming == "auto":
-        naming = names_lib.detect_naming(state_dict)
-    elif naming not in names_lib.NAMINGS:
-        raise ValueError(f"unknown naming {naming!r}; valid: auto, {', '.join(names_lib.NAMINGS)}")
+    if isinstance(path, Mapping):
+        state_dict, where = path, "the state dict"
+    else:
+        state_dict, where = read_state_dict(path), str(path)
+    naming = resolve_naming(state_dict, naming)
     file_classes = head_classes(state_dict)
     if num_classes is None:
         if file_classes is None:
-            raise ValueError(f"{path}: no classifier found; pass num_classes")
+            raise ValueError(f"{where}: no classifier found; pass num_classes")
         num_classes = file_classes
     elif file_classes is not None and num_classes != file_classes and not reset_head:
         raise ValueError(
-            f"{path} has a {file_classes}-class head but num_classes={num_classes}; pass "
+            f"{where} has a {file_classes}-class head but num_classes={num_classes}; pass "
             f"reset_head=True to load everything else and re-initialise the head, or "
             f"num_classes={file_classes}")
     model = create_model(name, num_classes=num_classes, block_impl=block_impl, dtype=dtype,
