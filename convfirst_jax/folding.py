@@ -25,6 +25,7 @@ import jax
 import jax.numpy as jnp
 
 from convfirst_jax.specs import ConvFirstBlockConfig, ConvFirstNetSpec
+from pallas_kernels import conv_first_block, conv_first_block_reference
 
 Array = jax.Array
 _HI = jax.lax.Precision.HIGHEST
@@ -87,42 +88,6 @@ def fold_block_params(block) -> dict[str, Array | None]:
                 layer_scale=layer_scale)
 
 
-def apply_block(x: Array, params: dict[str, Array | None], *, kernel_size: int, norm: str,
-                activation: str, group_width: int = 1, eps: float = 1e-6,
-                branch_scale: Array | None = None) -> Array:
-    """Plain-jnp conv-first block on kernel-format params (the XLA twin of the fused kernel).
-
-    ``out = x + branch_scale * layer_scale * (act(norm(dwconv(x) + conv_b) @ w1 + b1) @ w2 + b2)``
-    """
-    from convfirst_jax.models.layers import activation_fn
-
-    dt = x.dtype
-    c = x.shape[-1]
-    p = kernel_size // 2
-    y = jax.lax.conv_general_dilated(
-        x, params["conv_w"].astype(dt), (1, 1), ((p, p), (p, p)),
-        dimension_numbers=("NHWC", "HWIO", "NHWC"), feature_group_count=c // group_width,
-        precision=_HI) + params["conv_b"].astype(dt)
-    if norm == "layernorm":
-        yf = y.astype(jnp.float32)
-        mu = yf.mean(-1, keepdims=True)
-        var = jnp.square(yf - mu).mean(-1, keepdims=True)
-        y = ((yf - mu) * jax.lax.rsqrt(var + eps)).astype(dt)
-    elif norm != "affine":
-        raise ValueError(f"unknown norm {norm!r}; valid: affine, layernorm")
-    y = y * params["norm_scale"].astype(dt) + params["norm_shift"].astype(dt)
-    h = activation_fn(activation)(
-        jnp.einsum("nhwc,cd->nhwd", y, params["w1"].astype(dt), precision=_HI)
-        + params["b1"].astype(dt))
-    z = (jnp.einsum("nhwd,dc->nhwc", h, params["w2"].astype(dt), precision=_HI)
-         + params["b2"].astype(dt))
-    if params.get("layer_scale") is not None:
-        z = z * params["layer_scale"].astype(dt)
-    if branch_scale is not None:
-        z = z * branch_scale.astype(dt)[:, None, None, None]
-    return x + z
-
-
 @jax.tree_util.register_dataclass
 @dataclasses.dataclass(frozen=True)
 class FoldedConvFirstNet:
@@ -183,8 +148,8 @@ def _patchify(x: Array, p: dict[str, Array], stride: int) -> Array:
 def apply_folded(folded: FoldedConvFirstNet, x: Array, *, block_impl: str = "xla") -> Array:
     """Run a folded ConvFirstNet on NHWC ``x``; returns float32 logits.
 
-    ``block_impl="pallas"`` runs each block with the fused kernel, "xla" with
-    :func:`apply_block`. Computes in ``x.dtype`` (cast the input for bf16 inference).
+    ``block_impl="pallas"`` runs each block with the fused kernel, "xla" with the kernel's
+    plain-jnp reference (rounding every layer to ``x.dtype``, as the Flax layers do). Computes in ``x.dtype`` (cast the input for bf16 inference).
     """
     from convfirst_jax.models.blocks import check_block_impl
     from convfirst_jax.models.layers import check_image_input
@@ -200,9 +165,8 @@ def apply_folded(folded: FoldedConvFirstNet, x: Array, *, block_impl: str = "xla
         kw = block_kernel_kwargs(spec.block_config(i))
         for bp in stage["blocks"]:
             if block_impl == "pallas":
-                from pallas_kernels import conv_first_block
                 x = conv_first_block(x, bp, **kw)
             else:
-                x = apply_block(x, bp, **kw)
+                x = conv_first_block_reference(x, bp, intermediate_dtype=x.dtype, **kw)
     feats = x.astype(jnp.float32).mean(axis=(1, 2))
     return jnp.dot(feats, p["head"]["w"].astype(jnp.float32), precision=_HI) + p["head"]["b"]

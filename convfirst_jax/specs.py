@@ -23,8 +23,9 @@ from __future__ import annotations
 import dataclasses
 from typing import Literal
 
+from pallas_kernels.options import ACTIVATIONS
+
 NormKind = Literal["batchnorm", "layernorm"]
-ACTIVATIONS = ("relu", "silu", "gelu", "gelu_tanh")
 
 
 @dataclasses.dataclass(frozen=True)

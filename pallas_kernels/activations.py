@@ -92,9 +92,31 @@ KERNEL_ACTIVATIONS: dict[str, Callable[[jax.Array], jax.Array]] = {
     "gelu_tanh": gelu_tanh,
 }
 
+def gelu_exact(x: jax.Array) -> jax.Array:
+    """GELU with the exact erf (PyTorch ``nn.GELU()``, the ConvNeXt default)."""
+    return jax.nn.gelu(x, approximate=False)
+
+
+def gelu_tanh_reference(x: jax.Array) -> jax.Array:
+    """GELU, tanh approximation (PyTorch ``nn.GELU(approximate="tanh")``)."""
+    return jax.nn.gelu(x, approximate=True)
+
+
+#: The block's activations as jax.nn computes them: the Flax layers, the XLA lab paths and
+#: the kernel's reference all use this one table.
 REFERENCE_ACTIVATIONS: dict[str, Callable[[jax.Array], jax.Array]] = {
     "relu": jax.nn.relu,
     "silu": jax.nn.silu,
-    "gelu": lambda x: jax.nn.gelu(x, approximate=False),
-    "gelu_tanh": lambda x: jax.nn.gelu(x, approximate=True),
+    "gelu": gelu_exact,
+    "gelu_tanh": gelu_tanh_reference,
 }
+
+
+def activation_fn(name: str) -> Callable[[jax.Array], jax.Array]:
+    """The reference activation named in a block config: relu, silu, gelu (exact erf),
+    gelu_tanh; an unknown name raises one ValueError listing the valid ones."""
+    try:
+        return REFERENCE_ACTIVATIONS[name]
+    except KeyError:
+        raise ValueError(f"unknown activation {name!r}; valid: "
+                         f"{', '.join(REFERENCE_ACTIVATIONS)}") from None

@@ -14,8 +14,11 @@ from typing import Any
 import jax.numpy as jnp
 import numpy as np
 
+from pallas_kernels.activations import REFERENCE_ACTIVATIONS
+
+#: The block's vocabulary, imported by the models, the lab and the training configs.
 NORMS = ("affine", "layernorm")
-ACTIVATIONS = ("relu", "silu", "gelu", "gelu_tanh")
+ACTIVATIONS = tuple(REFERENCE_ACTIVATIONS)
 KERNEL_SIZES = (3, 5, 7)
 GROUP_WIDTHS = (1, 8)
 KERNEL_DTYPES = (jnp.dtype(jnp.float32), jnp.dtype(jnp.bfloat16), jnp.dtype(jnp.float16))

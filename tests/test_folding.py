@@ -11,7 +11,8 @@ import pytest
 from flax import nnx
 
 from convfirst_jax import apply_folded, fold_batchnorm
-from convfirst_jax.folding import apply_block, block_kernel_kwargs, fold_block_params, fold_bn
+from convfirst_jax.folding import block_kernel_kwargs, fold_block_params, fold_bn
+from pallas_kernels import conv_first_block_reference
 from convfirst_jax.models import ConvFirstBlock
 from convfirst_jax.models.testing import abstract_model, random_fill, random_model
 from convfirst_jax.specs import ConvFirstBlockConfig, ConvFirstNetSpec
@@ -74,7 +75,7 @@ def test_block_kernel_params_equal_block(cfg):
     assert params["conv_w"].shape == (cfg.kernel_size, cfg.kernel_size, cfg.group_width, 16)
     assert params["w1"].shape == (16, 64) and params["w2"].shape == (64, 16)
     assert (params["layer_scale"] is None) == (cfg.layer_scale_init is None)
-    got = apply_block(x, params, **block_kernel_kwargs(cfg))
+    got = conv_first_block_reference(x, params, **block_kernel_kwargs(cfg))
     assert _rel_err(got, want) < RTOL
 
 

@@ -25,10 +25,11 @@ import jax.numpy as jnp
 from flax import nnx
 
 from convfirst_jax import folding
-from convfirst_jax.models.layers import (TRUNC_NORMAL_02, DropPath, activation_fn,
-                                         conv_general_dilated, depthwise_conv_shift_add,
-                                         make_norm, scale_branch, use_shift_add_depthwise)
+from convfirst_jax.models.layers import (TRUNC_NORMAL_02, DropPath, conv_general_dilated,
+                                         depthwise_conv_shift_add, make_norm, scale_branch,
+                                         use_shift_add_depthwise)
 from convfirst_jax.specs import ConvFirstBlockConfig
+from pallas_kernels.activations import activation_fn
 
 logger = logging.getLogger("convfirst_jax")
 

@@ -63,29 +63,6 @@ KAIMING_FAN_OUT = _host_drawn(nnx.initializers.variance_scaling(2.0, "fan_out", 
 BN_MOMENTUM = 0.9
 
 
-def gelu_exact(x: Array) -> Array:
-    """GELU with the exact erf (PyTorch ``nn.GELU()``, the ConvNeXt default)."""
-    return jax.nn.gelu(x, approximate=False)
-
-
-def gelu_tanh(x: Array) -> Array:
-    """GELU, tanh approximation (PyTorch ``nn.GELU(approximate="tanh")``)."""
-    return jax.nn.gelu(x, approximate=True)
-
-
-_ACTIVATIONS: dict[str, Callable[[Array], Array]] = {
-    "relu": jax.nn.relu, "silu": jax.nn.silu, "gelu": gelu_exact, "gelu_tanh": gelu_tanh}
-
-
-def activation_fn(name: str) -> Callable[[Array], Array]:
-    """The activation named in a block config: relu, silu, gelu (exact erf), gelu_tanh."""
-    try:
-        return _ACTIVATIONS[name]
-    except KeyError:
-        raise ValueError(
-            f"unknown activation {name!r}; valid: {', '.join(_ACTIVATIONS)}") from None
-
-
 class BatchNorm(nnx.BatchNorm):
     """Channel-last BatchNorm (Ioffe & Szegedy 2015) with PyTorch semantics.
 

@@ -10,35 +10,10 @@ from convfirst_jax.models.blocks import check_block_impl
 from convfirst_jax.models.convfirst import ConvFirstNet
 from convfirst_jax.models.convnext import ConvNeXt
 from convfirst_jax.models.resnet import ResNet
+from convfirst_jax.dtypes import resolve_dtype
 from convfirst_jax.specs import ConvFirstNetSpec, ModelSpec, ResNetSpec, get_spec
 
 _FAMILIES = {"convnext": ConvNeXt, "convfirst": ConvFirstNet}
-
-# Spellings of the floating dtypes that create_model accepts as strings (case-insensitive),
-# beside numpy names ("float32") and dtype objects.
-DTYPE_ALIASES = {
-    "f32": "float32", "fp32": "float32", "float": "float32", "single": "float32",
-    "bf16": "bfloat16",
-    "f16": "float16", "fp16": "float16", "half": "float16",
-    "f64": "float64", "fp64": "float64", "double": "float64",
-}
-
-
-def resolve_dtype(dtype, label: str = "dtype") -> jnp.dtype:
-    """A floating dtype from a dtype object or a name ("float32", "bfloat16", "bf16", "fp16",
-    ... see :data:`DTYPE_ALIASES`); anything else raises one ValueError naming the choices."""
-    if isinstance(dtype, str):
-        dtype = DTYPE_ALIASES.get(dtype.strip().lower(), dtype.strip().lower())
-    try:
-        resolved = jnp.dtype(dtype)
-    except TypeError:
-        resolved = None
-    if resolved is None or not jnp.issubdtype(resolved, jnp.floating):
-        names = sorted({"float32", "bfloat16", "float16", "float64", *DTYPE_ALIASES})
-        raise ValueError(f"{label} must be a floating dtype, got {dtype!r}; use a jnp dtype "
-                         f"or one of {', '.join(names)}")
-    return resolved
-
 
 def create_model(name: str | ModelSpec, *, num_classes: int = 1000, block_impl: str = "xla",
                  dtype=jnp.float32, param_dtype=jnp.float32, drop_path: float = 0.0,
@@ -53,7 +28,7 @@ def create_model(name: str | ModelSpec, *, num_classes: int = 1000, block_impl: 
         ``pallas_kernels.conv_first_block``; ConvFirst BN blocks use it in eval mode only).
         ResNets have no conv-first blocks: accepted, no effect.
       dtype: compute dtype (e.g. ``jnp.bfloat16``, or a name: "bfloat16", "bf16", "fp16", ...
-        see :data:`DTYPE_ALIASES`); logits are always float32.
+        see :data:`convfirst_jax.dtypes.DTYPE_ALIASES`); logits are always float32.
       param_dtype: parameter dtype, same spellings (keep float32 for mixed precision).
       drop_path: maximum stochastic depth rate, linearly increasing over blocks (timm).
       seed: initialisation seed (params and drop path draws), ignored when ``rngs`` is given.
