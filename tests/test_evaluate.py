@@ -101,7 +101,7 @@ def test_cli_best_step_raw_weights_and_json(run, tiny_data, tmp_path, capsys):
 
 def test_weights_path_end_to_end(tiny_data, tmp_path, capsys):
     """--weights FILE --model NAME: timm-named file of a 4-class resnet18, 32 px."""
-    from convfirst_jax.models.testing import random_model
+    from model_fill import random_model
 
     model = random_model("resnet18", num_classes=4, seed=5)
     path = export_state_dict(model, tmp_path / "r18.safetensors")

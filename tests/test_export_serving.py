@@ -24,7 +24,7 @@ from fixtures.runs import make_run  # noqa: E402
 
 from convfirst_jax import export as export_lib  # noqa: E402
 from convfirst_jax.models.layers import BatchNorm  # noqa: E402
-from convfirst_jax.models.testing import random_model  # noqa: E402
+from model_fill import random_model  # noqa: E402
 from convfirst_jax.specs import ResNetSpec, get_spec  # noqa: E402
 from convfirst_jax.weights.run import load_run  # noqa: E402
 from train import data  # noqa: E402

@@ -1,7 +1,7 @@
 """BatchNorm folding (convfirst_jax.folding) equals eval mode; per-block kernel params.
 
 Models carry random-but-nontrivial BN running statistics and affine parameters
-(convfirst_jax.models.testing.random_model), so every folded term matters.
+(tests/model_fill.py random_model), so every folded term matters.
 """
 
 import jax
@@ -14,7 +14,7 @@ from convfirst_jax import apply_folded, fold_batchnorm
 from convfirst_jax.folding import block_kernel_kwargs, fold_block_params, fold_bn
 from pallas_kernels import conv_first_block_reference
 from convfirst_jax.models import ConvFirstBlock
-from convfirst_jax.models.testing import abstract_model, random_fill, random_model
+from model_fill import abstract_model, random_fill, random_model
 from convfirst_jax.specs import ConvFirstBlockConfig, ConvFirstNetSpec
 
 RTOL = 1e-5

@@ -17,7 +17,7 @@ from jax import lax
 
 from pallas_kernels import (LAUNCH_TABLE, BlockOptions, LaunchConfig, conv_first_block,
                             conv_first_block_reference, fused_forward, launch_config)
-from pallas_kernels.testing import AXES, CASES, Case, random_block_inputs
+from kernel_cases import AXES, CASES, Case, random_block_inputs
 from pallas_kernels.tuning import default_launch_config
 
 A, L = "affine", "layernorm"

@@ -8,7 +8,7 @@ run through the MLIR verifier. Export only lowers, so this is cheap.
 Covered: every distinct block configuration of the registered models
 (convfirst_jax.specs.MODEL_SPECS, at the feature-map size a 224 px input gives that stage)
 -- forward + gradient in float32 and forward in bfloat16 -- and every configuration of the
-forward-test covering design (pallas_kernels.testing.CASES), forward + gradient.
+forward-test covering design (tests/kernel_cases.py CASES), forward + gradient.
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ import pytest
 
 from convfirst_jax.specs import MODEL_SPECS, ConvFirstNetSpec
 from pallas_kernels import conv_first_block, cuda_export_target
-from pallas_kernels.testing import CASES
+from kernel_cases import CASES
 
 TRITON_CALL = "__gpu$xla.gpu.triton"
 DISABLED = [jax.export.DisabledSafetyCheck.custom_call(TRITON_CALL)]

@@ -13,7 +13,7 @@ from jax.sharding import AxisType, NamedSharding
 from jax.sharding import PartitionSpec as P
 
 from pallas_kernels import conv_first_block, conv_first_block_reference
-from pallas_kernels.testing import random_block_inputs
+from kernel_cases import random_block_inputs
 
 KW = dict(kernel_size=3, norm="layernorm", activation="gelu")
 

@@ -20,7 +20,7 @@ from jax.scipy.special import erf
 from convfirst_jax import create_model, get_spec, list_models
 from convfirst_jax.models import ConvFirstBlock
 from convfirst_jax.models.layers import drop_path_rates
-from convfirst_jax.models.testing import abstract_model, random_fill, random_model
+from model_fill import abstract_model, random_fill, random_model
 from convfirst_jax.specs import ConvFirstBlockConfig, ConvFirstNetSpec
 
 HI = lax.Precision.HIGHEST

@@ -15,10 +15,10 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from convfirst_jax.models.testing import abstract_model
+from model_fill import abstract_model
 from convfirst_jax.specs import MODEL_SPECS
 from pallas_kernels import conv_first_block, conv_first_block_reference, cuda_export_target
-from pallas_kernels.testing import random_block_inputs
+from kernel_cases import random_block_inputs
 
 TRITON_CALL = "__gpu$xla.gpu.triton"
 DISABLED = [jax.export.DisabledSafetyCheck.custom_call(TRITON_CALL)]

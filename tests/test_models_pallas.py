@@ -14,7 +14,7 @@ from flax import nnx
 
 from convfirst_jax.models import blocks as blocks_module
 from convfirst_jax.models import ConvFirstBlock
-from convfirst_jax.models.testing import abstract_model, random_fill, random_model
+from model_fill import abstract_model, random_fill, random_model
 from convfirst_jax.specs import ConvFirstBlockConfig
 from pallas_kernels import conv_first_block  # noqa: F401  (must exist: fail, not skip)
 

@@ -23,7 +23,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from convfirst_jax.models.testing import abstract_model, random_model
+from model_fill import abstract_model, random_model
 from convfirst_jax.specs import ResNetSpec, get_spec
 from convfirst_jax.weights import (check_state_dict, export_state_dict, load_pretrained,
                                    load_state_dict, model_state_dict, read_state_dict)

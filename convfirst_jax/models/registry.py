@@ -1,4 +1,5 @@
-"""``create_model``: build any registered architecture (``convfirst_jax.specs.MODEL_SPECS``)."""
+"""``create_model``: build any registered architecture (``convfirst_jax.specs.MODEL_SPECS``);
+``abstract_model``: the same module as shapes only (``nnx.eval_shape``), for loading weights."""
 
 from __future__ import annotations
 
@@ -54,3 +55,47 @@ def create_model(name: str | ModelSpec, *, num_classes: int = 1000, block_impl: 
     if isinstance(spec, ConvFirstNetSpec):
         return _FAMILIES[spec.family](spec, **kw)
     return ResNet(spec, **kw)
+
+
+class _ConstantRngs:
+    """Duck-typed ``nnx.Rngs`` handing out one fixed key, for abstract construction only.
+
+    Every ``nnx.Rngs`` draw increments a counter variable; inside a trace flax 0.12 then
+    probes ``tracer.sharding``, whose error message JAX builds by scanning the whole trace,
+    so ``nnx.eval_shape`` of a 36-block model is quadratic (~5-15 s). Under ``eval_shape``
+    the key values are irrelevant, so this stand-in never mutates anything.
+    """
+
+    def __init__(self):
+        self._key = jax.random.key(0)
+
+    def __getitem__(self, name: str) -> "_ConstantStream":
+        return _ConstantStream(self._key, name)
+
+    def __getattr__(self, name: str):
+        if name.startswith("_"):
+            raise AttributeError(name)
+        return _ConstantStream(self._key, name)
+
+
+class _ConstantStream:
+    def __init__(self, key, tag: str):
+        self._key, self._tag = key, tag
+
+    def __call__(self):
+        return self._key
+
+    def fork(self) -> nnx.RngStream:
+        return nnx.RngStream(self._key, tag=self._tag)
+
+
+def abstract_model(name, **create_kwargs) -> nnx.Module:
+    """``create_model`` under ``nnx.eval_shape``: shapes/dtypes only, no compute.
+
+    Same module structure as ``create_model(name, **create_kwargs)`` (RNG key values are
+    placeholders); ``rngs``/``seed`` in ``create_kwargs`` are ignored.
+    """
+    create_kwargs.pop("seed", None)
+    create_kwargs.pop("rngs", None)
+    rngs = _ConstantRngs()
+    return nnx.eval_shape(lambda: create_model(name, rngs=rngs, **create_kwargs))

@@ -212,7 +212,7 @@ def load_run(workdir: PathLike, *, step: int | str = "latest", block_impl: str |
       use_ema: load the EMA weights when the run kept an EMA (what its evaluation reported).
     Raises RunError (a ValueError) for a path that is not a complete run.
     """
-    from convfirst_jax.models.testing import abstract_model
+    from convfirst_jax.models.registry import abstract_model
 
     wd = pathlib.Path(workdir).expanduser()
     if not wd.is_dir():

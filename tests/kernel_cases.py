@@ -1,4 +1,4 @@
-"""Random inputs for the conv-first block (tests and benchmarks); numpy only, no compiles."""
+"""Random inputs and the covered cases of the conv-first block kernel tests; numpy only."""
 
 from __future__ import annotations
 
