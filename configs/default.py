@@ -66,7 +66,4 @@ def get_config() -> ml_collections.ConfigDict:
     c.speed_check_batches = 8
     c.speed_check_steps = 3
     c.progress_bar = True
-
-    # Debugging: > 0 forces the loss at this step to NaN (tests the non-finite stop).
-    c.debug_nan_step = 0
     return c

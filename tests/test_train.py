@@ -223,16 +223,17 @@ def test_corrupt_and_grayscale_files_are_masked_and_counted(tiny_data, tmp_path)
 def test_nan_loss_stops_with_message_and_keeps_last_good_checkpoint(tiny_data, tmp_path,
                                                                     monkeypatch, capsys):
     import convfirst_jax
+    from tiny_cli import nan_loss_at
     from train.__main__ import main
     monkeypatch.setattr(convfirst_jax, "create_model", tiny_factory)
+    monkeypatch.setattr(state_lib, "train_step", nan_loss_at(5))
     workdir = tmp_path / "nan"
     rc = main(["--config", str(REPO / "configs" / "convfirst_atto_cpu.py"),
                "--workdir", str(workdir), f"--config.data_dir={tiny_data}",
                "--config.image_size=32", "--config.batch_size=8", "--config.eval_batch_size=8",
                "--config.num_workers=0", "--config.max_steps=8", "--config.eval_every_steps=8",
                "--config.checkpoint_every_steps=2", "--config.log_every_steps=4",
-               "--config.speed_check_batches=0", "--config.progress_bar=false",
-               "--config.debug_nan_step=5"])
+               "--config.speed_check_batches=0", "--config.progress_bar=false"])
     err = capsys.readouterr().err
     assert rc == 1
     assert "non-finite training loss nan at step 5" in err

@@ -208,9 +208,13 @@ def test_real_divergence_rerun_as_advised_resumes_from_a_good_checkpoint(tiny_da
     _assert_one_record_per_step(workdir, 16)
 
 
-def test_debug_nan_loss_still_stops_with_exit_1(tiny_data, tmp_path, run_main):
+def test_nan_loss_stops_with_exit_1(tiny_data, tmp_path, run_main, monkeypatch):
     # NaN loss at step 5 = the weights after update 4 are bad: checkpoint 4 is moved aside.
-    rc, err = run_main(tmp_path / "nan", tiny_data, max_steps=8, debug_nan_step=5)
+    import tiny_cli
+
+    from train import state as state_lib
+    monkeypatch.setattr(state_lib, "train_step", tiny_cli.nan_loss_at(5))
+    rc, err = run_main(tmp_path / "nan", tiny_data, max_steps=8)
     assert rc == 1 and "non-finite training loss nan at step 5" in err
     assert "last good checkpoint is step 2" in err and _checkpoint_steps(tmp_path / "nan") == [2]
     assert (tmp_path / "nan" / "diverged_checkpoints" / "4").is_dir()

@@ -60,6 +60,24 @@ def tiny_factory(name, *, num_classes, block_impl, dtype, param_dtype, drop_path
     return tiny_net_class()(num_classes, dtype, param_dtype, nnx.Rngs(seed), width=width)
 
 
+def nan_loss_at(nan_step: int):
+    """``train.state.train_step`` whose reported loss at step ``nan_step`` is NaN (the update
+    itself is the real one): the divergence tests' fault, injected from outside the package.
+    Install it with ``monkeypatch.setattr(train.state, "train_step", nan_loss_at(5))``."""
+    import jax.numpy as jnp
+
+    from train import state as state_lib
+
+    real_step = state_lib.train_step
+
+    def train_step(state, batch, **kwargs):
+        new_state, metrics = real_step(state, batch, **kwargs)
+        loss = jnp.where(state.step + 1 == nan_step, jnp.nan, metrics["loss"])
+        return new_state, {**metrics, "loss": loss}
+
+    return train_step
+
+
 def main() -> int:
     import convfirst_jax
     from train import loop

@@ -45,6 +45,8 @@ import numpy as np
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
+from convfirst_jax.dtypes import COMPUTE_DTYPES
+from convfirst_jax.models.blocks import BLOCK_IMPLS
 from train import checkpoint as checkpoint_lib
 from train import flops as flops_lib
 from train import metrics as metrics_lib
@@ -57,8 +59,9 @@ from train.errors import (
     WriteFailedError,
 )
 
-DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
-BLOCK_IMPLS = ("xla", "pallas")
+#: Compute dtypes training accepts (names of convfirst_jax.dtypes.COMPUTE_DTYPES): float16 is
+#: left out because its narrow exponent needs loss scaling, which this loop does not do.
+TRAIN_DTYPES = ("float32", "bfloat16")
 BATCH_KEYS = ("image", "label", "valid")
 
 
@@ -96,8 +99,9 @@ def maybe_initialize_distributed() -> None:
 def validate_config(config: ml_collections.ConfigDict, num_devices: int) -> None:
     """Raise one ValueError naming the first bad config value and how to fix it."""
     c = config
-    if c.dtype not in DTYPES:
-        raise ValueError(f"config.dtype={c.dtype!r} is not supported; use one of {list(DTYPES)}")
+    if c.dtype not in TRAIN_DTYPES:
+        raise ValueError(f"config.dtype={c.dtype!r} is not supported; use one of "
+                         f"{list(TRAIN_DTYPES)}")
     if c.block_impl not in BLOCK_IMPLS:
         raise ValueError(f"config.block_impl={c.block_impl!r}; use one of {list(BLOCK_IMPLS)}")
     for key, value in c.items():
@@ -299,8 +303,7 @@ def make_mesh(devices: Sequence[jax.Device] | None = None) -> Mesh:
 
 
 def jit_steps(defs: state_lib.ModelDefs, tx: Any, schedule: state_lib.Schedule, mesh: Mesh, *,
-              label_smoothing: float, ema_decay: float = 0.0, debug_nan_step: int = 0
-              ) -> tuple[Any, Any]:
+              label_smoothing: float, ema_decay: float = 0.0) -> tuple[Any, Any]:
     """Jitted (train_step, eval_step): state replicated, batch sharded on "data".
 
     train_step(state, batch) -> (state, metrics) donates the input state;
@@ -311,7 +314,7 @@ def jit_steps(defs: state_lib.ModelDefs, tx: Any, schedule: state_lib.Schedule, 
     batch_sharding = NamedSharding(mesh, P("data"))
     train_step = functools.partial(
         state_lib.train_step, graphdef=defs.train, tx=tx, schedule=schedule,
-        label_smoothing=label_smoothing, ema_decay=ema_decay, debug_nan_step=debug_nan_step)
+        label_smoothing=label_smoothing, ema_decay=ema_decay)
     eval_step = functools.partial(state_lib.eval_step, graphdef=defs.eval)
     jit_train = jax.jit(train_step, in_shardings=(replicated, batch_sharding),
                         out_shardings=(replicated, replicated), donate_argnums=0)
@@ -441,7 +444,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | os.Path
     batch_sharding = NamedSharding(mesh, P("data"))
 
     model = model_factory(config.model, num_classes=num_classes, block_impl=config.block_impl,
-                          dtype=DTYPES[config.dtype], param_dtype=jnp.float32,
+                          dtype=COMPUTE_DTYPES[config.dtype], param_dtype=jnp.float32,
                           drop_path=config.drop_path, seed=config.seed)
     peak_lr = config.learning_rate * config.batch_size / 256.0
     warmup_steps = min(int(round(config.warmup_epochs * steps_per_epoch)), total_steps)
@@ -541,8 +544,7 @@ def _loop(config, workdir, t_session, devices, primary, say, data_dir, class_nam
     with jax.set_mesh(mesh):
         jit_train, jit_eval = jit_steps(defs, tx, schedule, mesh,
                                         label_smoothing=config.label_smoothing,
-                                        ema_decay=config.ema_decay,
-                                        debug_nan_step=config.debug_nan_step)
+                                        ema_decay=config.ema_decay)
 
         # --- resume -----------------------------------------------------------------------------
         meta: dict[str, Any] = {}

@@ -123,8 +123,7 @@ def ema_decay_at(decay: float, step: jax.Array) -> jax.Array:
 
 def train_step(state: TrainState, batch: Mapping[str, jax.Array], *, graphdef: Any,
                tx: optax.GradientTransformation, schedule: Schedule, label_smoothing: float,
-               ema_decay: float = 0.0, debug_nan_step: int = 0
-               ) -> tuple[TrainState, dict[str, jax.Array]]:
+               ema_decay: float = 0.0) -> tuple[TrainState, dict[str, jax.Array]]:
     """One AdamW update on a (globally sharded) batch; the loss is masked by ``batch["valid"]``.
 
     Returns the new state and scalar metrics: loss, top1 (train, masked), grad_norm, lr,
@@ -150,8 +149,6 @@ def train_step(state: TrainState, batch: Mapping[str, jax.Array], *, graphdef: A
         state.params)
     updates, opt_state = tx.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
-    if debug_nan_step > 0:
-        loss = jnp.where(state.step + 1 == debug_nan_step, jnp.nan, loss)
 
     ema_params, ema_bs = state.ema_params, state.ema_batch_stats
     if ema_decay > 0:
