@@ -18,7 +18,8 @@ the platforms and the versions. Running it needs only jax
 
 BatchNorm is folded into the neighbouring conv / linear weights before export: ConvFirstNet
 through :func:`convfirst_jax.fold_batchnorm` (every BN: stem, blocks, downsample, head),
-ResNet by :func:`fold_resnet_batchnorm` (each conv's BN into that conv, leaving a bias).
+ResNet by :func:`convfirst_jax.folding.fold_resnet_batchnorm` (each conv's BN into that conv,
+leaving a bias).
 ConvNeXt has LayerNorms only (they depend on the input, nothing to fold).
 ``--block-impl pallas`` runs every conv-first block as the fused kernel: the Triton kernel in
 the CUDA lowering, the Pallas interpreter in a CPU lowering (slow; use xla for CPU serving).
@@ -38,6 +39,9 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from convfirst_jax.folding import apply_folded, fold_batchnorm, fold_resnet_batchnorm
+from convfirst_jax.models.macro import FourStageNet
+from convfirst_jax.models.resnet import ResNet
 from pallas_kernels import cuda_export_target
 
 TRITON_CALL = "__gpu$xla.gpu.triton"
@@ -46,62 +50,14 @@ SERVING_JSON = "serving.json"
 PLATFORMS = ("cpu", "cuda", "rocm", "tpu")
 
 
-class _ChannelBias(nnx.Module):
-    """``x + b`` per channel: what is left of a BatchNorm folded into the conv before it."""
-
-    def __init__(self, bias: jax.Array):
-        self.bias = nnx.Param(bias)
-
-    def __call__(self, x: jax.Array) -> jax.Array:
-        return x + self.bias[...].astype(x.dtype)
-
-
-def _fold_conv_bn(conv: nnx.Conv, bn) -> _ChannelBias:
-    """Scale ``conv``'s output channels by the BN scale in place; return the BN's shift."""
-    from convfirst_jax.folding import fold_bn
-
-    s, t = fold_bn(bn)
-    kernel = conv.kernel[...]
-    conv.kernel.set_value((kernel * s.astype(kernel.dtype)).astype(kernel.dtype))
-    return _ChannelBias(t.astype(kernel.dtype))
-
-
-def fold_resnet_batchnorm(model) -> nnx.Module:
-    """A copy of a ResNet with every BatchNorm folded into the conv before it (eval mode).
-
-    ``conv(x) -> bn`` becomes ``conv_{W*s}(x) + t`` with ``s = gamma / sqrt(var + eps)``,
-    ``t = beta - mean * s`` (running statistics); equals ``model`` in eval mode.
-    """
-    from convfirst_jax.models.resnet import ResNet
-
-    if not isinstance(model, ResNet):
-        raise ValueError(f"fold_resnet_batchnorm expects a ResNet, got {type(model).__name__}")
-    folded = nnx.clone(model)
-    folded.eval()
-    folded.bn1 = _fold_conv_bn(folded.conv1, folded.bn1)
-    for layer in folded.layers:
-        for block in layer:
-            for k in (1, 2, 3):
-                if hasattr(block, f"conv{k}"):
-                    setattr(block, f"bn{k}", _fold_conv_bn(getattr(block, f"conv{k}"),
-                                                           getattr(block, f"bn{k}")))
-            if block.downsample is not None:
-                block.downsample.bn = _fold_conv_bn(block.downsample.conv, block.downsample.bn)
-    return folded
-
-
 def serving_function(model, *, block_impl: str = "xla") -> tuple[Callable, str]:
     """``images -> float32 logits`` of an eval-mode model with BatchNorm folded.
 
     Returns (function, how BN was handled). The weights are closed over (embedded as
     constants when exported).
     """
-    from convfirst_jax.folding import apply_folded, fold_batchnorm
-    from convfirst_jax.models.convfirst import ConvFirstNet
-    from convfirst_jax.models.resnet import ResNet
-
     model.eval()
-    if isinstance(model, ConvFirstNet):
+    if isinstance(model, FourStageNet) and model.spec.norm == "batchnorm":
         folded = fold_batchnorm(model)
         return (lambda x: apply_folded(folded, x, block_impl=block_impl),
                 "folded (convfirst_jax.fold_batchnorm)")

@@ -71,18 +71,28 @@ class ConvFirstBlockConfig:
     def hidden(self) -> int:
         return self.expansion * self.channels
 
+    def kernel_options(self) -> dict:
+        """Static keyword arguments of ``pallas_kernels.conv_first_block`` for this block after
+        inference folding: a BatchNorm block folds into the weights and runs ``norm="affine"``."""
+        return dict(kernel_size=self.kernel_size,
+                    norm="layernorm" if self.norm == "layernorm" else "affine",
+                    activation=self.activation, group_width=self.group_width,
+                    eps=self.norm_eps)
+
 
 @dataclasses.dataclass(frozen=True)
 class ConvFirstNetSpec:
-    """Four-stage macro design shared by ConvNeXt and ConvFirstNet.
+    """A four-stage network of conv-first blocks (Liu et al. 2022, Fig. 2): ConvNeXt and
+    ConvFirstNet are two settings of these fields.
 
     Stem: ``stem_size`` x ``stem_size`` conv, stride ``stem_size`` (patchify) + norm.
     Between stages: norm + 2x2 stride-2 conv. Head: global average pool -> norm -> Linear.
-    ``family`` selects the norm ("convnext": LayerNorm eps 1e-6, "convfirst": BatchNorm).
+    ``norm``/``norm_eps`` is every norm of the network: "layernorm" (ConvNeXt, eps 1e-6,
+    biased convs and 1x1s) or "batchnorm" (ConvFirstNet, eps 1e-5, no conv/1x1 biases where
+    a BN follows, so ``stem_bias``, ``conv_bias`` and ``mlp_bias`` are off).
     """
 
     name: str
-    family: Literal["convnext", "convfirst"]
     depths: tuple[int, ...]
     dims: tuple[int, ...]
     kernel_size: int
@@ -91,19 +101,33 @@ class ConvFirstNetSpec:
     activation: str = "gelu"
     layer_scale_init: float | None = None
     stem_size: int = 4
+    norm: NormKind = "batchnorm"
+    norm_eps: float = 1e-5
+    stem_bias: bool = False
+    conv_bias: bool = False
+    mlp_bias: bool = False
+
+    def __post_init__(self):
+        if len(self.depths) != len(self.dims):
+            raise ValueError(f"{self.name}: depths {self.depths} and dims {self.dims} must "
+                             "have one entry per stage")
+        # The block config validates norm, activation and group width for every stage.
+        for stage in range(len(self.dims)):
+            self.block_config(stage)
+
+    @property
+    def family(self) -> Literal["convnext", "convfirst"]:
+        """The PyTorch naming family of the weights: "convnext" for LayerNorm networks
+        (timm's ConvNeXt layout), "convfirst" for BatchNorm ones (with the extra BNs)."""
+        return "convnext" if self.norm == "layernorm" else "convfirst"
 
     def block_config(self, stage: int) -> ConvFirstBlockConfig:
-        if self.family == "convnext":
-            return ConvFirstBlockConfig(
-                channels=self.dims[stage], kernel_size=self.kernel_size,
-                group_width=self.group_width, expansion=self.expansion, norm="layernorm",
-                activation=self.activation, layer_scale_init=self.layer_scale_init,
-                conv_bias=True, mlp_bias=True, norm_eps=1e-6)
+        """The conv-first block of ``stage`` (0-based)."""
         return ConvFirstBlockConfig(
             channels=self.dims[stage], kernel_size=self.kernel_size,
-            group_width=self.group_width, expansion=self.expansion, norm="batchnorm",
+            group_width=self.group_width, expansion=self.expansion, norm=self.norm,
             activation=self.activation, layer_scale_init=self.layer_scale_init,
-            conv_bias=False, mlp_bias=False, norm_eps=1e-5)
+            conv_bias=self.conv_bias, mlp_bias=self.mlp_bias, norm_eps=self.norm_eps)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -120,14 +144,15 @@ ModelSpec = ConvFirstNetSpec | ResNetSpec
 
 
 def _convnext(name, depths, dims) -> ConvFirstNetSpec:
-    return ConvFirstNetSpec(name=name, family="convnext", depths=depths, dims=dims,
-                            kernel_size=7, activation="gelu", layer_scale_init=1e-6)
+    return ConvFirstNetSpec(name=name, depths=depths, dims=dims, kernel_size=7,
+                            activation="gelu", layer_scale_init=1e-6, norm="layernorm",
+                            norm_eps=1e-6, stem_bias=True, conv_bias=True, mlp_bias=True)
 
 
 def _convfirst(name, depths, dims, group_width=1) -> ConvFirstNetSpec:
-    return ConvFirstNetSpec(name=name, family="convfirst", depths=depths, dims=dims,
-                            kernel_size=3, group_width=group_width, activation="silu",
-                            layer_scale_init=None)
+    return ConvFirstNetSpec(name=name, depths=depths, dims=dims, kernel_size=3,
+                            group_width=group_width, activation="silu", layer_scale_init=None,
+                            norm="batchnorm", norm_eps=1e-5)
 
 
 # ConvNeXt depths/dims exactly as timm's convnext.py.

@@ -4,23 +4,24 @@ Models carry random-but-nontrivial BN running statistics and affine parameters
 (tests/model_fill.py random_model), so every folded term matters.
 """
 
+import dataclasses
+
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 from flax import nnx
 
-from convfirst_jax import apply_folded, fold_batchnorm
-from convfirst_jax.folding import block_kernel_kwargs, fold_block_params, fold_bn
-from pallas_kernels import conv_first_block_reference
+from convfirst_jax import apply_folded, fold_batchnorm, get_spec
 from convfirst_jax.models import ConvFirstBlock
+from convfirst_jax.models.layers import fold_bn
+from convfirst_jax.specs import ConvFirstBlockConfig
 from model_fill import abstract_model, random_fill, random_model
-from convfirst_jax.specs import ConvFirstBlockConfig, ConvFirstNetSpec
+from pallas_kernels import conv_first_block_reference
 
 RTOL = 1e-5
-TINY_GW8 = ConvFirstNetSpec(name="tiny_gw8", family="convfirst", depths=(1, 1, 1, 1),
-                            dims=(16, 16, 32, 32), kernel_size=3, group_width=8,
-                            activation="silu")
+TINY_GW8 = dataclasses.replace(get_spec("convfirst_atto_gw8"), name="tiny_gw8",
+                               depths=(1, 1, 1, 1), dims=(16, 16, 32, 32))
 
 
 def _rel_err(a, b):
@@ -71,11 +72,11 @@ def test_block_kernel_params_equal_block(cfg):
     blk.eval()
     x = jax.random.normal(jax.random.key(3), (2, 8, 8, 16))
     want = nnx.jit(lambda b, v: b(v))(blk, x)
-    params = fold_block_params(blk)
+    params = blk.kernel_params()
     assert params["conv_w"].shape == (cfg.kernel_size, cfg.kernel_size, cfg.group_width, 16)
     assert params["w1"].shape == (16, 64) and params["w2"].shape == (64, 16)
     assert (params["layer_scale"] is None) == (cfg.layer_scale_init is None)
-    got = conv_first_block_reference(x, params, **block_kernel_kwargs(cfg))
+    got = conv_first_block_reference(x, params, **cfg.kernel_options())
     assert _rel_err(got, want) < RTOL
 
 

@@ -5,6 +5,7 @@ Sec. 3; He et al. 2016) with lax.conv_general_dilated, einsum and hand-written L
 share no code with convfirst_jax.models.
 """
 
+import dataclasses
 import functools
 import logging
 import math
@@ -20,19 +21,17 @@ from jax.scipy.special import erf
 from convfirst_jax import create_model, get_spec, list_models
 from convfirst_jax.models import ConvFirstBlock
 from convfirst_jax.models.layers import drop_path_rates
+from convfirst_jax.specs import ConvFirstBlockConfig
 from model_fill import abstract_model, random_fill, random_model
-from convfirst_jax.specs import ConvFirstBlockConfig, ConvFirstNetSpec
 
 HI = lax.Precision.HIGHEST
 RTOL = 1e-5
 
 # Tiny four-stage nets (equal widths keep the number of distinct shapes, hence compiles, low).
-TINY_CONVNEXT = ConvFirstNetSpec(name="tiny_convnext", family="convnext", depths=(1, 1, 2, 1),
-                                 dims=(8, 16, 16, 24), kernel_size=7, activation="gelu",
-                                 layer_scale_init=1e-6)
-TINY_CONVFIRST = ConvFirstNetSpec(name="tiny_convfirst", family="convfirst",
-                                  depths=(1, 1, 1, 1), dims=(8, 8, 8, 8), kernel_size=3,
-                                  activation="silu")
+TINY_CONVNEXT = dataclasses.replace(get_spec("convnext_atto"), name="tiny_convnext",
+                                    depths=(1, 1, 2, 1), dims=(8, 16, 16, 24))
+TINY_CONVFIRST = dataclasses.replace(get_spec("convfirst_atto"), name="tiny_convfirst",
+                                     depths=(1, 1, 1, 1), dims=(8, 8, 8, 8))
 
 
 def _fwd(model, x):

@@ -14,7 +14,7 @@ MODEL_TABLE_END = "<!-- model-table:end -->"
 def _block_description(spec) -> str:
     if isinstance(spec, ConvFirstNetSpec):
         conv = "dw" if spec.group_width == 1 else f"gw{spec.group_width}"
-        norm = "LN" if spec.family == "convnext" else "BN"
+        norm = "LN" if spec.norm == "layernorm" else "BN"
         return f"{spec.kernel_size}x{spec.kernel_size} {conv}, {norm}, {spec.activation}"
     return spec.block
 

@@ -44,8 +44,7 @@ def conv_first_block_layers(rec: LayerRecorder, prefix: str, shape: Shape,
 def _convfirst_net_layers(rec: LayerRecorder, spec: ConvFirstNetSpec, resolution: int,
                           num_classes: int) -> None:
     """ConvNeXt / ConvFirstNet macro design: patchify stem, 4 stages, pool -> norm -> fc."""
-    norm = "layernorm" if spec.family == "convnext" else "batchnorm"
-    stem_bias = spec.family == "convnext"  # ConvFirst: BN follows the stem conv, no bias
+    norm, stem_bias = spec.norm, spec.stem_bias
     s = spec.stem_size
     x: Shape = (resolution, resolution, 3)
     x = rec.conv("stem.conv", None, x, spec.dims[0], kernel_size=s, stride=s,

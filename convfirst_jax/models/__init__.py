@@ -1,7 +1,5 @@
 """Flax NNX models: ConvNeXt, ConvFirstNet, ResNet, all built from ``convfirst_jax.specs``."""
 from convfirst_jax.models.blocks import ConvFirstBlock  # noqa: F401
-from convfirst_jax.models.convfirst import ConvFirstNet  # noqa: F401
-from convfirst_jax.models.convnext import ConvNeXt  # noqa: F401
 from convfirst_jax.models.layers import conv_impl, depthwise_impl  # noqa: F401
 from convfirst_jax.models.macro import FourStageNet  # noqa: F401
 from convfirst_jax.models.registry import abstract_model, create_model  # noqa: F401

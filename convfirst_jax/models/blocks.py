@@ -24,11 +24,11 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from convfirst_jax import folding
 from convfirst_jax.models.layers import (TRUNC_NORMAL_02, DropPath, conv_general_dilated,
-                                         depthwise_conv_shift_add, make_norm, scale_branch,
-                                         use_shift_add_depthwise)
+                                         depthwise_conv_shift_add, fold_bn, make_norm,
+                                         scale_branch, use_shift_add_depthwise)
 from convfirst_jax.specs import ConvFirstBlockConfig
+from pallas_kernels import conv_first_block
 from pallas_kernels.activations import activation_fn
 
 logger = logging.getLogger("convfirst_jax")
@@ -135,9 +135,39 @@ class ConvFirstBlock(nnx.Module):
             _log_train_fallback_once()
         return x + scale_branch(self.branch(x), scale)
 
-    def _fused(self, x: jax.Array, scale: jax.Array | None) -> jax.Array:
-        from pallas_kernels import conv_first_block  # lazy: kernels are optional at import
+    def kernel_params(self) -> dict[str, jax.Array | None]:
+        """This block's parameters in the fused kernel's ``params`` format (inference form).
 
-        params = folding.fold_block_params(self)
-        return conv_first_block(x, params, branch_scale=scale,
-                                **folding.block_kernel_kwargs(self.config))
+        LayerNorm block (ConvNeXt): the weights as they are (LN gamma/beta as norm
+        scale/shift, ``gamma`` as layer scale). BatchNorm block (ConvFirst): each BN folded
+        into the layer before it (:func:`fold_bn`, running statistics): conv BN into
+        conv_w/conv_b, expand BN into w1/b1, project BN into w2/b2, norm scale 1 / shift 0
+        (``config.kernel_options()`` then says ``norm="affine"``).
+        """
+        cfg = self.config
+        c, hid = cfg.channels, cfg.hidden
+        conv_w = self.conv_dw.kernel[...]
+        dt = conv_w.dtype
+
+        def bias(layer, features):
+            return layer.bias[...] if layer.bias is not None else jnp.zeros((features,), dt)
+
+        conv_b = bias(self.conv_dw, c)
+        w1, b1 = self.fc1.kernel[...], bias(self.fc1, hid)
+        w2, b2 = self.fc2.kernel[...], bias(self.fc2, c)
+        layer_scale = self.gamma[...] if self.gamma is not None else None
+        if cfg.norm == "layernorm":
+            return dict(conv_w=conv_w, conv_b=conv_b, norm_scale=self.norm.scale[...],
+                        norm_shift=self.norm.bias[...], w1=w1, b1=b1, w2=w2, b2=b2,
+                        layer_scale=layer_scale)
+        s0, t0 = fold_bn(self.norm)
+        s1, t1 = fold_bn(self.fc1_norm)
+        s2, t2 = fold_bn(self.fc2_norm)
+        return dict(conv_w=conv_w * s0, conv_b=conv_b * s0 + t0,
+                    norm_scale=jnp.ones((c,), dt), norm_shift=jnp.zeros((c,), dt),
+                    w1=w1 * s1, b1=b1 * s1 + t1, w2=w2 * s2, b2=b2 * s2 + t2,
+                    layer_scale=layer_scale)
+
+    def _fused(self, x: jax.Array, scale: jax.Array | None) -> jax.Array:
+        return conv_first_block(x, self.kernel_params(), branch_scale=scale,
+                                **self.config.kernel_options())

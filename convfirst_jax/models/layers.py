@@ -98,6 +98,20 @@ class BatchNorm(nnx.BatchNorm):
         return y.astype(self.dtype or x.dtype)
 
 
+def fold_bn(bn: nnx.BatchNorm) -> tuple[Array, Array]:
+    """Inference affine of a BatchNorm: ``(s, t)`` with ``bn(y) == y * s + t`` in eval mode.
+
+    ``s = gamma / sqrt(var + eps)``, ``t = beta - mean * s`` from the running statistics
+    (what eval mode uses), whatever mode the layer is in (Lavin 2024, Sec. 3: every ConvFirst
+    BatchNorm folds into the conv or 1x1 next to it for inference).
+    """
+    mean, var = jnp.asarray(bn.mean[...]), jnp.asarray(bn.var[...])
+    gamma = jnp.asarray(bn.scale[...]) if bn.scale is not None else jnp.ones_like(mean)
+    beta = jnp.asarray(bn.bias[...]) if bn.bias is not None else jnp.zeros_like(mean)
+    s = gamma * jax.lax.rsqrt(var + bn.epsilon)
+    return s, beta - mean * s
+
+
 def make_norm(kind: str, features: int, *, eps: float, dtype, param_dtype,
               rngs: nnx.Rngs, scale_init=nnx.initializers.ones) -> nnx.Module:
     """Channel-last norm layer: "layernorm" (per pixel, over C) or "batchnorm" (over N, H, W).

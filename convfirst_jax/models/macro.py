@@ -4,10 +4,20 @@
     stages: [norm -> 2x2 stride-2 conv] (stages 1..3) -> depth_i conv-first blocks
     head:   global average pool -> norm -> Linear
 
-The family picks the norm: ConvNeXt LayerNorm (eps 1e-6, biased stem conv), ConvFirstNet
+The spec carries every choice: ConvNeXt is LayerNorm (eps 1e-6, biased stem conv), ConvFirstNet
 BatchNorm (eps 1e-5, bias-free stem conv since BN follows). Module paths mirror timm:
 ``stem.conv``, ``stem.norm``, ``stages.{i}.downsample.{norm,conv}``,
 ``stages.{i}.blocks.{j}.{conv_dw,norm,fc1,fc1_norm,fc2,fc2_norm,gamma}``, ``head.{norm,fc}``.
+
+* ConvNeXt (Liu et al. 2022, "A ConvNet for the 2020s"), numerically as timm's convnext.py:
+  7x7 depthwise conv (bias) -> LayerNorm (eps 1e-6) -> Linear 4C -> exact GELU -> Linear C ->
+  layer scale (init 1e-6) -> drop path -> + input; LN patchify stem, LN + 2x2/2 downsampling,
+  pool -> LN -> Linear head. ConvNeXt-T: 28,589,128 params at 1000 classes.
+* ConvFirstNet (Lavin 2024, arXiv 2404.03617, Sec. 3): the same macro with BatchNorm. Blocks:
+  k x k depthwise (or group width 8) conv -> BN -> 1x1 expand -> BN -> SiLU -> 1x1 project ->
+  BN (gamma zero-initialised: each block starts as the identity) -> drop path -> + input; no
+  conv/1x1 biases since BN follows. Every BN folds away for inference
+  (:func:`convfirst_jax.folding.fold_batchnorm`).
 """
 
 from __future__ import annotations
@@ -24,21 +34,16 @@ from convfirst_jax.specs import ConvFirstNetSpec
 MIN_RESOLUTION = 32
 
 
-def _norm_kind(spec: ConvFirstNetSpec) -> tuple[str, float]:
-    return ("layernorm", 1e-6) if spec.family == "convnext" else ("batchnorm", 1e-5)
-
-
 class Stem(nnx.Module):
     """Patchify stem: ``stem_size`` x ``stem_size`` conv with the same stride, then a norm."""
 
     def __init__(self, spec: ConvFirstNetSpec, *, dtype, param_dtype, rngs: nnx.Rngs):
-        kind, eps = _norm_kind(spec)
         k = spec.stem_size
         self.conv = nnx.Conv(3, spec.dims[0], (k, k), strides=(k, k), padding="VALID",
-                             use_bias=kind == "layernorm", kernel_init=TRUNC_NORMAL_02,
+                             use_bias=spec.stem_bias, kernel_init=TRUNC_NORMAL_02,
                              dtype=dtype, param_dtype=param_dtype,
                              conv_general_dilated=conv_general_dilated, rngs=rngs)
-        self.norm = make_norm(kind, spec.dims[0], eps=eps, dtype=dtype,
+        self.norm = make_norm(spec.norm, spec.dims[0], eps=spec.norm_eps, dtype=dtype,
                               param_dtype=param_dtype, rngs=rngs)
 
     def __call__(self, x: jax.Array) -> jax.Array:
@@ -50,10 +55,9 @@ class Downsample(nnx.Module):
 
     def __init__(self, spec: ConvFirstNetSpec, stage: int, *, dtype, param_dtype,
                  rngs: nnx.Rngs):
-        kind, eps = _norm_kind(spec)
         cin, cout = spec.dims[stage - 1], spec.dims[stage]
-        self.norm = make_norm(kind, cin, eps=eps, dtype=dtype, param_dtype=param_dtype,
-                              rngs=rngs)
+        self.norm = make_norm(spec.norm, cin, eps=spec.norm_eps, dtype=dtype,
+                              param_dtype=param_dtype, rngs=rngs)
         self.conv = nnx.Conv(cin, cout, (2, 2), strides=(2, 2), padding="VALID",
                              kernel_init=TRUNC_NORMAL_02, dtype=dtype, param_dtype=param_dtype,
                              conv_general_dilated=conv_general_dilated, rngs=rngs)
@@ -87,10 +91,9 @@ class Head(nnx.Module):
 
     def __init__(self, spec: ConvFirstNetSpec, num_classes: int, *, param_dtype,
                  rngs: nnx.Rngs):
-        kind, eps = _norm_kind(spec)
         c = spec.dims[-1]
-        self.norm = make_norm(kind, c, eps=eps, dtype=jnp.float32, param_dtype=param_dtype,
-                              rngs=rngs)
+        self.norm = make_norm(spec.norm, c, eps=spec.norm_eps, dtype=jnp.float32,
+                              param_dtype=param_dtype, rngs=rngs)
         self.fc = nnx.Linear(c, num_classes, kernel_init=TRUNC_NORMAL_02, dtype=jnp.float32,
                              param_dtype=param_dtype, rngs=rngs)
 
@@ -100,22 +103,16 @@ class Head(nnx.Module):
 
 
 class FourStageNet(nnx.Module):
-    """ConvNeXt-style network built from a :class:`ConvFirstNetSpec` (see module docstring).
+    """ConvNeXt or ConvFirstNet, built from a :class:`ConvFirstNetSpec` (module docstring).
 
     ``model(x)``: x is (N, H, W, 3) NHWC floating with H, W >= 32; returns (N, num_classes)
     float32 logits. ``model.train()`` / ``model.eval()`` switch BatchNorm statistics and drop
     path. ``drop_path`` is the maximum stochastic depth rate, linear over blocks (timm).
     """
 
-    family: str = ""
-
     def __init__(self, spec: ConvFirstNetSpec, *, num_classes: int = 1000,
                  block_impl: str = "xla", dtype=jnp.float32, param_dtype=jnp.float32,
                  drop_path: float = 0.0, rngs: nnx.Rngs):
-        if spec.family != self.family:
-            raise ValueError(
-                f"{type(self).__name__} needs a {self.family!r} spec, got {spec.family!r} "
-                f"({spec.name}); use create_model({spec.name!r})")
         check_block_impl(block_impl)
         self.spec = spec
         self.num_classes = num_classes

@@ -7,14 +7,11 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from convfirst_jax.models.blocks import check_block_impl
-from convfirst_jax.models.convfirst import ConvFirstNet
-from convfirst_jax.models.convnext import ConvNeXt
-from convfirst_jax.models.resnet import ResNet
 from convfirst_jax.dtypes import resolve_dtype
+from convfirst_jax.models.blocks import check_block_impl
+from convfirst_jax.models.macro import FourStageNet
+from convfirst_jax.models.resnet import ResNet
 from convfirst_jax.specs import ConvFirstNetSpec, ModelSpec, ResNetSpec, get_spec
-
-_FAMILIES = {"convnext": ConvNeXt, "convfirst": ConvFirstNet}
 
 def create_model(name: str | ModelSpec, *, num_classes: int = 1000, block_impl: str = "xla",
                  dtype=jnp.float32, param_dtype=jnp.float32, drop_path: float = 0.0,
@@ -53,7 +50,7 @@ def create_model(name: str | ModelSpec, *, num_classes: int = 1000, block_impl: 
     kw = dict(num_classes=num_classes, block_impl=block_impl, dtype=dtype,
               param_dtype=param_dtype, drop_path=drop_path, rngs=rngs)
     if isinstance(spec, ConvFirstNetSpec):
-        return _FAMILIES[spec.family](spec, **kw)
+        return FourStageNet(spec, **kw)
     return ResNet(spec, **kw)
 
 
