@@ -1,9 +1,10 @@
-"""Fast, randomly-filled models for the tests (not a training initialisation).
+"""Randomly-filled models for the tests (not a training initialisation).
 
-``create_model`` draws every parameter with ``jax.random``; on CPU each distinct parameter
-shape costs one XLA compile (~0.2-1 s), so building ConvNeXt-atto eagerly takes tens of
-seconds. :func:`random_model` instead builds the module abstractly (``nnx.eval_shape``) and
-fills it from NumPy in milliseconds, with *non-trivial* values everywhere: fan-in scaled
+A fresh ``create_model`` has trivial values where tests need signal: BatchNorm running
+statistics at (0, 1), zero biases, ConvFirst's last BN gamma at zero and ConvNeXt's layer
+scale at 1e-6, so a folding or weight-mapping bug in those terms would not show.
+:func:`random_model` builds the module abstractly (``abstract_model``) and fills it from
+NumPy with *non-trivial* values everywhere: fan-in scaled
 weights, non-zero biases, norm scales in [0.5, 1.5], BatchNorm running means/variances away
 from (0, 1) and O(1) layer scales, so every branch and every folding term is exercised.
 """
