@@ -58,7 +58,7 @@ def get_config() -> ml_collections.ConfigDict:
     c.accuracy_targets = (0.5, 0.7, 0.8)
     # Resuming a workdir with other settings than it was started with is refused (the changed
     # keys are listed); True allows it and records the change in workdir/config_changes.jsonl.
-    # Keys in train.loop.RESUME_FREE_KEYS (progress bar, logging, ...) may always change.
+    # Keys in train.run_config.RESUME_FREE_KEYS (progress bar, logging, ...) may always change.
     c.allow_config_change = False
 
     # Start-up speed check (0 = skip): batches timed from a separate loader iterator and

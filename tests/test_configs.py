@@ -29,12 +29,12 @@ def test_expected_config_files_exist():
 
 @pytest.mark.parametrize("path", CONFIG_FILES, ids=lambda p: p.stem)
 def test_config_file_is_valid(path):
-    from train import loop
+    from train import run_config
     config = cli.load_config_file(str(path))
     cli.check_keys(config, str(path))
     assert REQUIRED_KEYS <= set(config.keys())
     assert config.model in MODEL_SPECS
-    loop.validate_config(config, num_devices=1)
+    run_config.validate_config(config, num_devices=1)
     if path.stem.endswith("_gpu"):
         assert config.image_size == 224 and config.dtype == "bfloat16"
     if path.stem.endswith("_cpu"):

@@ -30,6 +30,7 @@ from jax.sharding import PartitionSpec as P
 from PIL import Image
 
 from train import data, flops, loop
+from train import steps as steps_lib
 from train import state as state_lib
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
@@ -146,17 +147,17 @@ def _run_tiny_steps(tx, batches, devices):
     model = TinyNet(4, jnp.float32, jnp.float32, nnx.Rngs(0))
     sched = state_lib.lr_schedule(0.1, total_steps=10, warmup_steps=0)
     defs, state = state_lib.create_train_state(model, tx, use_ema=True)
-    mesh = loop.make_mesh(devices)
+    mesh = steps_lib.make_mesh(devices)
     losses = []
     with jax.set_mesh(mesh):
-        jit_train, jit_eval = loop.jit_steps(defs, tx, sched, mesh, label_smoothing=0.1,
+        jit_train, jit_eval = steps_lib.jit_steps(defs, tx, sched, mesh, label_smoothing=0.1,
                                              ema_decay=0.9)
         state = jax.device_put(state, NamedSharding(mesh, P()))
         for b in batches:
-            state, m = jit_train(state, loop._to_global(b, NamedSharding(mesh, P("data"))))
+            state, m = jit_train(state, steps_lib.to_global(b, NamedSharding(mesh, P("data"))))
             losses.append(float(m["loss"]))
         sums = jit_eval(*state_lib.eval_variables(state),
-                        loop._to_global(batches[0], NamedSharding(mesh, P("data"))))
+                        steps_lib.to_global(batches[0], NamedSharding(mesh, P("data"))))
     return jax.device_get(state), losses, jax.device_get(sums)
 
 

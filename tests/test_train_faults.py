@@ -22,7 +22,7 @@ import numpy as np
 import pytest
 
 from train import __main__ as cli
-from train import data, errors, loop
+from train import data, errors, run_config
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 TINY_CLI = REPO / "tests" / "tiny_cli.py"
@@ -202,7 +202,7 @@ def test_real_divergence_rerun_as_advised_resumes_from_a_good_checkpoint(tiny_da
     assert rc == 0, err
     summary = json.loads((workdir / "summary.json").read_text())
     assert summary["final"]["train_loss"] < 20 and np.isfinite(summary["final"]["loss"])
-    change = json.loads((workdir / loop.CONFIG_CHANGES_FILE).read_text().splitlines()[-1])
+    change = json.loads((workdir / run_config.CONFIG_CHANGES_FILE).read_text().splitlines()[-1])
     assert change["step"] == good and change["changed"] == {
         "learning_rate": {"stored": 1e3, "now": 2e-2}}
     _assert_one_record_per_step(workdir, 16)
@@ -314,7 +314,7 @@ def test_workdir_of_another_model_or_changed_settings(tiny_data, tmp_path, run_m
     # Allowed: resumes from step 4 with the new schedule, records the change.
     rc, err = run_main(workdir, tiny_data, max_steps=6, allow_config_change=True)
     assert rc == 0, err
-    change = json.loads((workdir / loop.CONFIG_CHANGES_FILE).read_text())
+    change = json.loads((workdir / run_config.CONFIG_CHANGES_FILE).read_text())
     assert change["step"] == 4 and change["changed"] == {"max_steps": {"stored": 4, "now": 6}}
     assert json.loads((workdir / "config.json").read_text())["max_steps"] == 6
     _assert_one_record_per_step(workdir, 6)

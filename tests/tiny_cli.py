@@ -80,21 +80,21 @@ def nan_loss_at(nan_step: int):
 
 def main() -> int:
     import convfirst_jax
-    from train import loop
+    from train import run_summary, steps
     from train.__main__ import main as train_main
 
     convfirst_jax.create_model = tiny_factory
-    loop._complexity = lambda *a, **k: {"macs_per_image": None, "forward_flops_per_image": None,
-                                        "complexity_params": None}
+    run_summary.analytic_complexity = lambda *a, **k: {
+        "macs_per_image": None, "forward_flops_per_image": None, "complexity_params": None}
     sleep = float(os.environ.get("TINY_STEP_SLEEP", "0"))
     if sleep > 0:
-        to_global = loop._to_global
+        to_global = steps.to_global
 
         def slow(batch, sharding):
             time.sleep(sleep)
             return to_global(batch, sharding)
 
-        loop._to_global = slow
+        steps.to_global = slow
     if os.environ.get("TINY_IGNORE_SIGXFSZ") == "1":
         signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
     return train_main(sys.argv[1:])

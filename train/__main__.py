@@ -211,10 +211,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"error: {e}", file=sys.stderr)
         return errors.EXIT_BAD_INPUT
 
-    from train import loop  # noqa: PLC0415  (imports jax: after the argument checks)
+    from train import loop, runtime  # noqa: PLC0415  (imports jax: after the argument checks)
 
     try:
-        loop.maybe_initialize_distributed()
+        runtime.maybe_initialize_distributed()
         loop.train_and_evaluate(config, workdir)
     except errors.TrainError as e:
         if debug:
