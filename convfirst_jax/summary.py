@@ -25,9 +25,8 @@ import sys
 from convfirst_jax.complexity import (ComplexityTable, model_complexity, model_table_markdown,
                                       model_table_rows, update_readme)
 from convfirst_jax.complexity.table import ROW_FIELDS
+from convfirst_jax.dtypes import DTYPE_NAMES, itemsize
 from convfirst_jax.specs import list_models
-
-DTYPE_BYTES = {"float32": 4, "bfloat16": 2, "float16": 2}
 
 
 def xla_cost_analysis(name: str, resolution: int, batch_size: int, dtype: str = "float32",
@@ -57,8 +56,6 @@ def xla_cost_analysis(name: str, resolution: int, batch_size: int, dtype: str = 
     # (and the block-diagonal form of few-group convs G x).
     with depthwise_impl("conv"), conv_impl("conv"):
         cost = jax.jit(forward).lower(state, x).compile().cost_analysis()
-    if isinstance(cost, (list, tuple)):  # jax < 0.4.3x returned one dict per computation
-        cost = cost[0] if cost else {}
     return {k: float(cost.get(k, 0.0)) for k in ("flops", "transcendentals", "bytes accessed")}
 
 
@@ -119,9 +116,9 @@ def render_all(fmt: str, resolution: int, num_classes: int) -> str:
 def _check_xla_text(args, dtype: str) -> str:
     xla = xla_cost_analysis(args.model, args.resolution, args.batch_size, dtype,
                             args.num_classes)
-    exact = model_complexity(args.model, args.resolution, args.batch_size, DTYPE_BYTES[dtype],
+    exact = model_complexity(args.model, args.resolution, args.batch_size, itemsize(dtype),
                              args.num_classes, count_padding=False)
-    taps = model_complexity(args.model, args.resolution, args.batch_size, DTYPE_BYTES[dtype],
+    taps = model_complexity(args.model, args.resolution, args.batch_size, itemsize(dtype),
                             args.num_classes)
 
     def ratio(a, b):
@@ -151,7 +148,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("model", nargs="?", help=f"model name; one of: {', '.join(list_models())}")
     p.add_argument("--resolution", type=int, default=224, help="input height = width (px)")
     p.add_argument("--batch-size", type=int, default=1, help="images per forward pass")
-    p.add_argument("--dtype", choices=sorted(DTYPE_BYTES), default="float32",
+    p.add_argument("--dtype", choices=sorted(DTYPE_NAMES), default="float32",
                    help="activation / weight dtype for the byte counts")
     p.add_argument("--num-classes", type=int, default=1000)
     p.add_argument("--format", choices=("table", "markdown", "csv", "json"), default="table")
@@ -189,7 +186,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.batch_size < 1:
             raise ValueError(f"--batch-size must be >= 1, got {args.batch_size}")
         table = model_complexity(args.model, args.resolution, args.batch_size,
-                                 DTYPE_BYTES[args.dtype], args.num_classes)
+                                 itemsize(args.dtype), args.num_classes)
         print(render_model(table, fmt))
         if args.check_xla:  # machine formats keep stdout parseable: the check goes to stderr
             out = sys.stderr if fmt in ("csv", "json") else sys.stdout

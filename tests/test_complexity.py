@@ -18,17 +18,15 @@ import pytest
 from flax import nnx
 
 from convfirst_jax import create_model
-from convfirst_jax.complexity import (LAYER_KINDS, ComplexityTable, LayerRecorder,
-                                      fused_block_bytes, model_complexity, valid_taps)
+from convfirst_jax.complexity import (LAYER_KINDS, ComplexityTable, LayerCost, LayerRecorder,
+                                      fused_block_bytes, model_complexity, roofline,
+                                      valid_taps)
 from convfirst_jax.specs import MODEL_SPECS, list_models
 from convfirst_jax import summary
 
 
 def _xla_cost(f, *args) -> dict:
-    cost = jax.jit(f).lower(*args).compile().cost_analysis()
-    if isinstance(cost, (list, tuple)):  # older jax: one dict per computation
-        cost = cost[0]
-    return cost
+    return jax.jit(f).lower(*args).compile().cost_analysis()
 
 
 def _n_params(tree) -> int:
@@ -387,3 +385,115 @@ def test_cli_check_xla(capsys):
     assert "XLA flops" in out and "ours / XLA = " in out
     ratio = float(out.split("ours / XLA = ")[1].split(")")[0])
     assert abs(ratio - 1) < 0.05
+
+
+# --------------------------------------------------------------------------------------------
+# Roofline (Lavin 2024, Sec. 2) on hand-computed layer costs.
+PEAK = 100e12  # 100 TFLOP/s
+BW = 2e12      # 2 TB/s -> ridge at 50 FLOP/byte
+
+
+def _cost(name, kind, flops, read, written, weights=0, macs=0) -> LayerCost:
+    """A LayerCost with only the fields the roofline reads."""
+    return LayerCost(name=name, kind=kind, block="b", in_shape=(1, 1, 1), out_shape=(1, 1, 1),
+                     kernel_size=1, stride=1, groups=1, macs=macs, flops=flops, params=0,
+                     act_bytes_read=read, act_bytes_written=written, weight_bytes=weights)
+
+
+def _matmul_layer(m=4096, k=4096, n=4096, dtype_bytes=2) -> LayerCost:
+    """A (m,k)@(k,n) matmul: 2mkn flops; reads m*k + k*n, writes m*n elements."""
+    return _cost("mm", "pointwise", 2 * m * k * n, m * k * dtype_bytes, m * n * dtype_bytes,
+                 k * n * dtype_bytes, macs=m * k * n)
+
+
+def _depthwise_layer(n=32, h=56, w=56, c=96, k=7, dtype_bytes=2) -> LayerCost:
+    """A k x k depthwise conv: 2 k^2 flops per output element, ~1 element read + written."""
+    elems = n * h * w * c
+    return _cost("dw", "depthwise", 2 * k * k * elems, elems * dtype_bytes, elems * dtype_bytes,
+                 k * k * c * dtype_bytes, macs=k * k * elems)
+
+
+def test_matmul_layer_is_compute_bound_and_waterline_is_ops_over_peak():
+    mm = _matmul_layer()
+    flops = 2 * 4096 ** 3                        # 137.4 GFLOP
+    nbytes = 3 * 4096 * 4096 * 2                 # 100.7 MB
+    assert mm.bytes_total == nbytes
+    assert mm.intensity == pytest.approx(flops / nbytes)  # ~1365 FLOP/B >> ridge 50
+    ideal = flops / PEAK                          # 1.374 ms
+    assert roofline.ideal_latency(flops, PEAK) == pytest.approx(ideal)
+    assert roofline.kernel_floor(flops, nbytes, PEAK, BW) == pytest.approx(ideal)
+    assert roofline.layer_floor(mm, PEAK, BW) == pytest.approx(ideal)
+    assert roofline.waterline([mm], PEAK, BW) == pytest.approx(ideal)
+    assert roofline.bound(flops, nbytes, PEAK, BW) == "compute"
+    latency = 2e-3                                # measured 2 ms
+    assert roofline.efficiency(flops, latency, PEAK) == pytest.approx(0.68719476736)
+    assert roofline.efficiency_gap(flops, latency, PEAK) == pytest.approx(latency - ideal)
+    assert roofline.efficiency_gap(flops, ideal, PEAK) == pytest.approx(0.0, abs=1e-15)
+
+
+def test_depthwise_layer_is_memory_bound_and_waterline_is_bytes_over_bandwidth():
+    dw = _depthwise_layer()
+    elems = 32 * 56 * 56 * 96
+    nbytes = 2 * elems * 2 + 49 * 96 * 2
+    assert dw.bytes_total == nbytes
+    assert dw.intensity < PEAK / BW               # 24.5 FLOP/B < ridge 50
+    floor = nbytes / BW                           # ~19.3 us
+    assert roofline.kernel_floor(dw.flops, nbytes, PEAK, BW) == pytest.approx(floor)
+    assert roofline.waterline([dw], PEAK, BW) == pytest.approx(floor)
+    assert roofline.bound(dw.flops, nbytes, PEAK, BW) == "memory"
+    # Its ideal (ops/peak) is well under the floor: efficiency alone cannot reach 100 %.
+    assert roofline.ideal_latency(dw.flops, PEAK) < floor / 1.9
+
+
+def test_waterline_sums_per_kernel_floors():
+    layers = [_depthwise_layer(), _matmul_layer(), _depthwise_layer(c=48)]
+    per = roofline.waterline_per_layer(layers, PEAK, BW)
+    assert per == pytest.approx([max(l.flops / PEAK, l.bytes_total / BW) for l in layers])
+    assert roofline.waterline(layers, PEAK, BW) == pytest.approx(sum(per))
+
+
+def _block_layers(n=8, hw=56, c=96, e=4, b=2):
+    """Unfused conv-first block by hand: dw conv, LN, fc1, gelu, fc2, scale, add."""
+    x = n * hw * hw * c
+    hid = x * e
+    return [
+        _cost("conv", "depthwise", 2 * 49 * x, x * b, x * b, (49 * c + c) * b, macs=49 * x),
+        _cost("norm", "norm", 8 * x, x * b, x * b, 2 * c * b),
+        _cost("fc1", "pointwise", 2 * x * e * c, x * b, hid * b, (c * e * c + e * c) * b,
+              macs=x * e * c),
+        _cost("act", "activation", 64 * hid, hid * b, hid * b),
+        _cost("fc2", "pointwise", 2 * x * e * c, hid * b, x * b, (c * e * c + c) * b,
+              macs=x * e * c),
+        _cost("scale", "scale", x, x * b, x * b, c * b),
+        _cost("add", "add", x, 2 * x * b, x * b),
+    ], x * b, x
+
+
+def test_fused_block_floor_is_two_macs_and_x_weights_out_bytes():
+    layers, x_bytes, x = _block_layers()
+    weights = sum(l.weight_bytes for l in layers)
+    macs = (49 + 2 * 4 * 96) * x
+    assert roofline.fused_block_bytes_moved(layers) == 2 * x_bytes + weights
+    fused = roofline.fused_block_floor(layers, PEAK, BW)
+    assert fused == pytest.approx(max(2 * macs / PEAK, (2 * x_bytes + weights) / BW))
+    # This block is memory bound unfused (hidden E*C activations go to DRAM 4 times) but
+    # compute bound fused, and its element-wise work (64 flops per gelu) hides under the
+    # matmuls: the fused floor is 2 * MACs / peak.
+    assert fused == pytest.approx(2 * macs / PEAK)
+    unfused = roofline.waterline(layers, PEAK, BW)
+    assert unfused > 1.5 * fused
+    # A given byte count (e.g. the BN-folded weight set) replaces x + out + layer weights.
+    slow_bw = 1e9
+    assert roofline.fused_block_floor(layers, PEAK, slow_bw, nbytes=123_456) == pytest.approx(
+        max(2 * macs / PEAK, 123_456 / slow_bw))
+
+
+def test_roofline_rejects_bad_input():
+    with pytest.raises(ValueError, match="peak"):
+        roofline.ideal_latency(1.0, 0.0)
+    with pytest.raises(ValueError, match="latency_s"):
+        roofline.efficiency(1.0, 0.0, PEAK)
+    with pytest.raises(ValueError, match="bandwidth"):
+        roofline.kernel_floor(1.0, 1.0, PEAK, -1.0)
+    with pytest.raises(ValueError, match="empty"):
+        roofline.fused_block_floor([], PEAK, BW)

@@ -24,16 +24,23 @@ import argparse
 import glob
 import json
 import pathlib
+import re
 import sys
 from typing import Any, Callable, Sequence
 
+from convfirst_jax.bench import results
+from convfirst_jax.bench.blocks import LAB_BLOCK_IMPLS
+from convfirst_jax.bench.ceilings import Ceilings, get_ceilings
+from convfirst_jax.bench.common import environment
+from convfirst_jax.bench.options import (BlocksOptions, CeilingOptions, LabOptions,
+                                         LayersOptions, ModelsOptions, RunOptions,
+                                         TimingOptions, to_dict)
+from convfirst_jax.bench.results import fmt_time
+from convfirst_jax.bench.runner import Notes, log, run_suite
+from convfirst_jax.dtypes import DTYPE_NAMES
+from convfirst_jax.models.blocks import BLOCK_IMPLS
 from convfirst_jax.specs import ACTIVATIONS, list_models
-
-DTYPES = ("float32", "bfloat16", "float16")
-BLOCK_IMPLS = ("xla", "pallas", "reference")
-MODEL_IMPLS = ("xla", "pallas")
-NORMS = ("layernorm", "affine")
-PALLAS_KERNEL_SIZES = (3, 5, 7)
+from pallas_kernels.options import KERNEL_SIZES, NORMS
 
 
 # ----------------------------------------------------------------------------- arg types
@@ -147,7 +154,7 @@ def build_parser() -> argparse.ArgumentParser:
     _list_arg(b, "--kernel-size", item_type=_positive_int, default=[7],
               help="k of the k x k conv (default 7)")
     _list_arg(b, "--expansion", item_type=_positive_int, default=[4], help="E (default 4)")
-    _list_arg(b, "--dtype", choices=DTYPES, default=None,
+    _list_arg(b, "--dtype", choices=DTYPE_NAMES, default=None,
               help="compute dtype(s) (default bfloat16 on GPU, float32 on CPU)")
     _list_arg(b, "--batch-sizes", item_type=_positive_int, default=[1, 8, 32, 128],
               help="batch sizes (default 1 8 32 128)")
@@ -159,7 +166,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="1 = depthwise (default), 8 = grouped")
     b.add_argument("--no-layer-scale", dest="layer_scale", action="store_false",
                    help="leave out the per-channel layer scale")
-    _list_arg(b, "--impls", choices=BLOCK_IMPLS, default=list(BLOCK_IMPLS),
+    _list_arg(b, "--impls", choices=LAB_BLOCK_IMPLS, default=list(LAB_BLOCK_IMPLS),
               help="implementations (default xla,pallas,reference)")
     b.add_argument("--no-layer-breakdown", dest="layer_breakdown", action="store_false",
                    help="do not time the unfused ops one by one (waterline chart)")
@@ -172,9 +179,9 @@ def build_parser() -> argparse.ArgumentParser:
     m.add_argument("--resolution", type=_positive_int, default=224, help="input px (224)")
     _list_arg(m, "--batch-sizes", item_type=_positive_int, default=[1, 16, 64, 256],
               help="batch sizes (default 1 16 64 256)")
-    _list_arg(m, "--dtypes", choices=DTYPES, default=None,
+    _list_arg(m, "--dtypes", choices=DTYPE_NAMES, default=None,
               help="compute dtype(s) (default bfloat16 on GPU, float32 on CPU)")
-    _list_arg(m, "--block-impls", choices=MODEL_IMPLS, default=list(MODEL_IMPLS),
+    _list_arg(m, "--block-impls", choices=BLOCK_IMPLS, default=list(BLOCK_IMPLS),
               help="conv-first block implementations (default xla,pallas)")
     m.add_argument("--train-step", action="store_true",
                    help="also time one train step (fwd + bwd + AdamW)")
@@ -197,9 +204,9 @@ def build_parser() -> argparse.ArgumentParser:
               help="registry name(s) (default convnext_tiny)")
     lay.add_argument("--resolution", type=_positive_int, default=224)
     lay.add_argument("--batch-size", type=_positive_int, default=32)
-    lay.add_argument("--dtype", choices=DTYPES, default=None,
+    lay.add_argument("--dtype", choices=DTYPE_NAMES, default=None,
                      help="default bfloat16 on GPU, float32 on CPU")
-    _list_arg(lay, "--block-impls", choices=MODEL_IMPLS, default=list(MODEL_IMPLS),
+    _list_arg(lay, "--block-impls", choices=BLOCK_IMPLS, default=list(BLOCK_IMPLS),
               help="impls of the whole-model reference timing (default xla,pallas)")
     lay.add_argument("--only", default=None, metavar="REGEX",
                      help="time only layers whose name matches REGEX (e.g. 'stages.2|head')")
@@ -209,8 +216,6 @@ def build_parser() -> argparse.ArgumentParser:
 
 def validate(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
     """Cross-argument checks; any problem -> parser.error (exit status 2, no traceback)."""
-    import re
-
     import jax
 
     if getattr(args, "only", None) is not None:
@@ -232,10 +237,11 @@ def validate(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
                 parser.error(f"--channels {','.join(map(str, bad))}: the pallas kernel needs C "
                              "to be a multiple of 8; pick such C or drop pallas from --impls "
                              "(e.g. --impls xla,reference)")
-            badk = [k for k in args.kernel_size if k not in PALLAS_KERNEL_SIZES]
+            badk = [k for k in args.kernel_size if k not in KERNEL_SIZES]
             if badk:
                 parser.error(f"--kernel-size {','.join(map(str, badk))}: the pallas kernel "
-                             "supports k in 3, 5, 7; drop pallas from --impls for other k")
+                             f"supports k in {', '.join(map(str, KERNEL_SIZES))}; drop pallas from --impls "
+                             "for other k")
         for k in args.kernel_size:
             if k % 2 == 0:
                 parser.error(f"--kernel-size {k}: must be odd ('SAME' padding k//2)")
@@ -251,67 +257,94 @@ def validate(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
                          "use at least 32")
 
 
+def options_from_args(args: argparse.Namespace) -> LabOptions:
+    """The typed options of a parsed and validated command line."""
+    run = RunOptions(
+        out=args.out,
+        timing=TimingOptions(warmup=args.warmup, repeats=args.repeats,
+                             min_sample_s=args.min_sample_ms / 1e3, max_number=args.max_number,
+                             buffers=args.buffers, seed=args.seed),
+        ceilings=CeilingOptions(
+            mode=args.ceilings, matmul_n=args.ceiling_matmul,
+            copy_bytes=args.ceiling_copy_mib << 20 if args.ceiling_copy_mib else None,
+            repeats=min(10, max(3, args.repeats))),
+        plots=not args.no_plots)
+    if args.suite == "blocks":
+        return BlocksOptions(
+            run=run, dtypes=tuple(args.dtype), channels=tuple(args.channels),
+            resolutions=tuple(args.resolution), kernel_sizes=tuple(args.kernel_size),
+            expansions=tuple(args.expansion), batch_sizes=tuple(args.batch_sizes),
+            norms=tuple(args.norm), activations=tuple(args.activation),
+            group_width=args.group_width, layer_scale=args.layer_scale,
+            impls=tuple(args.impls), layer_breakdown=args.layer_breakdown)
+    if args.suite == "models":
+        return ModelsOptions(
+            run=run, dtypes=tuple(args.dtypes), models=tuple(args.models),
+            resolution=args.resolution, batch_sizes=tuple(args.batch_sizes),
+            block_impls=tuple(args.block_impls), train_step=args.train_step,
+            waterline=args.waterline, waterline_batch=args.waterline_batch, only=args.only,
+            compare_torch=args.compare_torch, training_summaries=tuple(args.training_summary),
+            num_classes=args.num_classes)
+    return LayersOptions(
+        run=run, dtype=args.dtype, models=tuple(args.models), resolution=args.resolution,
+        batch_size=args.batch_size, block_impls=tuple(args.block_impls), only=args.only,
+        num_classes=args.num_classes)
+
+
+def parse_options(argv: Sequence[str]) -> LabOptions:
+    """Command line -> options; a bad argument exits with status 2 and one clear message."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    validate(parser, args)
+    return options_from_args(args)
+
+
 # ----------------------------------------------------------------------------- top-1
-_TOP1_KEYS = ("final_top1", "top1", "eval_top1", "top1_final", "final_eval_top1",
-              "best_top1", "top_1", "accuracy", "eval_accuracy")
-
-
-def _find_top1(obj: Any) -> float | None:
-    if isinstance(obj, dict):
-        for k in _TOP1_KEYS:
-            v = obj.get(k)
-            if isinstance(v, (int, float)) and not isinstance(v, bool):
-                return float(v)
-        for k in ("final", "eval", "results", "metrics", "summary"):
-            if isinstance(obj.get(k), dict):
-                v = _find_top1(obj[k])
-                if v is not None:
-                    return v
-    return None
-
-
-def _find_model(obj: Any) -> str | None:
-    if isinstance(obj, dict):
-        for k in ("model", "model_name", "arch"):
-            if isinstance(obj.get(k), str):
-                return obj[k]
-        for k in ("config", "model"):
-            if isinstance(obj.get(k), dict):
-                v = _find_model(obj[k])
-                if v:
-                    return v
-    return None
-
-
 def read_training_summaries(patterns: Sequence[str], notes: list[str] | None = None
                             ) -> dict[str, float]:
-    """{model: top-1 in %} from training summary.json files (tolerant of layouts).
+    """{model: top-1 in %} from the summary.json files ``python -m train`` writes.
 
-    Reads "model" (or model_name / config.model) and the first of final_top1, top1, eval_top1,
-    best_top1, accuracy... (also under "final"/"eval"/"metrics"). Values <= 1 are taken as
-    fractions and converted to %. Several runs of one model: the best top-1 is kept.
+    Reads ``model`` and ``best_top1`` (the best eval top-1 of the run, a fraction). Several
+    runs of one model: the best top-1 is kept. Unreadable files and runs without an eval
+    are noted and skipped.
     """
     out: dict[str, float] = {}
     for pat in patterns:
-        paths = sorted(glob.glob(pat)) or [pat]
-        for p in paths:
+        for p in sorted(glob.glob(pat)) or [pat]:
             try:
-                obj = json.loads(pathlib.Path(p).read_text())
+                summary = json.loads(pathlib.Path(p).read_text())
             except (OSError, ValueError) as e:
                 if notes is not None:
                     notes.append(f"--training-summary {p}: unreadable ({e}); ignored")
                 continue
-            model, top1 = _find_model(obj), _find_top1(obj)
-            if model is None or top1 is None:
+            model = summary.get("model") if isinstance(summary, dict) else None
+            top1 = summary.get("best_top1") if isinstance(summary, dict) else None
+            if not isinstance(model, str) or not isinstance(top1, (int, float)):
                 if notes is not None:
-                    notes.append(f"--training-summary {p}: no model name / top-1 found; ignored")
+                    notes.append(f"--training-summary {p}: no 'model' / 'best_top1' (not a "
+                                 "summary.json of python -m train, or a run without eval); "
+                                 "ignored")
                 continue
-            top1 = 100.0 * top1 if top1 <= 1.0 else top1
-            out[model] = max(top1, out.get(model, float("-inf")))
+            out[model] = max(100.0 * top1, out.get(model, float("-inf")))
     return out
 
 
 # ----------------------------------------------------------------------------- main
+def measure_all_ceilings(dtypes: Sequence[str], opts: CeilingOptions, device_kind: str,
+                         notes: Notes) -> dict[str, Ceilings]:
+    """The ceilings of every dtype, measured (or looked up) once each."""
+    ceilings = {}
+    for dt in dict.fromkeys(dtypes):
+        log(f"[ceilings] {opts.mode} ceilings for {dt} on {device_kind}")
+        ceilings[dt], note = get_ceilings(dt, opts.mode, **opts.measure_kwargs())
+        if note:
+            notes.add(note)
+        c = ceilings[dt]
+        log(f"[ceilings] {dt}: peak {c.peak_flops / 1e12:.3g} TFLOP/s, "
+            f"bandwidth {c.bandwidth / 1e9:.3g} GB/s ({c.source})")
+    return ceilings
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Console entry point (``convfirst-bench``)."""
     argv = list(sys.argv[1:] if argv is None else argv)
@@ -321,59 +354,36 @@ def main(argv: Sequence[str] | None = None) -> int:
     if argv[:1] == ["train-compare"]:  # CPU train steps vs PyTorch/timm: own options
         from convfirst_jax.bench.train_compare import main as train_compare_main
         return train_compare_main(argv[1:])
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    validate(parser, args)
+    opts = parse_options(argv)
+    return run_lab(opts, argv)
 
-    from convfirst_jax.analysis import plots, results
-    from convfirst_jax.analysis.ceilings import get_ceilings
-    from convfirst_jax.bench import runner
-    from convfirst_jax.bench.common import TimingOptions, environment
 
-    opts = TimingOptions(warmup=args.warmup, repeats=args.repeats,
-                         min_sample_s=args.min_sample_ms / 1e3, max_number=args.max_number,
-                         buffers=args.buffers, seed=args.seed)
-    notes = runner.Notes()
+def run_lab(opts: LabOptions, argv: Sequence[str] = ()) -> int:
+    """Measure the ceilings, run the suite, write results.json/csv/md and the figures."""
+    from convfirst_jax.bench import plots  # matplotlib: only once there is something to draw
+
+    notes = Notes()
     env = environment(argv)
-    dtypes = {"blocks": lambda: args.dtype, "models": lambda: args.dtypes,
-              "layers": lambda: [args.dtype]}[args.suite]()
-    if args.suite == "models" and args.compare_torch and "bfloat16" not in dtypes:
+    dtypes = list(opts.dtypes)
+    if isinstance(opts, ModelsOptions) and opts.compare_torch and "bfloat16" not in dtypes:
         from convfirst_jax.bench.torch_compare import torch_available
 
         if torch_available()[0]:
-            dtypes = [*dtypes, "bfloat16"]  # torch runs bf16 autocast: its ceilings too
-    ceilings = {}
-    measure_kw = {"repeats": min(10, max(3, args.repeats))}
-    if args.ceiling_matmul:
-        measure_kw["matmul_n"] = args.ceiling_matmul
-    if args.ceiling_copy_mib:
-        measure_kw["copy_bytes"] = args.ceiling_copy_mib << 20
-    for dt in dict.fromkeys(dtypes):
-        runner.log(f"[ceilings] {args.ceilings} ceilings for {dt} on {env['device_kind']}")
-        ceilings[dt], note = get_ceilings(dt, args.ceilings, **measure_kw)
-        if note:
-            notes.add(note)
-        c = ceilings[dt]
-        runner.log(f"[ceilings] {dt}: peak {c.peak_flops / 1e12:.3g} TFLOP/s, "
-                   f"bandwidth {c.bandwidth / 1e9:.3g} GB/s ({c.source})")
+            dtypes.append("bfloat16")  # torch runs bf16 autocast: its ceilings too
+    ceilings = measure_all_ceilings(dtypes, opts.run.ceilings, env["device_kind"], notes)
 
     top1: dict[str, float] = {}
-    if args.suite == "blocks":
-        records = runner.run_blocks(args, ceilings, opts, notes)
-    elif args.suite == "models":
+    if isinstance(opts, ModelsOptions):
         tnotes: list[str] = []
-        top1 = read_training_summaries(args.training_summary, tnotes)
+        top1 = read_training_summaries(opts.training_summaries, tnotes)
         for n in tnotes:
             notes.add(n)
-        modes = ("inference", "train") if args.train_step else ("inference",)
-        records = runner.run_models(args, ceilings, opts, notes, top1=top1, modes=modes)
-    else:
-        records = runner.run_layers(args, ceilings, opts, notes)
+    records = run_suite(opts, ceilings, notes, top1=top1)
 
-    out = args.out
+    out = opts.run.out
     out.mkdir(parents=True, exist_ok=True)
     figures = []
-    if not args.no_plots:
+    if opts.run.plots:
         summaries = _waterline_summaries(records)
         for fname, draw in (
                 ("efficiency_gap.png", lambda p: plots.efficiency_gap_plot(records, env, p)),
@@ -382,28 +392,25 @@ def main(argv: Sequence[str] | None = None) -> int:
                  lambda p: plots.model_comparison_plot(records, env, p, top1))):
             if draw(out / fname) is not None:
                 figures.append(fname)
-    payload = {"suite": args.suite, "environment": env,
+    payload = {"suite": opts.suite, "environment": env,
                "ceilings": {k: v.to_dict() for k, v in ceilings.items()},
-               "options": {k: (str(v) if isinstance(v, pathlib.Path) else v)
-                           for k, v in vars(args).items()},
-               "top1": top1, "notes": list(notes), "figures": figures, "records": records}
+               "options": to_dict(opts), "top1": top1, "notes": list(notes),
+               "figures": figures, "records": records}
     results.write_json(out / "results.json", payload)
     results.write_csv(out / "results.csv", records)
     md = results.markdown_report(env, payload["ceilings"], records,
-                                 title=f"Latency lab: {args.suite}", notes=notes,
+                                 title=f"Latency lab: {opts.suite}", notes=notes,
                                  figures=figures)
     results.write_markdown(out / "results.md", md)
     n_ok = sum(r.get("status") == "ok" for r in records)
-    runner.log(f"wrote {out}/results.json, results.csv, results.md"
-               + (f", {', '.join(figures)}" if figures else "")
-               + f" ({n_ok} measurements, {len(records) - n_ok} skipped)")
+    log(f"wrote {out}/results.json, results.csv, results.md"
+        + (f", {', '.join(figures)}" if figures else "")
+        + f" ({n_ok} measurements, {len(records) - n_ok} skipped)")
     return 0
 
 
 def _waterline_summaries(records: Sequence[dict[str, Any]]) -> dict[str, str]:
     """Per waterline group: the whole model / block measured jitted vs its floors (chart title)."""
-    from convfirst_jax.analysis.results import fmt_time
-
     out: dict[str, str] = {}
     whole = [r for r in records if r.get("suite") in ("models", "blocks")
              and r.get("status") == "ok" and r.get("mode") == "inference"]

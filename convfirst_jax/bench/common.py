@@ -1,8 +1,7 @@
-"""Shared pieces of the latency lab: run options, random inputs, records, environment."""
+"""Shared pieces of the latency lab: random inputs, records, environment."""
 
 from __future__ import annotations
 
-import dataclasses
 import datetime
 import platform as _platform
 import sys
@@ -10,39 +9,16 @@ from typing import Any, Callable, Sequence
 
 import jax
 import jax.numpy as jnp
+import jaxlib
 import numpy as np
 
-from convfirst_jax.analysis import roofline
-from convfirst_jax.analysis.ceilings import Ceilings, cache_bytes, device_info
-from convfirst_jax.analysis.timing import Timing, auto_buffers, time_jax, tree_nbytes
+from convfirst_jax.bench.ceilings import Ceilings, device_info
+from convfirst_jax.bench.options import TimingOptions
+from convfirst_jax.bench.timing import Timing, tree_nbytes
+from convfirst_jax.complexity import roofline
 
-DTYPES = ("float32", "bfloat16", "float16")
-DTYPE_BYTES = {"float32": 4, "bfloat16": 2, "float16": 2}
 CPU_PALLAS_NOTE = ("skipping impl pallas on {platform}: the Pallas kernel would run in interpret "
                    "mode, which is not a performance measurement")
-
-
-@dataclasses.dataclass(frozen=True)
-class TimingOptions:
-    """How every measurement of a run is taken (CLI: --warmup, --repeats, ...)."""
-
-    warmup: int = 5
-    repeats: int = 30
-    min_sample_s: float = 2e-3
-    max_number: int = 100
-    buffers: int = 0  # 0 = auto (enough to exceed twice the last-level cache, 2..16)
-    seed: int = 0
-
-    def n_buffers(self, bytes_per_set: int) -> int:
-        if self.buffers > 0:
-            return self.buffers
-        return auto_buffers(bytes_per_set, cache_bytes())
-
-    def time(self, fn: Callable, arg_sets: Sequence[tuple],
-             on_first: Callable[[Any], Any] | None = None) -> Timing:
-        return time_jax(fn, arg_sets, warmup=self.warmup, repeats=self.repeats,
-                        min_sample_s=self.min_sample_s, max_number=self.max_number,
-                        on_first=on_first)
 
 
 def on_gpu() -> bool:
@@ -76,10 +52,10 @@ def rotated_inputs(make: Callable[[np.random.Generator], tuple], seed: int | Seq
 def environment(argv: Sequence[str]) -> dict[str, Any]:
     """Everything needed to interpret a results file later."""
     kind, plat = device_info()
-    env = {
+    return {
         "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "jax_version": jax.__version__,
-        "jaxlib_version": _jaxlib_version(),
+        "jaxlib_version": jaxlib.__version__,
         "python": sys.version.split()[0],
         "device_kind": kind,
         "platform": plat,
@@ -89,16 +65,6 @@ def environment(argv: Sequence[str]) -> dict[str, Any]:
         "command_line": " ".join(["python", "-m", "convfirst_jax.bench", *argv]),
         "matmul_precision": str(jax.config.jax_default_matmul_precision),
     }
-    return env
-
-
-def _jaxlib_version() -> str | None:
-    try:
-        import jaxlib
-
-        return jaxlib.__version__
-    except Exception:  # pragma: no cover - jaxlib always present with jax
-        return None
 
 
 def make_record(*, suite: str, name: str, impl: str, mode: str, dtype: str, batch_size: int,

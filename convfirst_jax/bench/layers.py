@@ -8,7 +8,7 @@ activation name, "max", "mean", "add", "mul") on random inputs of the layer's sh
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from typing import Callable
 
 import jax
 import jax.numpy as jnp
@@ -16,13 +16,8 @@ import numpy as np
 from jax import lax
 
 from convfirst_jax.bench.common import random_normal
-
-ACTIVATIONS: dict[str, Callable[[jax.Array], jax.Array]] = {
-    "relu": jax.nn.relu,
-    "silu": jax.nn.silu,
-    "gelu": lambda x: jax.nn.gelu(x, approximate=False),
-    "gelu_tanh": lambda x: jax.nn.gelu(x, approximate=True),
-}
+from convfirst_jax.complexity.costs import LayerCost
+from pallas_kernels.activations import REFERENCE_ACTIVATIONS
 
 
 def _conv(x, w, b=None, *, stride: int, padding: int, groups: int):
@@ -56,7 +51,7 @@ def _max_pool(x, *, k: int, stride: int, padding: int):
                              (1, stride, stride, 1), pad)
 
 
-def layer_op(layer: Any, batch_size: int, dtype: str
+def layer_op(layer: LayerCost, batch_size: int, dtype: str
              ) -> tuple[Callable[..., jax.Array], Callable[[np.random.Generator], tuple]]:
     """(fn, make_args) that run ``layer`` standalone for ``batch_size`` images.
 
@@ -65,24 +60,21 @@ def layer_op(layer: Any, batch_size: int, dtype: str
     """
     h, w, c = layer.in_shape
     co = layer.out_shape[2]
-    k, s, p, g = layer.kernel_size, layer.stride, getattr(layer, "padding", 0), layer.groups
-    op = getattr(layer, "op", "") or _infer_op(layer)
+    k, s, p, g = layer.kernel_size, layer.stride, layer.padding, layer.groups
+    op = layer.op
     x_shape = (batch_size, h, w, c)
 
     def rnd(rng, shape, scale=1.0, shift=0.0, dt=dtype):
         return random_normal(rng, shape, dt, scale, shift)
 
+    bias = layer.bias
     if op == "conv":
-        bias = getattr(layer, "bias", False)
-
         def make(rng):
             args = (rnd(rng, x_shape), rnd(rng, (k, k, c // g, co), (k * k * c / g) ** -0.5))
             return args + ((rnd(rng, (co,)),) if bias else ())
 
         return (lambda x, w, *b: _conv(x, w, *b, stride=s, padding=p, groups=g)), make
     if op == "dense":
-        bias = getattr(layer, "bias", False)
-
         def make(rng):
             args = (rnd(rng, x_shape), rnd(rng, (c, co), c ** -0.5))
             return args + ((rnd(rng, (co,)),) if bias else ())
@@ -97,8 +89,8 @@ def layer_op(layer: Any, batch_size: int, dtype: str
                     rnd(rng, (c,), dt=f32), rnd(rng, (c,), dt=f32))
 
         return _batchnorm, make
-    if op in ACTIVATIONS:
-        return ACTIVATIONS[op], lambda rng: (rnd(rng, x_shape),)
+    if op in REFERENCE_ACTIVATIONS:
+        return REFERENCE_ACTIVATIONS[op], lambda rng: (rnd(rng, x_shape),)
     if op == "max":
         return (lambda x: _max_pool(x, k=k, stride=s, padding=p)), lambda rng: (rnd(rng, x_shape),)
     if op == "mean":
@@ -109,20 +101,5 @@ def layer_op(layer: Any, batch_size: int, dtype: str
         return (lambda x, g_: x * g_), lambda rng: (rnd(rng, x_shape), rnd(rng, (c,)))
     raise ValueError(f"layer {layer.name!r}: cannot rebuild op {op!r} (kind {layer.kind!r}) "
                      "standalone; known ops: conv, dense, layernorm, batchnorm, "
-                     f"{', '.join(ACTIVATIONS)}, max, mean, add, mul")
+                     f"{', '.join(REFERENCE_ACTIVATIONS)}, max, mean, add, mul")
 
-
-def _infer_op(layer: Any) -> str:
-    """Best guess of the op for LayerCost-like objects without an ``op`` field."""
-    kind = layer.kind
-    if kind in ("full_conv", "grouped", "depthwise"):
-        return "conv"
-    if kind in ("pointwise", "linear"):
-        return "dense"
-    if kind == "norm":
-        return "layernorm"
-    if kind == "activation":
-        return "gelu"
-    if kind == "pool":
-        return "mean" if layer.out_shape[:2] == (1, 1) else "max"
-    return {"add": "add", "scale": "mul"}.get(kind, kind)

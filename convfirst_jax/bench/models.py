@@ -14,8 +14,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from convfirst_jax.analysis import roofline
-from convfirst_jax.analysis.ceilings import Ceilings
+from convfirst_jax.bench.ceilings import Ceilings
+from convfirst_jax.complexity import ComplexityTable, fused_block_bytes, model_complexity, roofline
+from convfirst_jax.dtypes import itemsize
 from convfirst_jax.specs import ConvFirstNetSpec, get_spec
 
 # A train step does the forward, the backward (about twice the forward's operations) and the
@@ -24,33 +25,30 @@ from convfirst_jax.specs import ConvFirstNetSpec, get_spec
 TRAIN_FLOPS_FACTOR = 3
 
 
-def model_table(name: str, resolution: int, batch_size: int, dtype: str, num_classes: int):
+def model_table(name: str, resolution: int, batch_size: int, dtype: str,
+                num_classes: int) -> ComplexityTable:
     """The unfused per-op cost table of ``name`` for this batch and dtype."""
-    from convfirst_jax.complexity import model_complexity
-
     return model_complexity(name, resolution=resolution, batch_size=batch_size,
-                            dtype_bytes=jnp.dtype(dtype).itemsize, num_classes=num_classes)
+                            dtype_bytes=itemsize(dtype), num_classes=num_classes)
 
 
-def model_floors(table: Any, ceil: Ceilings) -> tuple[float, float | None]:
+def model_floors(table: ComplexityTable, ceil: Ceilings) -> tuple[float, float | None]:
     """(unfused waterline, waterline with every conv-first block fused) in seconds.
 
     Fused: layers outside blocks keep their kernel floors; each conv-first block costs
-    max(block ops / peak, (x + folded weights + out bytes) / bandwidth) (Lavin 2024,
-    waterline analysis). None for models without conv-first blocks (ResNets).
+    ``roofline.fused_block_floor`` with the BN-folded weights the kernel reads
+    (``complexity.fused_block_bytes``) (Lavin 2024, waterline analysis). None for models
+    without conv-first blocks (ResNets).
     """
-    unfused = roofline.waterline(table.layers, ceil.peak_flops, ceil.bandwidth)
-    spec = get_spec(table.model)
-    if not isinstance(spec, ConvFirstNetSpec):
+    peak, bw = ceil.peak_flops, ceil.bandwidth
+    unfused = roofline.waterline(table.layers, peak, bw)
+    if not has_conv_first_blocks(table.model):
         return unfused, None
-    from convfirst_jax.complexity import fused_block_bytes
-
     outside = [l for l in table.layers if l.block is None]
-    fused = roofline.waterline(outside, ceil.peak_flops, ceil.bandwidth)
+    fused = roofline.waterline(outside, peak, bw)
     for layers in table.blocks.values():
-        flops = sum(l.flops for l in layers)
         nbytes = fused_block_bytes(layers, batch=table.batch_size, dtype_bytes=table.dtype_bytes)
-        fused += roofline.kernel_floor(flops, nbytes, ceil.peak_flops, ceil.bandwidth)
+        fused += roofline.fused_block_floor(layers, peak, bw, nbytes=nbytes)
     return unfused, fused
 
 

@@ -19,9 +19,9 @@ Pipeline, per block configuration:
    (issue, FP32, ALU, MUFU, conversions, L1 wavefronts, tensor cores, L2->SM bytes, HBM).
    "overlap" = max over pipes (everything overlaps); "serial" = sum over phases of each phase's
    max. Both ignore latency, so both are optimistic.
-5. The floors come from the project's cost model (:mod:`convfirst_jax.complexity` layer costs,
-   :mod:`convfirst_jax.analysis.roofline`): fused floor max(2 * MACs / peak, (x + weights +
-   out) / bandwidth) and XLA's unfused floor (the waterline: every layer of the block its own
+5. The floors come from the project's cost model (:mod:`convfirst_jax.complexity` layer costs
+   and :mod:`convfirst_jax.complexity.roofline`): fused floor max(2 * MACs / peak, (x + weights
+   + out) / bandwidth) and XLA's unfused floor (the waterline: every layer of the block its own
    kernel, each at max(flops / peak, bytes / bandwidth)).
 
 Steps 3-5 are plain functions of numbers and SASS text (tested without triton); steps 1-2 need
@@ -45,9 +45,10 @@ from collections import Counter
 from collections.abc import Sequence
 from typing import Any
 
-from convfirst_jax.analysis.roofline import bound, kernel_floor, waterline
 from convfirst_jax.complexity.costs import LayerRecorder
 from convfirst_jax.complexity.networks import conv_first_block_layers
+from convfirst_jax.complexity.roofline import (bound, fused_block_bytes_moved,
+                                               fused_block_floor, waterline)
 from convfirst_jax.specs import ConvFirstBlockConfig
 
 TRITON_CALL = "__gpu$xla.gpu.triton"
@@ -165,19 +166,18 @@ def brief_configs(batch: int = 128, dtype: str = "bfloat16") -> list[StaticConfi
 def floors(cfg: StaticConfig, hw: H100Model) -> dict[str, Any]:
     """Fused floor and XLA's unfused floor (waterline) from the project's layer costs.
 
-    Fused floor = max(2 * MACs / peak, (x + weights + out) bytes / bandwidth) (issue 9: the
-    elementwise work of the fused block hides under the matmuls); XLA floor = the waterline
-    of the block's unfused layers (each layer max(flops / peak, bytes / bandwidth)).
+    Fused floor = ``roofline.fused_block_floor``: max(2 * MACs / peak, (x + weights + out)
+    bytes / bandwidth) (issue 9: the elementwise work of the fused block hides under the
+    matmuls); XLA floor = the waterline of the block's unfused layers (each layer
+    max(flops / peak, bytes / bandwidth)).
     """
     rec = LayerRecorder(batch_size=cfg.N, dtype_bytes=cfg.itemsize)
     conv_first_block_layers(rec, "block", (cfg.H, cfg.W, cfg.C), cfg.block_config())
     layers = rec.layers
     ops = 2 * sum(l.macs for l in layers)
-    fused_bytes = layers[0].act_bytes_read + layers[-1].act_bytes_written + sum(
-        l.weight_bytes for l in layers)
-    unfused_bytes = sum(l.act_bytes_read + l.act_bytes_written + l.weight_bytes
-                        for l in layers)
-    floor = kernel_floor(ops, fused_bytes, hw.peak_flops, hw.hbm_bw)
+    fused_bytes = fused_block_bytes_moved(layers)
+    unfused_bytes = sum(l.bytes_total for l in layers)
+    floor = fused_block_floor(layers, hw.peak_flops, hw.hbm_bw)
     xla_floor = waterline(layers, hw.peak_flops, hw.hbm_bw)
     conv_macs = sum(l.macs for l in layers if l.kind in ("depthwise", "grouped"))
     return dict(gflop=ops / 1e9, conv_share=2 * conv_macs / ops, fused_mb=fused_bytes / 1e6,
@@ -404,14 +404,15 @@ def _param_specs(cfg: StaticConfig):
     return p
 
 
-def export_triton_module(cfg: StaticConfig) -> tuple[str, dict[str, Any]]:
-    """(TTIR text, launch info) of the kernel exported for CUDA on this host."""
+def export_triton_modules(cfg: StaticConfig) -> list[tuple[str, dict[str, Any]]]:
+    """(TTIR text, launch info) of each Triton kernel of the block exported for CUDA on this
+    host, in launch order: one for the fused plan, three for the split plan
+    (:mod:`pallas_kernels.split_block`); the info holds num_warps / num_stages / grid."""
     import jax
     import jax.numpy as jnp
     from jax._src.pallas.triton import pallas_call_registration as reg
 
     from pallas_kernels import conv_first_block, cuda_export_target
-    from pallas_kernels.fused_block import block_launch_config
 
     captured: list[str] = []
     orig = reg.lowering.lower_jaxpr_to_triton_module
@@ -423,9 +424,7 @@ def export_triton_module(cfg: StaticConfig) -> tuple[str, dict[str, Any]]:
 
     params = _param_specs(cfg)
     x = jax.ShapeDtypeStruct((cfg.N, cfg.H, cfg.W, cfg.C), jnp.dtype(cfg.dtype))
-    lc = block_launch_config(x.shape, x.dtype, params, cfg.k, cfg.gw)
-    info: dict[str, Any] = dict(tile=lc.tile, hidden_chunk=lc.hidden_chunk,
-                                num_warps=lc.num_warps, num_stages=lc.num_stages)
+    infos: list[dict[str, Any]] = []
 
     def f(x_, p_):
         return conv_first_block(x_, p_, kernel_size=cfg.k, group_width=cfg.gw, norm=cfg.norm,
@@ -439,20 +438,18 @@ def export_triton_module(cfg: StaticConfig) -> tuple[str, dict[str, Any]]:
                 disabled_checks=[jax.export.DisabledSafetyCheck.custom_call(TRITON_CALL)])(
                     x, params)
         text = exported.mlir_module()
-        for key in ("num_warps", "num_stages", "grid_x", "grid_y", "grid_z"):
-            m = re.search(rf"\b{key} = (\d+) : i32", text)
-            if m:
-                info[key] = int(m.group(1))
+        found = {key: [int(v) for v in re.findall(rf"\b{key} = (\d+) : i32", text)]
+                 for key in ("num_warps", "num_stages", "grid_x", "grid_y", "grid_z")}
+        infos = [dict(zip(found, values)) for values in zip(*found.values())]
     except RuntimeError:  # a jaxlib that compiles Triton while lowering: module was captured
         if not captured:
             raise
     finally:
         reg.lowering.lower_jaxpr_to_triton_module = orig
-    if len(captured) != 1:
-        raise RuntimeError(f"expected one Triton module, got {len(captured)}")
-    if "grid_x" not in info:
-        raise RuntimeError("no grid in the exported backend config")
-    return captured[0], info
+    if not captured or len(infos) != len(captured):
+        raise RuntimeError(f"{len(captured)} Triton modules but {len(infos)} launch configs "
+                           "(grid_x, num_warps, ...) in the exported backend configs")
+    return list(zip(captured, infos))
 
 
 def _triton_tool(name: str) -> str:
@@ -506,13 +503,28 @@ def parse_ptxas_log(log: str) -> dict[str, int | None]:
 # ------------------------------------------------------------------------------ one row
 def analyse(cfg: StaticConfig, hw: H100Model, workdir: str) -> dict[str, Any]:
     """Every number of the report for one configuration (needs jax's Triton lowering and
-    triton)."""
+    triton): the fused plan's one kernel, or the split plan's three summed
+    (:func:`analyse_split`)."""
+    t0 = time.time()
+    modules = export_triton_modules(cfg)
+    tag = re.sub(r"[^A-Za-z0-9]+", "_", cfg.name).strip("_") + f"_N{cfg.N}"
+    if len(modules) > 1:
+        row = analyse_split(cfg, hw, workdir, modules, tag)
+    else:
+        row = _analyse_fused(cfg, hw, workdir, *modules[0], tag)
+    row["seconds"] = time.time() - t0
+    return row
+
+
+def _analyse_fused(cfg: StaticConfig, hw: H100Model, workdir: str, ttir: str,
+                   info: dict[str, Any], tag: str) -> dict[str, Any]:
+    """The report row of the fused plan (one kernel, :mod:`pallas_kernels.fused_block`)."""
     from pallas_kernels.fused_block import block_launch_config, conv_loop_trips
     from pallas_kernels.tuning import padded_channels
 
-    t0 = time.time()
-    ttir, info = export_triton_module(cfg)
-    tag = re.sub(r"[^A-Za-z0-9]+", "_", cfg.name).strip("_") + f"_N{cfg.N}"
+    lc = block_launch_config((cfg.N, cfg.H, cfg.W, cfg.C), cfg.dtype, _param_specs(cfg),
+                             cfg.k, cfg.gw)
+    info = dict(info, tile=lc.tile, hidden_chunk=lc.hidden_chunk, plan="fused")
     comp = compile_sm90(ttir, info["num_warps"], info["num_stages"], workdir, tag)
     sass = comp.pop("sass")
     instrs, labels = parse_sass(sass)
@@ -566,14 +578,146 @@ def analyse(cfg: StaticConfig, hw: H100Model, workdir: str) -> dict[str, Any]:
     row["conv_instr_per_mac"] = counts["conv"]["issue"] * lanes / (
         info["tile"] * cfg.k * cfg.k * cfg.gw * cp)
     row["mlp_instr_per_hidden"] = counts["mlp"]["issue"] * lanes / (info["tile"] * hp)
-    row["seconds"] = time.time() - t0
+    row["launch"] = (f"{info['tile']}/{info['hidden_chunk']}/{info['num_warps']}/"
+                     f"{info['num_stages']}")
+    return row
+
+
+def split_kernel_traffic(cfg: StaticConfig, kernel: str, lc: Any, grid: tuple[int, int],
+                         cp: int, hp: int) -> tuple[float, float]:
+    """(L2 -> SM bytes, HBM bytes) of one kernel of the split plan.
+
+    conv_norm: the x rows its taps touch (:func:`l2_bytes`) plus conv weights / vectors per
+    program; HBM x read + y written. GEMMs: per program a (block_m, K) slice of the left
+    operand and a (K, block_n) slice of the weights (the project also its residual tile);
+    HBM the left operand, the weights and the output once (the project also x).
+    """
+    m = cfg.N * cfg.H * cfg.W
+    item = cfg.itemsize
+    programs = grid[0] * grid[1]
+    if kernel == "conv_norm":
+        per_program = cfg.k * cfg.k * cfg.gw * cp * 4 + 3 * cp * 4
+        return (l2_bytes(cfg, lc.conv_tile, programs, per_program),
+                m * cfg.C * item + m * cp * item)
+    k_dim, n_dim = (cp, hp) if kernel == "expand" else (hp, cp)
+    block_n = n_dim // grid[1]
+    l2 = programs * (lc.block_m * k_dim + k_dim * block_n) * item
+    hbm = (m * k_dim + k_dim * n_dim + m * n_dim) * item
+    if kernel == "project":
+        l2 += m * cfg.C * item
+        hbm += m * cfg.C * item
+    return l2, hbm
+
+
+def analyse_split(cfg: StaticConfig, hw: H100Model, workdir: str,
+                  modules: Sequence[tuple[str, dict[str, Any]]], tag: str) -> dict[str, Any]:
+    """The report row of the split plan (:mod:`pallas_kernels.split_block`): each kernel
+    compiled and modelled like the fused one, run back to back, so the block's "overlap" /
+    "serial" times are the sums of the kernels' (the conv + norm kernel is the "conv" phase,
+    the two GEMMs the "mlp" phase); registers / shared memory are the largest, CTAs per SM
+    and waves the smallest (batch 1 included) of the three."""
+    from pallas_kernels.conv_stage import conv_loop_trips
+    from pallas_kernels.operands import round_up
+    from pallas_kernels.split_block import SPLIT_KERNELS, split_launch
+    from pallas_kernels.tuning import gemm_block_n, padded_channels
+
+    if len(modules) != len(SPLIT_KERNELS):
+        raise RuntimeError(f"split plan: expected {len(SPLIT_KERNELS)} kernels, got "
+                           f"{len(modules)}")
+    specs = _param_specs(cfg)
+    lc = split_launch((cfg.N, cfg.H, cfg.W, cfg.C), cfg.dtype, specs, cfg.k, cfg.gw)
+    lc1 = split_launch((1, cfg.H, cfg.W, cfg.C), cfg.dtype, specs, cfg.k, cfg.gw)
+    cp = padded_channels(cfg.C)
+    hidden = cfg.E * cfg.C
+
+    def gemm_grids(lc_, rows):
+        expand_n = gemm_block_n(lc_.block_n, lc_.block_m, rows, hidden)
+        project_n = gemm_block_n(lc_.block_n, lc_.block_m, rows, cp)
+        hp_ = round_up(hidden, max(expand_n, lc_.block_k))
+        grid_m = math.ceil(rows / lc_.block_m)
+        return hp_, dict(conv_norm=math.ceil(rows / lc_.conv_tile),
+                         expand=grid_m * (hp_ // expand_n), project=grid_m * (cp // project_n))
+
+    hp, _ = gemm_grids(lc, cfg.N * cfg.H * cfg.W)
+    _, grids_n1 = gemm_grids(lc1, cfg.H * cfg.W)
+    conv_trips = conv_loop_trips(cfg.k, cfg.gw)
+    trips = dict(conv_norm=conv_trips, expand=cp // lc.block_k, project=hp // lc.block_k)
+    row: dict[str, Any] = dict(cfg=cfg.name, config=dataclasses.asdict(cfg), plan="split",
+                               **dataclasses.asdict(lc))
+    row.update(floors(cfg, hw))
+    kernels = []
+    for name, (ttir, info) in zip(SPLIT_KERNELS, modules):
+        comp = compile_sm90(ttir, info["num_warps"], info["num_stages"], workdir,
+                            f"{tag}_{name}")
+        instrs, labels = parse_sass(comp.pop("sass"))
+        grid = (info["grid_x"], info.get("grid_y", 1))
+        smem = comp["dyn_smem"] + comp["static_smem"]
+        occ = occupancy(comp["regs"] or 255, smem, info["num_warps"], hw)
+        counts, loop_info = dynamic_counts(instrs, labels, mlp_trips=trips[name],
+                                           conv_trips=trips[name] if name == "conv_norm"
+                                           else 1)
+        if name == "conv_norm":  # one phase: whichever loop the conv has, all of it is conv
+            for phase in ("mlp", "rest"):
+                counts["conv"].update(counts[phase])
+                counts[phase] = Counter()
+        l2, hbm = split_kernel_traffic(cfg, name, lc, grid, cp, hp)
+        phase = "conv" if name == "conv_norm" else "mlp"
+        warps_total = info["num_warps"] * grid[0] * grid[1]
+        model = pipe_model(counts, warps_total, {phase: l2}, hbm, hw)
+        ops = Counter(ins.op for ins in instrs)
+        exec_tc = sum(counts[p]["tc_flops_" + op] for p in counts for op in MMA_OPS
+                      ) * warps_total
+        kernels.append(dict(
+            kernel=name, **info, **comp, **occ, smem_kib=smem / 1024, grid=grid[0] * grid[1],
+            block_n=dict(expand=hp, project=cp).get(name, 0) // grid[1],
+            waves=waves(grid[0] * grid[1], occ["ctas_per_sm"], hw),
+            waves_n1=waves(grids_n1[name], occ["ctas_per_sm"], hw), loops=loop_info,
+            l2_mb=l2 / 1e6, hbm_mb=hbm / 1e6, exec_tc_flops=exec_tc,
+            hgmma=ops["HGMMA"], hmma=ops["HMMA"],
+            model_overlap_us=model["overlap_s"] * 1e6,
+            model_serial_us=model["serial_s"] * 1e6, bottleneck=model["bottleneck"],
+            pipe_us=model["pipe_us"]))
+    conv, gemms = kernels[0], kernels[1:]
+    pipes = sorted({p for k in kernels for p in k["pipe_us"]})
+    row.update(
+        kernels=kernels,
+        launch=(f"split: conv {lc.conv_tile}/{lc.conv_warps}w; gemm {lc.block_m}x"
+                f"{kernels[1]['block_n']},{kernels[2]['block_n']}x{lc.block_k}/"
+                f"{lc.num_warps}w/{lc.num_stages}s"),
+        regs=max(k["regs"] or 0 for k in kernels),
+        spill_st=sum(k["spill_st"] or 0 for k in kernels),
+        spill_ld=sum(k["spill_ld"] or 0 for k in kernels),
+        smem_kib=max(k["smem_kib"] for k in kernels),
+        ctas_per_sm=min(k["ctas_per_sm"] for k in kernels),
+        limiter="/".join(k["limiter"] for k in kernels),
+        grid=sum(k["grid"] for k in kernels),
+        waves=min(k["waves"] for k in kernels), waves_n1=min(k["waves_n1"] for k in kernels),
+        l2_mb=sum(k["l2_mb"] for k in kernels),
+        hbm_mb=sum(k["hbm_mb"] for k in kernels),
+        model_overlap_us=sum(k["model_overlap_us"] for k in kernels),
+        model_serial_us=sum(k["model_serial_us"] for k in kernels),
+        pipe_us={p: sum(k["pipe_us"].get(p, 0.0) for k in kernels) for p in pipes},
+        phase_us=dict(conv=dict(conv["pipe_us"]),
+                      mlp={p: sum(k["pipe_us"].get(p, 0.0) for k in gemms) for p in pipes}),
+        phase_bound=dict(conv=conv["bottleneck"],
+                         mlp="+".join(k["bottleneck"] for k in gemms)),
+        mma=(f"wgmma x{sum(k['hgmma'] for k in gemms)}" if all(k["hgmma"] for k in gemms)
+             else f"mma.sync x{sum(k['hmma'] for k in gemms)}"))
+    row["bottleneck"] = max(kernels, key=lambda k: k["model_overlap_us"])["kernel"] + ":" + max(
+        kernels, key=lambda k: k["model_overlap_us"])["bottleneck"]
+    useful_tc = 2 * cfg.N * cfg.H * cfg.W * 2 * cfg.C * cfg.E * cfg.C
+    exec_tc = sum(k["exec_tc_flops"] for k in gemms)
+    row["tc_useful"] = useful_tc / exec_tc if exec_tc else 0.0
+    row["pct_floor_overlap"] = row["floor_us"] / row["model_overlap_us"]
+    row["pct_floor_serial"] = row["floor_us"] / row["model_serial_us"]
+    row["vs_xla_floor"] = row["model_overlap_us"] / row["xla_floor_us"]
     return row
 
 
 # ------------------------------------------------------------------------------ output
 def markdown_table(rows: Sequence[dict[str, Any]]) -> str:
     """The key columns, one row per configuration."""
-    head = ("| block | tile/HC/warps/stages | grid | regs | spill | smem KiB | CTA/SM | waves "
+    head = ("| block | launch (fused: tile/HC/warps/stages) | grid | regs | spill | smem KiB | CTA/SM | waves "
             "| N=1 waves | MMA (useful) | conv µs | mlp µs | model µs overlap / serial | "
             "floor µs | % floor ovl / ser | XLA floor µs | bottleneck |")
     lines = [head, "|" + "---|" * (head.count("|") - 1)]
@@ -583,7 +727,7 @@ def markdown_table(rows: Sequence[dict[str, Any]]) -> str:
             continue
         ph, pb = r["phase_us"], r["phase_bound"]
         lines.append(
-            f"| {r['cfg']} | {r['tile']}/{r['hidden_chunk']}/{r['num_warps']}/{r['num_stages']} "
+            f"| {r['cfg']} | {r['launch']} "
             f"| {r['grid']} | {r['regs']} | {r['spill_st']}/{r['spill_ld']} "
             f"| {r['smem_kib']:.1f} | {r['ctas_per_sm']} ({r['limiter']}) | {r['waves']:.2f} "
             f"| {r['waves_n1']:.2f} | {r['mma']} ({100 * r['tc_useful']:.0f} %) "

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from convfirst_jax.analysis.timing import Timing, time_callable
+from convfirst_jax.bench.timing import Timing, time_callable
 
 
 def timm_name(model: str) -> str:

@@ -23,7 +23,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from convfirst_jax.analysis.timing import time_jax
+from convfirst_jax.bench.timing import time_jax
+from convfirst_jax.dtypes import DTYPE_NAMES
 
 T = 1e12
 
@@ -59,7 +60,6 @@ DATASHEET: dict[str, DatasheetEntry] = {
                            40 << 20),
 }
 
-DTYPES = ("float32", "bfloat16", "float16")
 CPU_CACHE_BYTES = 32 << 20
 
 
@@ -84,7 +84,7 @@ def datasheet_peak(entry: DatasheetEntry, dtype: str) -> float:
         return entry.bf16_flops
     if dtype == "float32":
         return entry.tf32_flops if f32_uses_tf32() else entry.fp32_flops
-    raise ValueError(f"unknown dtype {dtype!r}; valid: {', '.join(DTYPES)}")
+    raise ValueError(f"unknown dtype {dtype!r}; valid: {', '.join(DTYPE_NAMES)}")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -137,8 +137,8 @@ def cache_bytes(device_kind: str | None = None) -> int:
 
 def datasheet_ceilings(dtype: str, device_kind: str | None = None) -> Ceilings | None:
     """Datasheet ceilings for the current (or named) device, None when it is not in the table."""
-    if dtype not in DTYPES:
-        raise ValueError(f"unknown dtype {dtype!r}; valid: {', '.join(DTYPES)}")
+    if dtype not in DTYPE_NAMES:
+        raise ValueError(f"unknown dtype {dtype!r}; valid: {', '.join(DTYPE_NAMES)}")
     kind, platform = device_info()
     kind = device_kind or kind
     entry = lookup_datasheet(kind)
@@ -156,8 +156,8 @@ def measure_ceilings(dtype: str, *, matmul_n: int | None = None, copy_bytes: int
     The best-decile (p10) latency is used: a ceiling is what the device can reach.
     ``details`` keeps the copy and read-only bandwidths separately.
     """
-    if dtype not in DTYPES:
-        raise ValueError(f"unknown dtype {dtype!r}; valid: {', '.join(DTYPES)}")
+    if dtype not in DTYPE_NAMES:
+        raise ValueError(f"unknown dtype {dtype!r}; valid: {', '.join(DTYPE_NAMES)}")
     kind, platform = device_info()
     accel = platform != "cpu"
     n = matmul_n or (8192 if accel else 1024)

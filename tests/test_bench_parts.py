@@ -1,5 +1,5 @@
-"""Latency-lab analysis: efficiency / gap / waterline math on hand-computed cases, timing,
-ceilings table, writers and figures (no model compiles here)."""
+"""Latency-lab parts: timing, the ceilings table, results writers and figures (no model
+compiles here; the roofline math is tested in test_complexity.py)."""
 
 from __future__ import annotations
 
@@ -13,106 +13,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from convfirst_jax.analysis import ceilings, plots, results, roofline, timing
-from convfirst_jax.analysis.roofline import OpCost
+from convfirst_jax.bench import ceilings, plots, results, timing
 
 PEAK = 100e12  # 100 TFLOP/s
 BW = 2e12      # 2 TB/s -> ridge at 50 FLOP/byte
-
-
-def _matmul_layer(m=4096, k=4096, n=4096, dtype_bytes=2) -> OpCost:
-    """A (m,k)@(k,n) matmul: 2mkn flops; reads m*k + k*n, writes m*n elements."""
-    return OpCost(name="mm", kind="pointwise", flops=2 * m * k * n,
-                  act_bytes_read=m * k * dtype_bytes, act_bytes_written=m * n * dtype_bytes,
-                  weight_bytes=k * n * dtype_bytes, macs=m * k * n)
-
-
-def _depthwise_layer(n=32, h=56, w=56, c=96, k=7, dtype_bytes=2) -> OpCost:
-    """A k x k depthwise conv: 2 k^2 flops per output element, ~1 element read + written."""
-    elems = n * h * w * c
-    return OpCost(name="dw", kind="depthwise", flops=2 * k * k * elems,
-                  act_bytes_read=elems * dtype_bytes, act_bytes_written=elems * dtype_bytes,
-                  weight_bytes=k * k * c * dtype_bytes, macs=k * k * elems)
-
-
-def test_matmul_layer_is_compute_bound_and_waterline_is_ops_over_peak():
-    mm = _matmul_layer()
-    flops = 2 * 4096 ** 3                        # 137.4 GFLOP
-    nbytes = 3 * 4096 * 4096 * 2                 # 100.7 MB
-    assert mm.bytes_total == nbytes
-    assert mm.intensity == pytest.approx(flops / nbytes)  # ~1365 FLOP/B >> ridge 50
-    ideal = flops / PEAK                          # 1.374 ms
-    assert roofline.ideal_latency(flops, PEAK) == pytest.approx(ideal)
-    assert roofline.kernel_floor(flops, nbytes, PEAK, BW) == pytest.approx(ideal)
-    assert roofline.waterline([mm], PEAK, BW) == pytest.approx(ideal)
-    assert roofline.bound(flops, nbytes, PEAK, BW) == "compute"
-    latency = 2e-3                                # measured 2 ms
-    assert roofline.efficiency(flops, latency, PEAK) == pytest.approx(0.68719476736)
-    assert roofline.efficiency_gap(flops, latency, PEAK) == pytest.approx(latency - ideal)
-    assert roofline.efficiency_gap(flops, ideal, PEAK) == pytest.approx(0.0, abs=1e-15)
-
-
-def test_depthwise_layer_is_memory_bound_and_waterline_is_bytes_over_bandwidth():
-    dw = _depthwise_layer()
-    elems = 32 * 56 * 56 * 96
-    nbytes = 2 * elems * 2 + 49 * 96 * 2
-    assert dw.bytes_total == nbytes
-    assert dw.intensity < PEAK / BW               # 24.5 FLOP/B < ridge 50
-    floor = nbytes / BW                           # ~19.3 us
-    assert roofline.kernel_floor(dw.flops, nbytes, PEAK, BW) == pytest.approx(floor)
-    assert roofline.waterline([dw], PEAK, BW) == pytest.approx(floor)
-    assert roofline.bound(dw.flops, nbytes, PEAK, BW) == "memory"
-    # Its ideal (ops/peak) is well under the floor: efficiency alone cannot reach 100 %.
-    assert roofline.ideal_latency(dw.flops, PEAK) < floor / 1.9
-
-
-def test_waterline_sums_per_kernel_floors():
-    layers = [_depthwise_layer(), _matmul_layer(), _depthwise_layer(c=48)]
-    per = roofline.waterline_per_layer(layers, PEAK, BW)
-    assert per == pytest.approx([max(l.flops / PEAK, l.bytes_total / BW) for l in layers])
-    assert roofline.waterline(layers, PEAK, BW) == pytest.approx(sum(per))
-
-
-def _block_layers(n=8, hw=56, c=96, e=4, b=2):
-    """Unfused conv-first block by hand: dw conv, LN, fc1, gelu, fc2, scale, add."""
-    x = n * hw * hw * c
-    hid = x * e
-    return [
-        OpCost("conv", "depthwise", 2 * 49 * x, x * b, x * b, (49 * c + c) * b),
-        OpCost("norm", "norm", 8 * x, x * b, x * b, 2 * c * b),
-        OpCost("fc1", "pointwise", 2 * x * e * c, x * b, hid * b, (c * e * c + e * c) * b),
-        OpCost("act", "activation", 8 * hid, hid * b, hid * b),
-        OpCost("fc2", "pointwise", 2 * x * e * c, hid * b, x * b, (c * e * c + c) * b),
-        OpCost("scale", "scale", x, x * b, x * b, c * b),
-        OpCost("add", "add", x, 2 * x * b, x * b),
-    ], x * b
-
-
-def test_fused_block_floor_counts_x_weights_out_only_and_is_below_unfused():
-    layers, x_bytes = _block_layers()
-    weights = sum(l.weight_bytes for l in layers)
-    flops = sum(l.flops for l in layers)
-    fused = roofline.fused_block_floor(layers, PEAK, BW)
-    assert fused == pytest.approx(max(flops / PEAK, (2 * x_bytes + weights) / BW))
-    assert fused == pytest.approx(roofline.fused_floor(flops, x_bytes, weights, x_bytes,
-                                                       PEAK, BW))
-    unfused = roofline.waterline(layers, PEAK, BW)
-    assert fused < unfused
-    # This block is memory bound unfused (hidden E*C activations go to DRAM 4 times) but
-    # compute bound fused: the fused floor is ops/peak.
-    assert fused == pytest.approx(flops / PEAK)
-    assert unfused > 1.5 * fused
-
-
-def test_roofline_rejects_bad_input():
-    with pytest.raises(ValueError, match="peak"):
-        roofline.ideal_latency(1.0, 0.0)
-    with pytest.raises(ValueError, match="latency_s"):
-        roofline.efficiency(1.0, 0.0, PEAK)
-    with pytest.raises(ValueError, match="bandwidth"):
-        roofline.kernel_floor(1.0, 1.0, PEAK, -1.0)
-    with pytest.raises(ValueError, match="empty"):
-        roofline.fused_block_floor([], PEAK, BW)
 
 
 # ----------------------------------------------------------------------------- timing
