@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import functools
 import json
 import pathlib
 import sys
@@ -37,9 +38,9 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
-from flax import nnx
 
 from convfirst_jax.folding import apply_folded, fold_batchnorm, fold_resnet_batchnorm
+from convfirst_jax.models.inference import inference_fn
 from convfirst_jax.models.macro import FourStageNet
 from convfirst_jax.models.resnet import ResNet
 from pallas_kernels import cuda_export_target
@@ -68,8 +69,8 @@ def serving_function(model, *, block_impl: str = "xla") -> tuple[Callable, str]:
             raise ValueError(f"the model was built with block_impl={model.block_impl!r}; "
                              f"build it with {block_impl!r}")
         net, how = model, "none (LayerNorm model)"
-    graphdef, state = nnx.split(net)
-    return (lambda x: nnx.merge(graphdef, state)(x).astype(jnp.float32)), how
+    forward, state = inference_fn(net)
+    return functools.partial(forward, state), how
 
 
 def export_model(model, *, batch_size: int | None, image_size: int,

@@ -54,13 +54,10 @@ def top_k(logits: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
 def predict(run, paths: Sequence[str | pathlib.Path], *, k: int = 5,
             crop_pct: float | None = None) -> list[list[dict]]:
     """Top-k predictions per image: ``[{"class", "index", "prob"}, ...]`` for each path."""
-    import jax
-    import jax.numpy as jnp
-    from flax import nnx
+    from convfirst_jax.models.inference import jitted_logits
 
     x = preprocess(paths, run.image_size, crop_pct)
-    graphdef, state = nnx.split(run.model)
-    logits = jax.jit(lambda s, a: nnx.merge(graphdef, s)(a))(state, jnp.asarray(x))
+    logits = jitted_logits(run.model)(x)
     idx, probs = top_k(np.asarray(logits, np.float32), k)
     return [[{"class": run.classes[int(i)] if int(i) < len(run.classes) else str(int(i)),
               "index": int(i), "prob": float(p)} for i, p in zip(row_i, row_p)]
