@@ -240,8 +240,8 @@ def validate(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
             badk = [k for k in args.kernel_size if k not in KERNEL_SIZES]
             if badk:
                 parser.error(f"--kernel-size {','.join(map(str, badk))}: the pallas kernel "
-                             f"supports k in {', '.join(map(str, KERNEL_SIZES))}; drop pallas from --impls "
-                             "for other k")
+                             f"supports k in {', '.join(map(str, KERNEL_SIZES))}; drop pallas "
+                             "from --impls for other k")
         for k in args.kernel_size:
             if k % 2 == 0:
                 parser.error(f"--kernel-size {k}: must be odd ('SAME' padding k//2)")

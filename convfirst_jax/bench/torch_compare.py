@@ -19,7 +19,8 @@ def timm_name(model: str) -> str:
 
 
 def torch_available(require_cuda: bool = True) -> tuple[bool, str]:
-    """(usable, reason): torch + timm import (and, with ``require_cuda``, a CUDA device is visible)."""
+    """(usable, reason): torch + timm import (and, with ``require_cuda``, a CUDA device is
+    visible)."""
     try:
         import timm  # noqa: F401
         import torch

@@ -14,7 +14,7 @@ floors.
 """
 
 from convfirst_jax.complexity.costs import (  # noqa: F401
-    ACTIVATION_FLOPS, ACTIVATION_TRANSCENDENTALS, CONV_KINDS, LAYER_KINDS, CostTotals, LayerCost,
+    ACTIVATION_FLOPS, ACTIVATION_TRANSCENDENTALS, LAYER_KINDS, CostTotals, LayerCost,
     LayerRecorder, conv_output_size, valid_taps)
 from convfirst_jax.complexity.model_table import (  # noqa: F401
     MODEL_TABLE_END, MODEL_TABLE_START, model_table_markdown, model_table_rows, update_readme)

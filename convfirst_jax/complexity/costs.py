@@ -59,13 +59,9 @@ parameters, and are left out as in timm's parameter counts).
 from __future__ import annotations
 
 import dataclasses
-from typing import Literal
 
-LayerKind = Literal["full_conv", "pointwise", "grouped", "depthwise", "norm", "activation",
-                    "pool", "linear", "add", "scale"]
 LAYER_KINDS: tuple[str, ...] = ("full_conv", "pointwise", "grouped", "depthwise", "norm",
                                 "activation", "pool", "linear", "add", "scale")
-CONV_KINDS: tuple[str, ...] = ("full_conv", "pointwise", "grouped", "depthwise")
 
 Shape = tuple[int, int, int]
 
@@ -153,8 +149,6 @@ class CostTotals:
     @property
     def bytes(self) -> int:
         return self.act_bytes_read + self.act_bytes_written + self.weight_bytes
-
-    bytes_total = bytes
 
     @property
     def intensity(self) -> float:

@@ -103,9 +103,6 @@ class ComplexityTable:
                 groups.setdefault(layer.block, []).append(layer)
         return groups
 
-    def block_totals(self) -> "OrderedDict[str, CostTotals]":
-        return OrderedDict((name, CostTotals.of(ls)) for name, ls in self.blocks.items())
-
     def to_rows(self) -> list[dict]:
         """One JSON/CSV-friendly dict per layer (shapes as 'HxWxC' strings, block '' if none)."""
         rows = []
