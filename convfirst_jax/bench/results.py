@@ -103,8 +103,9 @@ def markdown_report(env: dict[str, Any], ceilings: dict[str, dict[str, Any]],
                        "datasheet"], rows, right_from=1))
     out += ["", "Efficiency = (ops / latency) / peak; gap = latency − ops/peak; waterline = "
             "Σ max(ops/peak, bytes/bandwidth) over the unfused ops; fused floor = the same with "
-            "each conv-first block costed as one kernel reading x + weights and writing out "
-            "(Lavin 2024, Sec. 2). Latencies are medians (p10–p90 spread) per call.", ""]
+            "each conv-first block costed as one kernel, max(2 × MACs / peak, (x + out + "
+            "weights) / bandwidth) (Lavin 2024, Sec. 2). Latencies are medians (p10–p90 "
+            "spread) per call.", ""]
 
     ok = [r for r in records if r.get("status") == "ok"]
     main = [r for r in ok if r.get("suite") in ("blocks", "models")]
