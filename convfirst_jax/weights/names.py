@@ -25,6 +25,9 @@ from __future__ import annotations
 import dataclasses
 from typing import Literal
 
+from convfirst_jax.models.macro import FourStageNet
+from convfirst_jax.models.resnet import ResNet
+
 Kind = Literal["conv", "linear", "vector", "count"]
 NAMINGS = ("timm", "official", "torchvision")
 #: Entry kinds that may be absent from a state dict (older torch versions do not save them).
@@ -141,9 +144,6 @@ def _resnet(model) -> list[Entry]:
 
 def family(model) -> str:
     """"convnext", "convfirst" or "resnet" for one of our models; ValueError otherwise."""
-    from convfirst_jax.models.macro import FourStageNet
-    from convfirst_jax.models.resnet import ResNet
-
     if isinstance(model, ResNet):
         return "resnet"
     if isinstance(model, FourStageNet):

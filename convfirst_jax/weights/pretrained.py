@@ -25,6 +25,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from convfirst_jax.models.registry import create_model
 from convfirst_jax.weights import names as names_lib
 
 logger = logging.getLogger("convfirst_jax")
@@ -311,8 +312,6 @@ def load_pretrained(name, path: PathLike | Mapping[str, np.ndarray], *, num_clas
 
     Raises ValueError naming every missing, unexpected or mis-shaped tensor.
     """
-    from convfirst_jax.models.registry import create_model
-
     if isinstance(path, Mapping):
         state_dict, where = path, "the state dict"
     else:

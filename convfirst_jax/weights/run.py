@@ -21,6 +21,9 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from convfirst_jax.models.registry import abstract_model
+from convfirst_jax.weights.pretrained import load_pretrained
+
 PathLike = str | os.PathLike
 
 
@@ -212,8 +215,6 @@ def load_run(workdir: PathLike, *, step: int | str = "latest", block_impl: str |
       use_ema: load the EMA weights when the run kept an EMA (what its evaluation reported).
     Raises RunError (a ValueError) for a path that is not a complete run.
     """
-    from convfirst_jax.models.registry import abstract_model
-
     wd = pathlib.Path(workdir).expanduser()
     if not wd.is_dir():
         raise RunError(f"workdir {str(wd)!r} does not exist")
@@ -284,8 +285,6 @@ def model_from_args(args) -> LoadedRun:
         return run
     if not args.model:
         raise RunError("--weights needs --model NAME (e.g. convnext_tiny, resnet50)")
-    from convfirst_jax.weights.pretrained import load_pretrained
-
     model = load_pretrained(args.model, args.weights, block_impl=args.block_impl or "xla")
     classes = (read_class_names(args.classes) if args.classes
                else [str(i) for i in range(model.num_classes)])
