@@ -46,10 +46,14 @@ from jax.interpreters import batching, mlir
 from jax.experimental.pallas import triton as plgpu
 
 from pallas_kernels.activations import KERNEL_ACTIVATIONS
+from pallas_kernels.conv_stage import (CONV_MODES, conv_loop_trips, conv_mode, conv_norm_tile,
+                                       prepare_conv_operands, to_parts)
+from pallas_kernels.operands import mlp_operands
 from pallas_kernels.options import BlockOptions, validate_inputs
 from pallas_kernels.reference import conv_first_block_reference
 from pallas_kernels.sharding import batch_shard_map
-from pallas_kernels.tuning import MIN_DOT_DIM, LaunchConfig, launch_config, padded_channels
+from pallas_kernels.split_block import SPLIT_KERNELS, split_forward
+from pallas_kernels.tuning import LaunchConfig, block_plan, launch_config, padded_channels
 
 _F32 = jnp.float32
 
@@ -60,103 +64,22 @@ def _block_kernel(x_ref, xp_ref, cw_ref, cb_ref, ns_ref, nb_ref, w1_ref, b1_ref,
                   kernel_size: int, group_width: int, norm: str, activation: str,
                   eps: float, has_layer_scale: bool, has_branch_scale: bool, conv_mode: str):
     """Kernel body: one tile of ``tile`` consecutive rows of the flattened (N*H*W, C) pixels
-    per program (tiles may span images); see the module docstring.
-
-    Channel-vector operands come as ``(P, Cp / P)`` "parts" (see :data:`CONV_MODES`):
-    "direct" P = 1; "paired" P = 2, ``xp_ref`` is x viewed as uint32 pairs (even channel in
-    the low half, odd in the high half), part 0 / 1 = even / odd channels; "blockdiag"
-    P = Cp / 16, part p = channels [16 p, 16 p + 16), conv weights as 16 x 16 block-diagonal
-    matrices (two 8-channel groups each) multiplied on the tensor cores.
+    per program (tiles may span images); see the module docstring. The conv + norm stage is
+    :func:`pallas_kernels.conv_stage.conv_norm_tile` (operands in "parts", see
+    :data:`CONV_MODES`).
     """
     o_ref = rest[-1]  # rest == (o_ref,) or (aliased_init_ref, o_ref)
     n_parts, cpart = cb_ref.shape
     cp = n_parts * cpart
-    paired = conv_mode == "paired"
     compute_dtype = w1_ref.dtype
 
     rows = pl.program_id(0) * tile + jnp.arange(tile, dtype=jnp.int32)
     row_ok = rows < total_rows
-    local = lax.rem(rows, height * width)
-    ph = lax.div(local, width)
-    pw = lax.rem(local, width)
     ch = jnp.arange(cp, dtype=jnp.int32)
-    pad_channels = cp != channels
-    ch_ok = ch < channels
-
-    def tile_mask(pixel_ok):
-        return pixel_ok[:, None] & ch_ok[None, :] if pad_channels else pixel_ok[:, None]
-
-    def part_channels(p):  # channel index of each lane of part p
-        if conv_mode == "paired":
-            return 2 * jnp.arange(cpart, dtype=jnp.int32) + p
-        return p * cpart + jnp.arange(cpart, dtype=jnp.int32)
-
-    # k x k depthwise / grouped conv, "SAME" zero padding via masks, f32 accumulation. Tap
-    # (dy, dx) of output row r reads input row r + (dy - pad) * W + (dx - pad): the same
-    # image whenever the tap is inside the image, which the row/column masks check.
-    pad = kernel_size // 2
-
-    def tap(dy, dx, ys):
-        pixel_ok = (row_ok & (ph >= pad - dy) & (ph < height + pad - dy)
-                    & (pw >= pad - dx) & (pw < width + pad - dx))
-        src = (rows + ((dy - pad) * width + (dx - pad)))[:, None]
-        if paired:  # one 32-bit load = two bf16 channels; bf16 -> f32 is a shift / a mask
-            v = plgpu.load(xp_ref.at[src, jnp.arange(cpart, dtype=jnp.int32)[None, :]],
-                           mask=pixel_ok[:, None], other=0)
-            even = lax.bitcast_convert_type(lax.shift_left(v, jnp.uint32(16)), _F32)
-            odd = lax.bitcast_convert_type(v & jnp.uint32(0xFFFF0000), _F32)
-            return (ys[0] + even * cw_ref[dy, dx, 0, :][None, :],
-                    ys[1] + odd * cw_ref[dy, dx, 1, :][None, :])
-        if conv_mode == "blockdiag":  # per 16-channel slice: (tile, 16) @ (16, 16) on TCs
-            out = []
-            for p, y in enumerate(ys):
-                cin = part_channels(p)
-                m = pixel_ok[:, None] & (cin < channels)[None, :] if pad_channels else (
-                    pixel_ok[:, None])
-                xs = plgpu.load(x_ref.at[src, cin[None, :]], mask=m, other=0.0)
-                out.append(y + plgpu.dot(xs, cw_ref[dy, dx, p]))
-            return tuple(out)
-        (y,) = ys
-        for i in range(group_width):  # grouped conv: gather in-group input i per channel
-            cin = ch if group_width == 1 else (ch // group_width) * group_width + i
-            xv = plgpu.load(x_ref.at[src, cin[None, :]], mask=tile_mask(pixel_ok), other=0.0)
-            y = y + xv.astype(_F32) * cw_ref[dy, dx, i, :][None, :]
-        return (y,)
-
-    ys = tuple(jnp.zeros((tile, cpart), _F32) for _ in range(n_parts))
-    trips = conv_loop_trips(kernel_size, group_width)
-    if trips == 1:
-        # k = 3 depthwise: all taps statically unrolled (tap offsets are compile-time
-        # constants folded into the load addresses; masks are per pixel, not per element)
-        for dy in range(kernel_size):
-            for dx in range(kernel_size):
-                ys = tap(dy, dx, ys)
-    elif trips == kernel_size:
-        # k >= 5 depthwise: one loop step per kernel row, its k taps unrolled (unrolling all
-        # k*k lets the compiler hoist every load and spill registers)
-        def conv_row(dy, ys_):
-            for dx in range(kernel_size):
-                ys_ = tap(dy, dx, ys_)
-            return ys_
-        ys = lax.fori_loop(0, kernel_size, conv_row, ys)
-    else:
-        # grouped: 8 gathers per tap; one loop step per tap
-        ys = lax.fori_loop(0, kernel_size * kernel_size, lambda t, ys_: tap(
-            lax.div(t, kernel_size), lax.rem(t, kernel_size), ys_), ys)
-    ys = [y + cb_ref[p, :][None, :] for p, y in enumerate(ys)]
-
-    if norm == "layernorm":  # over the C real channels; padded lanes of y are exactly 0
-        mean = sum(jnp.sum(y, axis=1) for y in ys) * (1.0 / channels)
-        ys = [y - mean[:, None] for y in ys]
-        if pad_channels:
-            ys = [jnp.where((part_channels(p) < channels)[None, :], y, 0.0)
-                  for p, y in enumerate(ys)]
-        var = sum(jnp.sum(y * y, axis=1) for y in ys) * (1.0 / channels)
-        inv = lax.rsqrt(var + eps)[:, None]
-        ys = [y * inv for y in ys]
-    # padded lanes: scale = shift = 0
-    ys = [(y * ns_ref[p, :][None, :] + nb_ref[p, :][None, :]).astype(compute_dtype)
-          for p, y in enumerate(ys)]
+    ys = conv_norm_tile(x_ref, xp_ref, cw_ref, cb_ref, ns_ref, nb_ref, rows=rows,
+                        row_ok=row_ok, height=height, width=width, channels=channels,
+                        kernel_size=kernel_size, group_width=group_width, norm=norm, eps=eps,
+                        mode=conv_mode, compute_dtype=compute_dtype)
 
     act = KERNEL_ACTIVATIONS[activation]
 
@@ -178,41 +101,10 @@ def _block_kernel(x_ref, xp_ref, cw_ref, cb_ref, ns_ref, nb_ref, w1_ref, b1_ref,
         image = lax.div(rows, height * width)
         z = z * plgpu.load(bs_ref.at[image], mask=row_ok, other=0.0)[:, None]
 
-    mask = tile_mask(row_ok)
+    mask = row_ok[:, None] & (ch < channels)[None, :] if cp != channels else row_ok[:, None]
     at = (rows[:, None], ch[None, :])
     residual = plgpu.load(x_ref.at[at], mask=mask, other=0.0).astype(_F32)
     plgpu.store(o_ref.at[at], (residual + z).astype(o_ref.dtype), mask=mask)
-
-
-def conv_loop_trips(kernel_size: int, group_width: int) -> int:
-    """Trip count of the kernel's conv loop: 1 = every tap statically unrolled (k = 3
-    depthwise), k = a loop over kernel rows (k >= 5 depthwise), k*k = one step per tap
-    (grouped)."""
-    if group_width > 1:
-        return kernel_size * kernel_size
-    return 1 if kernel_size <= 3 else kernel_size
-
-
-CONV_MODES = {
-    "direct": "depthwise, or grouped in float32: FMAs on the CUDA cores (grouped: one "
-              "gather per in-group input)",
-    "paired": "bfloat16 depthwise with C a power of two >= 32: uint32 loads of channel "
-              "pairs, bf16 -> f32 by a shift / a mask",
-    "blockdiag": "grouped (width 8) in bfloat16 / float16: per tap and 16-channel slice a "
-                 "(tile, 16) @ (16, 16) block-diagonal tensor-core dot, f32 accumulation",
-}
-
-
-def conv_mode(dtype: Any, channels: int, group_width: int) -> str:
-    """Which conv path the kernel takes (see :data:`CONV_MODES`)."""
-    dtype = jnp.dtype(dtype)
-    if group_width > 1:
-        # float32 stays on exact FMAs: tensor-core dots of f32 would run in TF32
-        return "direct" if dtype == jnp.float32 else "blockdiag"
-    if (dtype == jnp.bfloat16 and padded_channels(channels) == channels
-            and channels >= 2 * MIN_DOT_DIM):
-        return "paired"
-    return "direct"
 
 
 def uses_paired_loads(dtype: Any, channels: int, group_width: int) -> bool:
@@ -220,61 +112,16 @@ def uses_paired_loads(dtype: Any, channels: int, group_width: int) -> bool:
     return conv_mode(dtype, channels, group_width) == "paired"
 
 
-def _round_up(a: int, b: int) -> int:
-    return -(-a // b) * b
-
-
 def _prepare_operands(x: jax.Array, params: Mapping[str, Any], branch_scale: jax.Array | None,
                       hidden_chunk: int, mode: str) -> tuple[jax.Array, ...]:
-    """Zero-padded kernel operands: matmul/conv weights rounded to x.dtype, the rest f32.
-
-    Channel vectors / conv weights / w1 rows are split into P parts (even / odd channels
-    when paired, 16-channel slices for "blockdiag"), see :func:`_block_kernel`.
-    """
-    paired = mode == "paired"
-    dtype = x.dtype
-    c = x.shape[-1]
-    cp = padded_channels(c)
-    hidden = params["w1"].shape[1]
-    hp = _round_up(hidden, hidden_chunk)
-
-    def vec(v, size):  # (len,) -> f32 (size,)
-        v = jnp.asarray(v).astype(_F32)
-        return jnp.pad(v, (0, size - v.shape[0]))
-
-    def parts(v):  # (..., cp) -> (..., P, cp / P)
-        if paired:  # even / odd channels
-            return jnp.stack([v[..., 0::2], v[..., 1::2]], axis=-2)
-        if mode == "blockdiag":  # 16-channel slices
-            return v.reshape(*v.shape[:-1], cp // 16, 16)
-        return v[..., None, :]
-
-    conv_w = jnp.asarray(params["conv_w"]).astype(dtype).astype(_F32)
-    conv_w = jnp.pad(conv_w, ((0, 0), (0, 0), (0, 0), (0, cp - c)))
-    if paired:  # (k, k, 1, cp) -> (k, k, 2, cp / 2)
-        conv_w = parts(conv_w[:, :, 0, :])
-    elif mode == "blockdiag":  # (k, k, 8, cp) -> (k, k, cp / 16, 16, 16) in x.dtype
-        k = conv_w.shape[0]
-        # [dy, dx, i, slice, h, j]: output channel 16 slice + 8 h + j, in-group input i
-        w6 = conv_w.reshape(k, k, 8, cp // 16, 2, 8)
-        # block [slice][8 h + i, 8 g + j] = w6[i, slice, h, j] if h == g else 0
-        conv_w = jnp.einsum("abispj,pq->abspiqj", w6, jnp.eye(2, dtype=_F32)).reshape(
-            k, k, cp // 16, 16, 16).astype(dtype)
-    w1 = jnp.pad(jnp.asarray(params["w1"]).astype(dtype), ((0, cp - c), (0, hp - hidden)))
-    if paired:  # (P, cp / P, hp)
-        w1 = jnp.stack([w1[0::2], w1[1::2]])
-    elif mode == "blockdiag":
-        w1 = w1.reshape(cp // 16, 16, hp)
-    else:
-        w1 = w1[None]
-    w2 = jnp.pad(jnp.asarray(params["w2"]).astype(dtype), ((0, hp - hidden), (0, cp - c)))
-    ls = params.get("layer_scale")
-    ls = jnp.ones((cp,), _F32) if ls is None else vec(ls, cp)
-    bs = (jnp.ones((x.shape[0],), _F32) if branch_scale is None
-          else jnp.asarray(branch_scale).astype(_F32))
-    return (conv_w, parts(vec(params["conv_b"], cp)), parts(vec(params["norm_scale"], cp)),
-            parts(vec(params["norm_shift"], cp)), w1, vec(params["b1"], hp), w2,
-            vec(params["b2"], cp), ls, bs)
+    """Operands of :func:`_block_kernel` after x: the conv stage's
+    (:func:`pallas_kernels.conv_stage.prepare_conv_operands`), then :func:`mlp_operands`
+    with the rows of w1 split in the conv stage's parts."""
+    xp, *conv = prepare_conv_operands(x, params, mode)
+    w1, b1, w2, b2, ls, bs = mlp_operands(x, params, branch_scale, hidden_chunk)
+    # (Cp, Hp) -> (P, Cp / P, Hp): the expand's K dim in the conv stage's parts
+    w1 = jnp.moveaxis(to_parts(w1.T, mode), 0, -1)
+    return (xp, *conv, w1, b1, w2, b2, ls, bs)
 
 
 def block_launch_config(x_shape: tuple[int, ...], x_dtype: Any, params: Mapping[str, Any],
@@ -283,6 +130,15 @@ def block_launch_config(x_shape: tuple[int, ...], x_dtype: Any, params: Mapping[
     n, h, w, c = x_shape
     return launch_config(padded_channels(c), kernel_size, group_width,
                          params["w1"].shape[1], jnp.dtype(x_dtype).name, rows=n * h * w)
+
+
+def block_kernel_count(channels: int, kernel_size: int, group_width: int, hidden: int,
+                       dtype: Any) -> int:
+    """How many Triton kernels (pallas_calls) one block call launches: 1 for the fused plan,
+    3 for the split plan (:func:`pallas_kernels.tuning.block_plan`)."""
+    plan = block_plan(padded_channels(channels), kernel_size, group_width, hidden,
+                      jnp.dtype(dtype).name)
+    return len(SPLIT_KERNELS) if plan == "split" else 1
 
 
 # Lowering platforms that get the compiled Triton kernel when ``interpret=None``.
@@ -370,12 +226,19 @@ for _platform in TRITON_PLATFORMS:
 
 def _pallas_forward(x: jax.Array, params: Mapping[str, Any], opts: BlockOptions,
                     branch_scale: jax.Array | None, out_init: jax.Array | None) -> jax.Array:
-    """One ``pallas_call`` with ``opts.interpret`` a bool (see :func:`fused_forward`)."""
+    """The block's kernels with ``opts.interpret`` a bool (see :func:`fused_forward`): one
+    ``pallas_call``, or the split plan's three (:mod:`pallas_kernels.split_block`) where
+    :func:`pallas_kernels.tuning.block_plan` says "split"."""
     n, h, w, c = x.shape
     hidden = params["w1"].shape[1]
+    if out_init is not None and (out_init.shape != x.shape or out_init.dtype != x.dtype):
+        raise ValueError(f"out_init must match x: got {out_init.shape} {out_init.dtype}, "
+                         f"expected {x.shape} {x.dtype}")
+    if block_plan(padded_channels(c), opts.kernel_size, opts.group_width, hidden,
+                  jnp.dtype(x.dtype).name) == "split":
+        return split_forward(x, params, opts, branch_scale, out_init)
     lc = block_launch_config(x.shape, x.dtype, params, opts.kernel_size, opts.group_width)
     mode = conv_mode(x.dtype, c, opts.group_width)
-    paired = mode == "paired"
     operands = _prepare_operands(x, params, branch_scale, lc.hidden_chunk, mode)
     total_rows = n * h * w
     kernel = functools.partial(
@@ -386,15 +249,9 @@ def _pallas_forward(x: jax.Array, params: Mapping[str, Any], opts: BlockOptions,
         has_layer_scale=params.get("layer_scale") is not None,
         has_branch_scale=branch_scale is not None, conv_mode=mode)
     x2 = x.reshape(total_rows, c)  # flattened pixels: free, row-major NHWC
-    # uint32 view of channel pairs (a bitcast, no copy); unused (a dummy) unless paired
-    xp = (lax.bitcast_convert_type(x2.reshape(total_rows, c // 2, 2), jnp.uint32) if paired
-          else jnp.zeros((1, 1), jnp.uint32))
-    args = (x2, xp, *operands)
+    args = (x2, *operands)  # operands start with xp, the uint32 pair view (or a dummy)
     aliases = {}
     if out_init is not None:
-        if out_init.shape != x.shape or out_init.dtype != x.dtype:
-            raise ValueError(f"out_init must match x: got {out_init.shape} {out_init.dtype}, "
-                             f"expected {x.shape} {x.dtype}")
         aliases = {len(args): 0}
         args = (*args, out_init.reshape(total_rows, c))
     out = pl.pallas_call(

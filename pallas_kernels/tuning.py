@@ -154,3 +154,111 @@ def launch_config(c_padded: int, kernel_size: int, group_width: int, hidden: int
         if tile != lc.tile:
             lc = dataclasses.replace(lc, tile=tile)
     return lc
+
+
+# ---------------------------------------------------------------------------- the split plan
+# Wide blocks (see block_plan) run as three kernels instead of one (pallas_kernels.split_block): the fused kernel's two (tile, c_padded) f32 accumulators cap its
+# tile at 32 / 16 pixels there, so its 1x1 matmuls fall back to mma.sync and every program
+# re-reads all of w1 / w2 from L2 (static H100 model, docs/results/static-h100/).
+SPLIT_MIN_CHANNELS = 256
+# The conv + norm kernel holds one (tile, c_padded) f32 accumulator.
+SPLIT_CONV_ELEMENTS = 8192
+MIN_GEMM_BLOCK_M = 64  # one Hopper warpgroup MMA is 64 rows
+
+
+@dataclasses.dataclass(frozen=True)
+class SplitLaunchConfig:
+    """Launch parameters of the split plan (conv + norm kernel, expand and project GEMMs).
+
+    Attributes:
+      conv_tile: output pixels per program of the conv + norm kernel (power of two >= 16).
+      conv_warps: its Triton warps.
+      block_m, block_n, block_k: the GEMM tiles (rows = pixels, columns, reduction step;
+        powers of two >= 16); both GEMMs use them (expand: K = c_padded, project: K = hidden).
+      num_warps, num_stages: the GEMMs' warps and software-pipelining depth.
+    """
+
+    conv_tile: int
+    conv_warps: int = 4
+    block_m: int = 128
+    block_n: int = 128
+    block_k: int = 64
+    num_warps: int = 8
+    num_stages: int = 3
+
+    def __post_init__(self):
+        for field in ("conv_tile", "block_m", "block_n", "block_k"):
+            v = getattr(self, field)
+            if v < MIN_DOT_DIM or v & (v - 1):
+                raise ValueError(
+                    f"SplitLaunchConfig.{field}={v} must be a power of two >= {MIN_DOT_DIM} "
+                    "(Triton dot and block-size constraint)")
+        for field in ("conv_warps", "num_warps"):
+            if getattr(self, field) not in (1, 2, 4, 8, 16):
+                raise ValueError(f"SplitLaunchConfig.{field}={getattr(self, field)} must be "
+                                 "1, 2, 4, 8 or 16")
+        if self.num_stages < 1:
+            raise ValueError(f"SplitLaunchConfig.num_stages={self.num_stages} must be >= 1")
+
+
+# Overrides of the split plan's default rule, same key as LAUNCH_TABLE.
+SPLIT_LAUNCH_TABLE: dict[LaunchKey, SplitLaunchConfig] = {}
+
+
+def block_plan(c_padded: int, kernel_size: int, group_width: int, hidden: int,
+               dtype_name: str) -> str:
+    """"fused" (one kernel, :data:`LAUNCH_TABLE`) or "split" (three kernels,
+    :data:`SPLIT_LAUNCH_TABLE`) for one configuration: depthwise blocks split from
+    :data:`SPLIT_MIN_CHANNELS` padded channels up, grouped (width 8) ones from twice that
+    (at 256 channels the fused grouped kernel still runs 64-pixel tiles and is modelled
+    faster than the split plan, whose conv + norm kernel alone costs as much)."""
+    del kernel_size, hidden, dtype_name  # the rule only looks at the width
+    threshold = SPLIT_MIN_CHANNELS * (1 if group_width == 1 else 2)
+    return "split" if c_padded >= threshold else "fused"
+
+
+def default_split_launch_config(c_padded: int, kernel_size: int, group_width: int,
+                                hidden: int, dtype_name: str) -> SplitLaunchConfig:
+    """Default rule of the split plan: the conv tile fills :data:`SPLIT_CONV_ELEMENTS`,
+    8 warps above 4096 elements; the GEMMs use 128 x 128 x 64 tiles (block_n per GEMM: :func:`gemm_block_n`), 8 warps, 3 stages
+    (96 KiB of shared memory in 16-bit). 128 x 256 tiles would cut the modelled L2 traffic
+    by a quarter but spill registers in the activation / residual epilogues (static H100
+    model, sm_90a), so they are not the default."""
+    del kernel_size, group_width, dtype_name  # the rule budgets registers / shared memory
+    conv_tile = int(np.clip(SPLIT_CONV_ELEMENTS // c_padded, MIN_DOT_DIM, 128))
+    block_k = min(64, next_power_of_2(hidden), c_padded)
+    return SplitLaunchConfig(conv_tile=conv_tile,
+                             conv_warps=4 if conv_tile * c_padded <= 4096 else 8,
+                             block_n=128, block_k=max(MIN_DOT_DIM, block_k))
+
+
+def split_launch_config(c_padded: int, kernel_size: int, group_width: int, hidden: int,
+                        dtype_name: str, rows: int | None = None) -> SplitLaunchConfig:
+    """The split plan's launch parameters: table entry or default rule; with ``rows``
+    (N*H*W) small calls get smaller tiles: the conv tile halved until its grid has
+    :data:`MIN_PROGRAMS` programs, block_m down to :data:`MIN_GEMM_BLOCK_M` while half of it
+    still covers ``rows`` (each GEMM's block_n: :func:`gemm_block_n`)."""
+    key = (int(c_padded), int(kernel_size), int(group_width), int(hidden), str(dtype_name))
+    found = SPLIT_LAUNCH_TABLE.get(key)
+    lc = found if found is not None else default_split_launch_config(*key)
+    if rows is None:
+        return lc
+    rows = int(rows)
+    conv_tile = lc.conv_tile
+    while conv_tile > MIN_DOT_DIM and -(-rows // conv_tile) < MIN_PROGRAMS:
+        conv_tile //= 2
+    block_m = lc.block_m
+    while block_m > MIN_GEMM_BLOCK_M and block_m // 2 >= rows:
+        block_m //= 2
+    return dataclasses.replace(lc, conv_tile=conv_tile, block_m=block_m)
+
+
+def gemm_block_n(block_n: int, block_m: int, rows: int, n_dim: int) -> int:
+    """Output-column tile of one split-plan GEMM with ``n_dim`` (padded) columns: ``block_n``
+    capped at ``n_dim`` and halved (not below 32) until the GEMM has :data:`MIN_PROGRAMS`
+    programs, so the expand (n_dim = hidden) keeps wide tiles while the narrower project
+    (n_dim = C) still fills the SMs."""
+    block_n = min(block_n, next_power_of_2(n_dim))
+    while block_n > 2 * MIN_DOT_DIM and -(-rows // block_m) * -(-n_dim // block_n) < MIN_PROGRAMS:
+        block_n //= 2
+    return block_n

@@ -112,8 +112,11 @@ def test_cuda_pallas_export_contains_the_triton_kernel(run):
     exported, _ = _export_cuda_pallas(model, batch_size=2)
     text = exported.mlir_module()
     assert exported.platforms == ("cuda",)
-    blocks = sum(model.spec.depths)
-    assert text.count(export_lib.TRITON_CALL) == blocks, "one fused kernel per block"
+    spec = model.spec  # one fused kernel per block; wide blocks run the split plan's kernels
+    calls = sum(depth * block_kernel_count(cfg.channels, cfg.kernel_size, cfg.group_width,
+                                           cfg.hidden, jnp.float32)
+                for depth, cfg in ((d, spec.block_config(i)) for i, d in enumerate(spec.depths)))
+    assert text.count(export_lib.TRITON_CALL) == calls, "the block kernels of every block"
 
 
 @pytest.mark.parametrize("argv, needle", [

@@ -447,6 +447,58 @@ def test_forward_16bit_conv_paths(mode, case):
 
 
 
+# --------------------------------------------------------------------------------------
+# The split plan (pallas_kernels.split_block): conv + norm kernel, expand and project GEMMs.
+# --------------------------------------------------------------------------------------
+SPLIT_CASES = [  # forced on small blocks (SPLIT_MIN_CHANNELS = 16): every conv mode
+    Case(3, 32, 4, (5, 6), 2, L, "gelu", "float32", ls=True, bs=True),  # direct
+    Case(7, 64, 4, (9, 11), 2, A, "silu", "bfloat16"),  # paired, uint32 pair stores
+    Case(5, 32, 4, (4, 7), 3, L, "gelu_tanh", "bfloat16", gw=8, ls=True, bs=True),  # blockdiag
+    Case(3, 40, 2, (6, 6), 2, L, "relu", "float16", ls=True),  # padded channels (Cp = 64)
+]
+
+
+@pytest.mark.parametrize("case", SPLIT_CASES, ids=lambda cs: cs.id)
+def test_split_plan_matches_reference(monkeypatch, case):
+    from pallas_kernels import block_kernel_count, tuning
+
+    monkeypatch.setattr(tuning, "SPLIT_MIN_CHANNELS", 16)
+    assert block_kernel_count(case.c, case.k, case.gw, case.e * case.c, case.dtype) == 3
+    _check_forward(case, seed=50 + SPLIT_CASES.index(case))
+
+
+def test_wide_blocks_take_the_split_plan():
+    """The default rule: depthwise from 256 padded channels, grouped from 512; a C = 256 block
+    through the split plan against the float64 reference (block_m spans both images)."""
+    from pallas_kernels import block_kernel_count
+
+    assert [block_kernel_count(c, 7, gw, 4 * c, "bfloat16") for c, gw in
+            [(128, 1), (256, 1), (320, 1), (256, 8), (512, 8)]] == [1, 3, 3, 1, 3]
+    _check_forward(Case(3, 256, 4, (3, 5), 2, L, "gelu", "bfloat16", ls=True, bs=True), seed=60)
+
+
+def test_split_launch_rule():
+    from pallas_kernels.tuning import (MIN_PROGRAMS, SplitLaunchConfig, gemm_block_n,
+                                       split_launch_config)
+
+    big = split_launch_config(512, 3, 1, 2048, "bfloat16", rows=128 * 49)
+    assert big == split_launch_config(512, 3, 1, 2048, "bfloat16")  # batch 128: no shrinking
+    assert big.conv_tile * 512 <= 8192 and (big.block_m, big.block_n) == (128, 128)
+    for n_dim in (512, 2048):  # 49 x 4 and 49 x 16 programs: wide tiles kept
+        assert gemm_block_n(big.block_n, big.block_m, 128 * 49, n_dim) == 128
+    one = split_launch_config(512, 3, 1, 2048, "bfloat16", rows=49)  # batch 1
+    assert one.block_m == 64 and one.conv_tile == 16
+    # halved towards MIN_PROGRAMS, not below 32: 2048 / 32 = 64 and 512 / 32 = 16 programs
+    assert gemm_block_n(one.block_n, one.block_m, 49, 2048) == 32
+    assert gemm_block_n(one.block_n, one.block_m, 49, 512) == 32
+    assert gemm_block_n(128, 128, 10 ** 6, 64) == 64  # capped at the width
+    assert -(-128 * 49 // 128) * (512 // 128) >= MIN_PROGRAMS
+    with pytest.raises(ValueError, match="power of two"):
+        SplitLaunchConfig(conv_tile=24)
+    with pytest.raises(ValueError, match="num_warps"):
+        SplitLaunchConfig(conv_tile=16, num_warps=3)
+
+
 def test_eager_calls_trace_the_kernel_once(monkeypatch):
     """Un-jitted calls with the same shapes and options trace (and compile) the kernel once."""
     from pallas_kernels import fused_block

@@ -1,0 +1,196 @@
+"""The conv + norm stage of the conv-first block, shared by the fused and the split kernels.
+
+One program's tile of ``tile`` consecutive rows of the flattened (N*H*W, C) pixels::
+
+    y = sum_{dy,dx,i} x[n, h+dy-k//2, w+dx-k//2, group(c)*gw + i] * conv_w[dy, dx, i, c] + conv_b
+    y = norm(y)        # affine (folded BN) or per-pixel LayerNorm over C, then * scale + shift
+
+computed in float32 and returned rounded to the compute dtype (the operand of the 1x1 expand;
+Lavin 2024, arXiv 2404.03617, Fig. 1 "conv first"). :func:`conv_norm_tile` is traced inside
+a Pallas kernel body; :func:`prepare_conv_operands` builds its operands outside.
+
+Channel-vector operands come as ``(P, Cp / P)`` "parts" (see :data:`CONV_MODES`): "direct"
+P = 1; "paired" P = 2, ``xp_ref`` is x viewed as uint32 pairs (even channel in the low half,
+odd in the high half), part 0 / 1 = even / odd channels; "blockdiag" P = Cp / 16, part p =
+channels [16 p, 16 p + 16), conv weights as 16 x 16 block-diagonal matrices (two 8-channel
+groups each) multiplied on the tensor cores.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+from jax import lax
+from jax.experimental.pallas import triton as plgpu
+
+from pallas_kernels.operands import f32_vector
+from pallas_kernels.tuning import MIN_DOT_DIM, padded_channels
+
+_F32 = jnp.float32
+
+CONV_MODES = {
+    "direct": "depthwise, or grouped in float32: FMAs on the CUDA cores (grouped: one "
+              "gather per in-group input)",
+    "paired": "bfloat16 depthwise with C a power of two >= 32: uint32 loads of channel "
+              "pairs, bf16 -> f32 by a shift / a mask",
+    "blockdiag": "grouped (width 8) in bfloat16 / float16: per tap and 16-channel slice a "
+                 "(tile, 16) @ (16, 16) block-diagonal tensor-core dot, f32 accumulation",
+}
+
+
+def conv_mode(dtype: Any, channels: int, group_width: int) -> str:
+    """Which conv path the kernel takes (see :data:`CONV_MODES`)."""
+    dtype = jnp.dtype(dtype)
+    if group_width > 1:
+        # float32 stays on exact FMAs: tensor-core dots of f32 would run in TF32
+        return "direct" if dtype == jnp.float32 else "blockdiag"
+    if (dtype == jnp.bfloat16 and padded_channels(channels) == channels
+            and channels >= 2 * MIN_DOT_DIM):
+        return "paired"
+    return "direct"
+
+
+def conv_loop_trips(kernel_size: int, group_width: int) -> int:
+    """Trip count of the conv loop: 1 = every tap statically unrolled (k = 3 depthwise),
+    k = a loop over kernel rows (k >= 5 depthwise), k*k = one step per tap (grouped)."""
+    if group_width > 1:
+        return kernel_size * kernel_size
+    return 1 if kernel_size <= 3 else kernel_size
+
+
+def part_channels(mode: str, part: int, part_width: int) -> jax.Array:
+    """Channel index of each lane of part ``part`` (see :data:`CONV_MODES`)."""
+    lanes = jnp.arange(part_width, dtype=jnp.int32)
+    if mode == "paired":
+        return 2 * lanes + part
+    return part * part_width + lanes
+
+
+def conv_norm_tile(x_ref, xp_ref, cw_ref, cb_ref, ns_ref, nb_ref, *, rows: jax.Array,
+                   row_ok: jax.Array, height: int, width: int, channels: int,
+                   kernel_size: int, group_width: int, norm: str, eps: float, mode: str,
+                   compute_dtype: Any) -> list[jax.Array]:
+    """``norm(dwconv(x) + conv_b)`` of the tile's ``rows`` as P parts ``(tile, Cp / P)`` in
+    ``compute_dtype`` (padded lanes exactly 0); traced inside a kernel body.
+
+    "SAME" zero padding via masks, f32 accumulation. Tap (dy, dx) of output row r reads
+    input row r + (dy - pad) * W + (dx - pad): the same image whenever the tap is inside the
+    image, which the row/column masks check.
+    """
+    n_parts, cpart = cb_ref.shape
+    cp = n_parts * cpart
+    tile = rows.shape[0]
+    local = lax.rem(rows, height * width)
+    ph = lax.div(local, width)
+    pw = lax.rem(local, width)
+    ch = jnp.arange(cp, dtype=jnp.int32)
+    pad_channels = cp != channels
+    ch_ok = ch < channels
+    pad = kernel_size // 2
+
+    def tap(dy, dx, ys):
+        pixel_ok = (row_ok & (ph >= pad - dy) & (ph < height + pad - dy)
+                    & (pw >= pad - dx) & (pw < width + pad - dx))
+        src = (rows + ((dy - pad) * width + (dx - pad)))[:, None]
+        if mode == "paired":  # one 32-bit load = two bf16 channels; bf16 -> f32 is a shift
+            v = plgpu.load(xp_ref.at[src, jnp.arange(cpart, dtype=jnp.int32)[None, :]],
+                           mask=pixel_ok[:, None], other=0)
+            even = lax.bitcast_convert_type(lax.shift_left(v, jnp.uint32(16)), _F32)
+            odd = lax.bitcast_convert_type(v & jnp.uint32(0xFFFF0000), _F32)
+            return (ys[0] + even * cw_ref[dy, dx, 0, :][None, :],
+                    ys[1] + odd * cw_ref[dy, dx, 1, :][None, :])
+        if mode == "blockdiag":  # per 16-channel slice: (tile, 16) @ (16, 16) on TCs
+            out = []
+            for p, y in enumerate(ys):
+                cin = part_channels(mode, p, cpart)
+                m = pixel_ok[:, None] & (cin < channels)[None, :] if pad_channels else (
+                    pixel_ok[:, None])
+                xs = plgpu.load(x_ref.at[src, cin[None, :]], mask=m, other=0.0)
+                out.append(y + plgpu.dot(xs, cw_ref[dy, dx, p]))
+            return tuple(out)
+        (y,) = ys
+        mask = pixel_ok[:, None] & ch_ok[None, :] if pad_channels else pixel_ok[:, None]
+        for i in range(group_width):  # grouped conv: gather in-group input i per channel
+            cin = ch if group_width == 1 else (ch // group_width) * group_width + i
+            xv = plgpu.load(x_ref.at[src, cin[None, :]], mask=mask, other=0.0)
+            y = y + xv.astype(_F32) * cw_ref[dy, dx, i, :][None, :]
+        return (y,)
+
+    ys = tuple(jnp.zeros((tile, cpart), _F32) for _ in range(n_parts))
+    trips = conv_loop_trips(kernel_size, group_width)
+    if trips == 1:
+        # k = 3 depthwise: all taps statically unrolled (tap offsets are compile-time
+        # constants folded into the load addresses; masks are per pixel, not per element)
+        for dy in range(kernel_size):
+            for dx in range(kernel_size):
+                ys = tap(dy, dx, ys)
+    elif trips == kernel_size:
+        # k >= 5 depthwise: one loop step per kernel row, its k taps unrolled (unrolling all
+        # k*k lets the compiler hoist every load and spill registers)
+        def conv_row(dy, ys_):
+            for dx in range(kernel_size):
+                ys_ = tap(dy, dx, ys_)
+            return ys_
+        ys = lax.fori_loop(0, kernel_size, conv_row, ys)
+    else:
+        # grouped: 8 gathers per tap; one loop step per tap
+        ys = lax.fori_loop(0, kernel_size * kernel_size, lambda t, ys_: tap(
+            lax.div(t, kernel_size), lax.rem(t, kernel_size), ys_), ys)
+    ys = [y + cb_ref[p, :][None, :] for p, y in enumerate(ys)]
+
+    if norm == "layernorm":  # over the C real channels; padded lanes of y are exactly 0
+        mean = sum(jnp.sum(y, axis=1) for y in ys) * (1.0 / channels)
+        ys = [y - mean[:, None] for y in ys]
+        if pad_channels:
+            ys = [jnp.where((part_channels(mode, p, cpart) < channels)[None, :], y, 0.0)
+                  for p, y in enumerate(ys)]
+        var = sum(jnp.sum(y * y, axis=1) for y in ys) * (1.0 / channels)
+        inv = lax.rsqrt(var + eps)[:, None]
+        ys = [y * inv for y in ys]
+    # padded lanes: scale = shift = 0
+    return [(y * ns_ref[p, :][None, :] + nb_ref[p, :][None, :]).astype(compute_dtype)
+            for p, y in enumerate(ys)]
+
+
+def to_parts(v: jax.Array, mode: str) -> jax.Array:
+    """(..., Cp) -> (..., P, Cp / P): even / odd channels when paired, 16-channel slices for
+    "blockdiag", one part otherwise."""
+    cp = v.shape[-1]
+    if mode == "paired":
+        return jnp.stack([v[..., 0::2], v[..., 1::2]], axis=-2)
+    if mode == "blockdiag":
+        return v.reshape(*v.shape[:-1], cp // 16, 16)
+    return v[..., None, :]
+
+
+def prepare_conv_operands(x: jax.Array, params: Mapping[str, Any],
+                          mode: str) -> tuple[jax.Array, ...]:
+    """``(xp, conv_w, conv_b, norm_scale, norm_shift)`` for :func:`conv_norm_tile`.
+
+    ``xp`` is the uint32 view of x's channel pairs (a bitcast, no copy) when paired, else a
+    dummy; conv weights are rounded to x.dtype (kept f32, or x.dtype block-diagonal
+    matrices), the vectors are f32, all zero-padded to ``Cp`` channels and split in parts.
+    """
+    dtype = x.dtype
+    c = x.shape[-1]
+    cp = padded_channels(c)
+    rows = x.size // c
+    xp = (lax.bitcast_convert_type(x.reshape(rows, c // 2, 2), jnp.uint32)
+          if mode == "paired" else jnp.zeros((1, 1), jnp.uint32))
+    conv_w = jnp.asarray(params["conv_w"]).astype(dtype).astype(_F32)
+    conv_w = jnp.pad(conv_w, ((0, 0), (0, 0), (0, 0), (0, cp - c)))
+    if mode == "paired":  # (k, k, 1, cp) -> (k, k, 2, cp / 2)
+        conv_w = to_parts(conv_w[:, :, 0, :], mode)
+    elif mode == "blockdiag":  # (k, k, 8, cp) -> (k, k, cp / 16, 16, 16) in x.dtype
+        k = conv_w.shape[0]
+        # [dy, dx, i, slice, h, j]: output channel 16 slice + 8 h + j, in-group input i
+        w6 = conv_w.reshape(k, k, 8, cp // 16, 2, 8)
+        # block [slice][8 h + i, 8 g + j] = w6[i, slice, h, j] if h == g else 0
+        conv_w = jnp.einsum("abispj,pq->abspiqj", w6, jnp.eye(2, dtype=_F32)).reshape(
+            k, k, cp // 16, 16, 16).astype(dtype)
+    vectors = (to_parts(f32_vector(params[name], cp), mode)
+               for name in ("conv_b", "norm_scale", "norm_shift"))
+    return (xp, conv_w, *vectors)
