@@ -28,6 +28,8 @@ import re
 import sys
 from typing import Any, Callable, Sequence
 
+import jax
+
 from convfirst_jax.bench import results
 from convfirst_jax.bench.blocks import LAB_BLOCK_IMPLS
 from convfirst_jax.bench.ceilings import Ceilings, get_ceilings
@@ -39,8 +41,8 @@ from convfirst_jax.bench.results import fmt_time
 from convfirst_jax.bench.runner import Notes, log, run_suite
 from convfirst_jax.dtypes import DTYPE_NAMES
 from convfirst_jax.models.blocks import BLOCK_IMPLS
-from convfirst_jax.specs import ACTIVATIONS, list_models
-from pallas_kernels.options import KERNEL_SIZES, NORMS
+from convfirst_jax.specs import list_models
+from pallas_kernels.options import ACTIVATIONS, KERNEL_SIZES, NORMS
 
 
 # ----------------------------------------------------------------------------- arg types
@@ -216,8 +218,6 @@ def build_parser() -> argparse.ArgumentParser:
 
 def validate(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
     """Cross-argument checks; any problem -> parser.error (exit status 2, no traceback)."""
-    import jax
-
     if getattr(args, "only", None) is not None:
         try:
             re.compile(args.only)
