@@ -39,10 +39,12 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
+from convfirst_jax import transforms
 from convfirst_jax.folding import apply_folded, fold_batchnorm, fold_resnet_batchnorm
 from convfirst_jax.models.inference import inference_fn
 from convfirst_jax.models.macro import FourStageNet
 from convfirst_jax.models.resnet import ResNet
+from convfirst_jax.weights import run as run_lib
 from pallas_kernels import cuda_export_target
 
 TRITON_CALL = "__gpu$xla.gpu.triton"
@@ -114,8 +116,6 @@ def write_artifact(run, out: str | pathlib.Path, *, batch_size: int | None = 1,
                    platforms: Sequence[str] = ("cpu",), block_impl: str = "xla"
                    ) -> pathlib.Path:
     """Export ``run.model`` (a :class:`~convfirst_jax.weights.run.LoadedRun`) into ``out``."""
-    from convfirst_jax import transforms  # numpy + PIL: the one home of the image transforms
-
     exported, how = export_model(run.model, batch_size=batch_size, image_size=run.image_size,
                                  platforms=platforms, block_impl=block_impl)
     out = pathlib.Path(out)
@@ -158,8 +158,6 @@ def _batch_size(text: str) -> int | None:
 
 
 def _main(argv: Sequence[str] | None) -> int:
-    from convfirst_jax.weights import run as run_lib
-
     parser = argparse.ArgumentParser(prog="python -m convfirst_jax.export",
                                      description="Write a jax.export serving artifact.")
     run_lib.add_model_arguments(parser)
@@ -183,9 +181,7 @@ def _main(argv: Sequence[str] | None) -> int:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Console entry point; returns the exit code (2 for bad arguments / paths)."""
-    from convfirst_jax.weights.run import run_cli
-
-    return run_cli(_main, argv)
+    return run_lib.run_cli(_main, argv)
 
 
 if __name__ == "__main__":

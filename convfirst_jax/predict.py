@@ -20,6 +20,10 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from convfirst_jax import transforms
+from convfirst_jax.models.inference import jitted_logits
+from convfirst_jax.weights import run as run_lib
+
 
 def preprocess(paths: Sequence[str | pathlib.Path], image_size: int,
                crop_pct: float | None = None) -> np.ndarray:
@@ -27,8 +31,6 @@ def preprocess(paths: Sequence[str | pathlib.Path], image_size: int,
 
     Raises ValueError naming the first file that is missing or cannot be decoded.
     """
-    from convfirst_jax import transforms  # numpy + PIL: the one home of the image transforms
-
     crop = transforms.DEFAULT_CROP_PCT if crop_pct is None else crop_pct
     images = []
     for path in paths:
@@ -54,8 +56,6 @@ def top_k(logits: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
 def predict(run, paths: Sequence[str | pathlib.Path], *, k: int = 5,
             crop_pct: float | None = None) -> list[list[dict]]:
     """Top-k predictions per image: ``[{"class", "index", "prob"}, ...]`` for each path."""
-    from convfirst_jax.models.inference import jitted_logits
-
     x = preprocess(paths, run.image_size, crop_pct)
     logits = jitted_logits(run.model)(x)
     idx, probs = top_k(np.asarray(logits, np.float32), k)
@@ -65,8 +65,6 @@ def predict(run, paths: Sequence[str | pathlib.Path], *, k: int = 5,
 
 
 def _main(argv: Sequence[str] | None) -> int:
-    from convfirst_jax.weights import run as run_lib
-
     parser = argparse.ArgumentParser(prog="python -m convfirst_jax.predict",
                                      description="Print the top-k classes of each image.")
     parser.add_argument("images", nargs="+", help="image files (JPEG / PNG)")
@@ -103,9 +101,7 @@ def format_predictions(paths: Sequence[str], results: list[list[dict]]) -> str:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Console entry point; returns the exit code (2 for bad arguments / files)."""
-    from convfirst_jax.weights.run import run_cli
-
-    return run_cli(_main, argv)
+    return run_lib.run_cli(_main, argv)
 
 
 if __name__ == "__main__":
