@@ -161,3 +161,37 @@ def test_conv_loop_with_tensor_cores_is_not_the_mlp():
     # without a conv loop (unrolled taps) the only loop with MMAs is the MLP
     _, loops = static.dynamic_counts(instrs, labels, mlp_trips=4, conv_trips=1)
     assert [lp["kind"] for lp in loops] == ["other", "mlp"]
+
+
+def test_split_kernel_traffic():
+    """L2 / HBM bytes of the split plan's kernels, by hand (C512 7x7, batch 128, bf16)."""
+    from pallas_kernels.tuning import SplitLaunchConfig
+
+    cfg = static.parse_config("C=512,HW=7,k=3,N=128")
+    lc = SplitLaunchConfig(conv_tile=16, block_m=128, block_n=128, block_k=64)
+    m, c, hid = 128 * 49, 512, 2048
+    l2, hbm = static.split_kernel_traffic(cfg, "expand", lc, (49, 16), c, hid)
+    assert l2 == 49 * 16 * (128 * c + c * 128) * 2  # y slice + w1 slice per program
+    assert hbm == (m * c + c * hid + m * hid) * 2
+    l2, hbm = static.split_kernel_traffic(cfg, "project", lc, (49, 4), c, hid)
+    assert l2 == 49 * 4 * (128 * hid + hid * 128) * 2 + m * c * 2  # + the residual tiles
+    assert hbm == (m * hid + hid * c + m * c) * 2 + m * c * 2
+    l2, hbm = static.split_kernel_traffic(cfg, "conv_norm", lc, (392, 1), c, hid)
+    assert hbm == 2 * m * c * 2  # x read, y written
+    assert l2 == static.l2_bytes(cfg, 16, 392, 9 * c * 4 + 3 * c * 4)
+
+
+def test_static_report_of_the_split_plan(tmp_path):
+    """Where triton is installed: a wide block compiles as three kernels, modelled back to back."""
+    ok, why = static.triton_available()
+    if not ok:
+        pytest.skip(why)
+    (row,) = static.run([static.parse_config("C=256,HW=4,k=3,N=2,norm=affine,act=silu,ls=0")],
+                        workdir=str(tmp_path))
+    assert "error" not in row, row.get("error")
+    assert row["plan"] == "split"
+    assert [k["kernel"] for k in row["kernels"]] == ["conv_norm", "expand", "project"]
+    assert row["model_overlap_us"] == pytest.approx(
+        sum(k["model_overlap_us"] for k in row["kernels"]))
+    assert all(k["hgmma"] for k in row["kernels"][1:]), "the GEMMs run wgmma"
+    assert row["launch"].startswith("split") and row["cfg"] in static.markdown_table([row])

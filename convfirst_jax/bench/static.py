@@ -681,9 +681,9 @@ def analyse_split(cfg: StaticConfig, hw: H100Model, workdir: str,
     pipes = sorted({p for k in kernels for p in k["pipe_us"]})
     row.update(
         kernels=kernels,
-        launch=(f"split: conv {lc.conv_tile}/{lc.conv_warps}w; gemm {lc.block_m}x"
-                f"{kernels[1]['block_n']},{kernels[2]['block_n']}x{lc.block_k}/"
-                f"{lc.num_warps}w/{lc.num_stages}s"),
+        launch=(f"split: conv {lc.conv_tile}/{lc.conv_warps}w; gemm m{lc.block_m} "
+                f"n{kernels[1]['block_n']}/{kernels[2]['block_n']} k{lc.block_k} "
+                f"{lc.num_warps}w {lc.num_stages}s"),
         regs=max(k["regs"] or 0 for k in kernels),
         spill_st=sum(k["spill_st"] or 0 for k in kernels),
         spill_ld=sum(k["spill_ld"] or 0 for k in kernels),
