@@ -20,8 +20,8 @@ from convfirst_jax.bench.ceilings import Ceilings
 from convfirst_jax.bench.common import (make_record, max_abs_diff, on_gpu, pallas_skip_note,
                                         random_normal, rotated_inputs, skipped_record)
 from convfirst_jax.bench.layers import layer_op
-from convfirst_jax.bench.options import (BlocksOptions, LayersOptions, ModelsOptions,
-                                         TimingOptions)
+from convfirst_jax.bench.options import (BlocksOptions, LabOptions, LayersOptions,
+                                         ModelsOptions, TimingOptions)
 from convfirst_jax.complexity import LayerCost, fused_block_bytes, roofline
 
 
@@ -310,8 +310,8 @@ def run_layers(opts: LayersOptions, ceilings: dict[str, Ceilings],
     return recs + run_models(opts.whole_models(), ceilings, notes)
 
 
-def run_suite(opts: BlocksOptions | ModelsOptions | LayersOptions, ceilings: dict[str, Ceilings],
-              notes: Notes, *, top1: dict[str, float] | None = None) -> list[dict[str, Any]]:
+def run_suite(opts: LabOptions, ceilings: dict[str, Ceilings], notes: Notes, *,
+              top1: dict[str, float] | None = None) -> list[dict[str, Any]]:
     """The records of the suite ``opts`` describes."""
     if isinstance(opts, BlocksOptions):
         return run_blocks(opts, ceilings, notes)
