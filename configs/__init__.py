@@ -1,1 +1,1 @@
-"""ml_collections config files: one get_config() per model size and data setting."""
+"""ml_collections config files: one get_config(model) per data setting, plus the study recipe."""

@@ -1,6 +1,8 @@
 """Shared defaults for every training config (``python -m train --config configs/<name>.py``).
 
-Each per-model config starts from :func:`get_config` and overrides a few keys. The returned
+The configs of a data setting (``cpu_small.py``, ``gpu_imagenette.py``) start from
+:func:`get_config` and override a few keys; they take the model as their argument
+(``--config configs/cpu_small.py:resnet18``). The returned
 ``ConfigDict`` is locked by the training entry point, so a misspelt key in a config file or on
 the command line stops with one error that lists the valid keys.
 

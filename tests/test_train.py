@@ -229,7 +229,7 @@ def test_nan_loss_stops_with_message_and_keeps_last_good_checkpoint(tiny_data, t
     monkeypatch.setattr(convfirst_jax, "create_model", tiny_factory)
     monkeypatch.setattr(state_lib, "train_step", nan_loss_at(5))
     workdir = tmp_path / "nan"
-    rc = main(["--config", str(REPO / "configs" / "convfirst_atto_cpu.py"),
+    rc = main(["--config", str(REPO / "configs" / "cpu_small.py") + ":convfirst_atto",
                "--workdir", str(workdir), f"--config.data_dir={tiny_data}",
                "--config.image_size=32", "--config.batch_size=8", "--config.eval_batch_size=8",
                "--config.num_workers=0", "--config.max_steps=8", "--config.eval_every_steps=8",
@@ -257,7 +257,7 @@ CLI_STEPS = 30
 
 
 def _cli(workdir: pathlib.Path, data_dir: pathlib.Path, env: dict) -> subprocess.Popen:
-    cmd = [sys.executable, "-m", "train", "--config", "configs/convfirst_atto_cpu.py",
+    cmd = [sys.executable, "-m", "train", "--config", "configs/cpu_small.py:convfirst_atto",
            "--workdir", str(workdir), f"--config.data_dir={data_dir}", "--config.image_size=32",
            "--config.batch_size=16", "--config.eval_batch_size=8", "--config.num_workers=0",
            f"--config.max_steps={CLI_STEPS}", "--config.eval_every_steps=10",

@@ -1,14 +1,17 @@
 """Command line of the training job (console script ``convfirst-train``).
 
-    python -m train --config configs/convfirst_atto_cpu.py --workdir runs/convfirst_atto \\
+    python -m train --config configs/cpu_small.py:convfirst_atto --workdir runs/convfirst_atto \\
         [--config.data_dir=../shared/data/imagenette] [--config.num_epochs=20] ...
 
 ``--config`` names a Python file whose ``get_config()`` returns an ``ml_collections.ConfigDict``
-(see configs/default.py for every key). ``--config.KEY=VALUE`` (or ``--config.KEY VALUE``)
-overrides one key; the value is parsed as the type of the default (bool, int, float, str,
-tuple). An unknown or misspelt key stops with one error that lists the valid keys. Rerunning
-the same command resumes from the newest checkpoint in ``--workdir``; resuming with other
-settings than the stored ones is refused unless ``--config.allow_config_change=True``.
+(see configs/default.py for every key); ``FILE.py:ARG`` calls ``get_config(ARG)``, as in
+ml_collections' ``config_flags`` (``configs/cpu_small.py:convnext_atto``). ``--config.KEY=VALUE``
+overrides one key, parsed by ``ml_collections.config_flags`` as the type of the default (absl
+flag syntax: ``--config.KEY VALUE`` also works, except for booleans, which take
+``--config.KEY=false`` or ``--noconfig.KEY``; tuples as ``0.5,0.7`` or ``(0.5, 0.7)``). An
+unknown or misspelt key stops with one error that lists the valid keys. Rerunning the same
+command resumes from the newest checkpoint in ``--workdir``; resuming with other settings than
+the stored ones is refused unless ``--config.allow_config_change=True``.
 
 Every failure is one ``error: ...`` line on stderr with its exit code (``train.errors``): 0 done,
 1 diverged (non-finite loss or state; the last good checkpoint is kept), 2 bad arguments,
@@ -19,39 +22,43 @@ checkpoint), 70 an unexpected internal error (with its traceback).
 
 from __future__ import annotations
 
-import ast
 import difflib
 import importlib.util
 import os
 import pathlib
+import re
 import sys
 from collections.abc import Sequence
-from typing import Any
 
 import ml_collections
+from absl import flags
+from ml_collections import config_flags
 
-USAGE = ("usage: python -m train --config CONFIG.py --workdir DIR [--config.KEY=VALUE ...]\n"
+USAGE = ("usage: python -m train --config CONFIG.py[:ARG] --workdir DIR [--config.KEY=VALUE ...]\n"
          "       (convfirst-train is the same command)")
+_OVERRIDE = re.compile(r"^--?(?:no)?config\.([^=]+)(?:=(.*))?$", re.S)
 
 
-def load_config_file(path: str) -> ml_collections.ConfigDict:
-    """Import ``path`` and return its ``get_config()`` (the repo root is put on sys.path)."""
+def load_config_file(spec: str) -> ml_collections.ConfigDict:
+    """``get_config()`` of the file ``spec`` names, or ``get_config(ARG)`` for ``FILE.py:ARG``
+    (the folder above a ``configs`` package is put on sys.path, so that configs import
+    ``configs.default``)."""
+    path, *arg = spec.split(":", 1)
     file = pathlib.Path(path)
     if not file.is_file():
         raise ValueError(f"config file {path!r} does not exist; pass e.g. "
-                         "--config configs/convfirst_atto_cpu.py")
-    # Config files import ``configs.default``: make the package that holds them importable.
+                         "--config configs/cpu_small.py:convfirst_atto")
     package_root = file.resolve().parent.parent
     if (file.resolve().parent / "__init__.py").exists() and str(package_root) not in sys.path:
         sys.path.insert(0, str(package_root))
-    spec = importlib.util.spec_from_file_location(f"_convfirst_config_{file.stem}", file)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
+    module_spec = importlib.util.spec_from_file_location(f"_convfirst_config_{file.stem}", file)
+    module = importlib.util.module_from_spec(module_spec)
+    module_spec.loader.exec_module(module)
     if not hasattr(module, "get_config"):
         raise ValueError(f"config file {path!r} has no get_config() function")
-    config = module.get_config()
+    config = module.get_config(*arg)
     if not isinstance(config, ml_collections.ConfigDict):
-        raise ValueError(f"{path}: get_config() must return an ml_collections.ConfigDict, "
+        raise ValueError(f"{spec}: get_config() must return an ml_collections.ConfigDict, "
                          f"got {type(config).__name__}")
     return config
 
@@ -70,107 +77,62 @@ def check_keys(config: ml_collections.ConfigDict, path: str) -> None:
                          + _valid_keys_message(reference))
 
 
-def _parse_bool(text: str) -> bool:
-    t = text.strip().lower()
-    if t in ("1", "true", "yes", "on"):
-        return True
-    if t in ("0", "false", "no", "off"):
-        return False
-    raise ValueError(text)
+def _overrides(args: Sequence[str]) -> dict[str, str | None]:
+    """{KEY: text} of the ``--config.KEY=text`` / ``--config.KEY text`` arguments (last wins)."""
+    found: dict[str, str | None] = {}
+    for i, arg in enumerate(args):
+        match = _OVERRIDE.match(arg)
+        if match:
+            key, text = match.groups()
+            if text is None and i + 1 < len(args) and not args[i + 1].startswith("-"):
+                text = args[i + 1]
+            found[key] = text
+    return found
 
 
-def parse_value(key: str, text: str, current: Any) -> Any:
-    """Parse ``text`` as the type of ``current`` (the config's value for ``key``)."""
-    try:
-        if isinstance(current, bool):
-            return _parse_bool(text)
-        if isinstance(current, int):
-            value = ast.literal_eval(text)
-            if isinstance(value, float) and value.is_integer():
-                value = int(value)
-            if not isinstance(value, int) or isinstance(value, bool):
-                raise ValueError(text)
-            return value
-        if isinstance(current, float):
-            return float(text)
-        if isinstance(current, str):
-            return text
-        if isinstance(current, (tuple, list)):
-            try:
-                value = ast.literal_eval(text)
-            except (ValueError, SyntaxError):
-                value = tuple(p for p in text.split(",") if p.strip())
-            if not isinstance(value, (tuple, list)):
-                value = (value,)
-            kind = type(current[0]) if current else None
-            if kind in (int, float):
-                value = tuple(kind(v) for v in value)
-            return tuple(value)
-        if current is None:
-            try:
-                return ast.literal_eval(text)
-            except (ValueError, SyntaxError):
-                return text
-    except (ValueError, SyntaxError, TypeError):
-        pass
-    raise ValueError(f"--config.{key}={text!r}: expected a value of type "
-                     f"{type(current).__name__} (the default is {current!r})")
-
-
-def apply_overrides(config: ml_collections.ConfigDict, overrides: Sequence[tuple[str, str]]
-                    ) -> ml_collections.ConfigDict:
-    """Set ``--config.KEY=VALUE`` overrides; an unknown key lists the valid ones."""
-    for key, text in overrides:
+def _apply_overrides(config: ml_collections.ConfigDict, args: list[str]) -> None:
+    """Parse ``--config.KEY=VALUE`` arguments into ``config`` (ml_collections.config_flags);
+    any other argument, an unknown key or a value of the wrong type is one ValueError."""
+    overrides = _overrides(args)
+    for key in overrides:
         if key not in config:
             close = difflib.get_close_matches(key, list(config.keys()), n=1)
             hint = f" (did you mean {close[0]!r}?)" if close else ""
             raise ValueError(f"unknown config key {key!r}{hint}; " + _valid_keys_message(config))
-        with config.unlocked():
-            config[key] = parse_value(key, text, config[key])
-    return config
-
-
-def parse_args(argv: Sequence[str]) -> tuple[str, str, list[tuple[str, str]]]:
-    """Split argv into (config path, workdir, [(key, value) overrides])."""
-    config_path = workdir = None
-    overrides: list[tuple[str, str]] = []
-    args = list(argv)
-    i = 0
-
-    def value_of(flag: str) -> str:
-        nonlocal i
-        if "=" in args[i]:
-            return args[i].split("=", 1)[1]
-        if i + 1 >= len(args):
-            raise ValueError(f"{flag} needs a value")
-        i += 1
-        return args[i]
-
-    while i < len(args):
-        arg = args[i]
-        name = arg.split("=", 1)[0]
-        if name == "--config":
-            config_path = value_of("--config")
-        elif name == "--workdir":
-            workdir = value_of("--workdir")
-        elif name.startswith("--config."):
-            overrides.append((name[len("--config."):], value_of(name)))
-        else:
-            raise ValueError(f"unknown argument {arg!r}\n{USAGE}")
-        i += 1
-    if config_path is None or workdir is None:
-        raise ValueError(f"--config and --workdir are required\n{USAGE}")
-    return config_path, workdir, overrides
+    argv = ["train", *args]
+    values = flags.FlagValues()
+    config_flags.DEFINE_config_dict("config", config, flag_values=values, sys_argv=argv)
+    try:
+        rest = values(argv)[1:]
+    except flags.IllegalFlagValueError as e:
+        key = next((k for k in overrides if f"--config.{k}=" in str(e)), None)
+        if key is None:
+            raise ValueError(str(e)) from None
+        current = config[key]
+        raise ValueError(f"--config.{key}={overrides[key]!r}: expected a value of type "
+                         f"{type(current).__name__} (the default is {current!r})") from None
+    except flags.Error as e:  # an unknown --flag
+        raise ValueError(f"{e}\n{USAGE}") from None
+    if rest:
+        raise ValueError(f"unknown argument {rest[0]!r} (a boolean key is set with "
+                         f"--config.KEY=true / false)\n{USAGE}")
 
 
 def build_config(argv: Sequence[str]) -> tuple[ml_collections.ConfigDict, str]:
-    """Parse argv into a locked, validated-keys config and the workdir."""
-    config_path, workdir, overrides = parse_args(argv)
-    config = load_config_file(config_path)
-    check_keys(config, config_path)
-    apply_overrides(config, overrides)
-    config.lock()
-    return config, workdir
+    """Parse argv into a locked, key-checked config and the workdir."""
+    paths = flags.FlagValues()
+    flags.DEFINE_string("config", None, "config file (FILE.py or FILE.py:ARG)", flag_values=paths)
+    flags.DEFINE_string("workdir", None, "run directory", flag_values=paths)
+    try:
+        rest = paths(["train", *argv], known_only=True)[1:]
+    except flags.Error as e:  # e.g. "--workdir" without a value
+        raise ValueError(f"{e}\n{USAGE}") from None
+    if paths.config is None or paths.workdir is None:
+        raise ValueError(f"--config and --workdir are required\n{USAGE}")
+    config = load_config_file(paths.config)
+    check_keys(config, paths.config)
+    _apply_overrides(config, rest)  # locks the config
+    return config, paths.workdir
 
 
 def _print_help() -> None:

@@ -2,9 +2,9 @@
 
     python -m train.benchmark --data-dir ../shared/data/imagenette --out runs/bench-imagenette
 
-Trains ``configs/convfirst_atto_cpu.py``, ``configs/convnext_atto_cpu.py`` and
-``configs/resnet18_cpu.py`` one after the other (each ``python -m train`` in its own process,
-so a rerun resumes unfinished runs from their checkpoints), then writes
+Trains ``configs/cpu_small.py:MODEL`` for convfirst_atto, convnext_atto and resnet18 one after
+the other (each ``python -m train`` in its own process, in ``OUT/MODEL``, so a rerun resumes
+unfinished runs from their checkpoints), then writes
 ``OUT/report`` with ``python -m train.report`` (baseline: ResNet-18). Goal on a 2-core CPU:
 the smallest ConvFirst reaches 60% top-1 within 15 minutes of training (read
 ``targets["0.6"]["wall_time_s"]`` in its summary.json, or the FLOPs-to-target table).
@@ -22,17 +22,18 @@ import time
 from collections.abc import Sequence
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
-DEFAULT_CONFIGS = ("convfirst_atto_cpu", "convnext_atto_cpu", "resnet18_cpu")
+DEFAULT_MODELS = ("convfirst_atto", "convnext_atto", "resnet18")
+CONFIG_FILE = REPO / "configs" / "cpu_small.py"
 
 
-def run_one(config: str, data_dir: str, out: pathlib.Path, overrides: Sequence[str]) -> int:
-    """Train one config into ``out/config``; returns the exit code of ``python -m train``."""
-    cmd = [sys.executable, "-m", "train", "--config", str(REPO / "configs" / f"{config}.py"),
-           "--workdir", str(out / config), f"--config.data_dir={data_dir}", *overrides]
+def run_one(model: str, data_dir: str, out: pathlib.Path, overrides: Sequence[str]) -> int:
+    """Train one model into ``out/model``; returns the exit code of ``python -m train``."""
+    cmd = [sys.executable, "-m", "train", "--config", f"{CONFIG_FILE}:{model}",
+           "--workdir", str(out / model), f"--config.data_dir={data_dir}", *overrides]
     print(f"[benchmark] {' '.join(cmd)}", flush=True)
     t0 = time.perf_counter()
     rc = subprocess.call(cmd, cwd=REPO)
-    print(f"[benchmark] {config}: exit code {rc} after {time.perf_counter() - t0:.0f} s",
+    print(f"[benchmark] {model}: exit code {rc} after {time.perf_counter() - t0:.0f} s",
           flush=True)
     return rc
 
@@ -42,8 +43,9 @@ def main(argv: Sequence[str] | None = None) -> int:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data-dir", required=True, help="ImageNet-layout folder (Imagenette)")
     parser.add_argument("--out", default="runs/bench-imagenette", help="output folder")
-    parser.add_argument("--configs", nargs="+", default=list(DEFAULT_CONFIGS),
-                        help="config names in configs/ (default: the three CPU configs)")
+    parser.add_argument("--models", nargs="+", default=list(DEFAULT_MODELS),
+                        help="models to train with configs/cpu_small.py (default: the three "
+                             "CPU models)")
     parser.add_argument("--epochs", type=int, default=5, help="epochs per model (5)")
     parser.add_argument("--learning-rate", type=float, default=1e-2,
                         help="base AdamW rate per 256 images (peak = lr x batch / 256)")
@@ -63,9 +65,9 @@ def main(argv: Sequence[str] | None = None) -> int:
                  "--config.eval_every_epochs=1", "--config.warmup_epochs=0.5",
                  "--config.progress_bar=false", "--config.log_every_steps=25",
                  *args.extra]
-    failed = [c for c in args.configs if run_one(c, args.data_dir, out, overrides) != 0]
+    failed = [m for m in args.models if run_one(m, args.data_dir, out, overrides) != 0]
     from train import report  # noqa: PLC0415
-    runs = [out / c for c in args.configs if (out / c / "summary.json").exists()]
+    runs = [out / m for m in args.models if (out / m / "summary.json").exists()]
     if runs:
         report.main([*map(str, runs), "--out", str(out / "report"), "--baseline", "resnet18"])
     if failed:
