@@ -28,7 +28,7 @@ from convfirst_jax.models.blocks import check_block_impl
 from convfirst_jax.models.layers import check_image_input, fold_bn
 from convfirst_jax.models.macro import FourStageNet
 from convfirst_jax.models.resnet import ResNet
-from convfirst_jax.specs import ConvFirstNetSpec
+from convfirst_jax.specs import FourStageNetSpec
 from pallas_kernels import conv_first_block, conv_first_block_reference
 
 Array = jax.Array
@@ -50,7 +50,7 @@ class FoldedConvFirstNet:
     """
 
     params: dict
-    spec: ConvFirstNetSpec = dataclasses.field(metadata=dict(static=True))
+    spec: FourStageNetSpec = dataclasses.field(metadata=dict(static=True))
 
 
 def _fold_into_next_conv(bn, conv) -> dict[str, Array]:

@@ -81,7 +81,7 @@ class ConvFirstBlockConfig:
 
 
 @dataclasses.dataclass(frozen=True)
-class ConvFirstNetSpec:
+class FourStageNetSpec:
     """A four-stage network of conv-first blocks (Liu et al. 2022, Fig. 2): ConvNeXt and
     ConvFirstNet are two settings of these fields.
 
@@ -140,17 +140,17 @@ class ResNetSpec:
     width: int = 64
 
 
-ModelSpec = ConvFirstNetSpec | ResNetSpec
+ModelSpec = FourStageNetSpec | ResNetSpec
 
 
-def _convnext(name, depths, dims) -> ConvFirstNetSpec:
-    return ConvFirstNetSpec(name=name, depths=depths, dims=dims, kernel_size=7,
+def _convnext(name, depths, dims) -> FourStageNetSpec:
+    return FourStageNetSpec(name=name, depths=depths, dims=dims, kernel_size=7,
                             activation="gelu", layer_scale_init=1e-6, norm="layernorm",
                             norm_eps=1e-6, stem_bias=True, conv_bias=True, mlp_bias=True)
 
 
-def _convfirst(name, depths, dims, group_width=1) -> ConvFirstNetSpec:
-    return ConvFirstNetSpec(name=name, depths=depths, dims=dims, kernel_size=3,
+def _convfirst(name, depths, dims, group_width=1) -> FourStageNetSpec:
+    return FourStageNetSpec(name=name, depths=depths, dims=dims, kernel_size=3,
                             group_width=group_width, activation="silu", layer_scale_init=None,
                             norm="batchnorm", norm_eps=1e-5)
 

@@ -17,7 +17,7 @@ import jax
 import jax.numpy as jnp
 import pytest
 
-from convfirst_jax.specs import MODEL_SPECS, ConvFirstNetSpec
+from convfirst_jax.specs import MODEL_SPECS, FourStageNetSpec
 from pallas_kernels import conv_first_block, cuda_export_target
 from kernel_cases import CASES
 
@@ -30,7 +30,7 @@ def model_block_configs() -> dict[str, dict]:
     resolution seen for each). BatchNorm blocks map to the kernel's folded "affine" norm."""
     configs = {}
     for name, spec in sorted(MODEL_SPECS.items()):
-        if not isinstance(spec, ConvFirstNetSpec):
+        if not isinstance(spec, FourStageNetSpec):
             continue  # ResNets have no conv-first blocks
         for stage in range(len(spec.dims)):
             cfg = spec.block_config(stage)

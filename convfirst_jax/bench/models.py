@@ -17,7 +17,7 @@ import numpy as np
 from convfirst_jax.bench.ceilings import Ceilings
 from convfirst_jax.complexity import ComplexityTable, fused_block_bytes, model_complexity, roofline
 from convfirst_jax.dtypes import itemsize
-from convfirst_jax.specs import ConvFirstNetSpec, get_spec
+from convfirst_jax.specs import FourStageNetSpec, get_spec
 
 # A train step does the forward, the backward (about twice the forward's operations) and the
 # optimizer update (elementwise, negligible): the usual 3x rule (Kaplan et al. 2020; also
@@ -136,12 +136,12 @@ def train_step_fn(model, *, learning_rate: float = 1e-3, weight_decay: float = 0
 
 
 def has_conv_first_blocks(name: str) -> bool:
-    return isinstance(get_spec(name), ConvFirstNetSpec)
+    return isinstance(get_spec(name), FourStageNetSpec)
 
 
 def family_label(name: str) -> str:
     """"ConvFirst", "ConvNeXt" or "ResNet" (for plot legends)."""
     spec = get_spec(name)
-    if isinstance(spec, ConvFirstNetSpec):
+    if isinstance(spec, FourStageNetSpec):
         return "ConvFirst" if spec.family == "convfirst" else "ConvNeXt"
     return "ResNet"

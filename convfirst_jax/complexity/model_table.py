@@ -5,14 +5,14 @@ from __future__ import annotations
 import pathlib
 
 from convfirst_jax.complexity.networks import model_complexity
-from convfirst_jax.specs import MODEL_SPECS, ConvFirstNetSpec
+from convfirst_jax.specs import MODEL_SPECS, FourStageNetSpec
 
 MODEL_TABLE_START = "<!-- model-table:start -->"
 MODEL_TABLE_END = "<!-- model-table:end -->"
 
 
 def _block_description(spec) -> str:
-    if isinstance(spec, ConvFirstNetSpec):
+    if isinstance(spec, FourStageNetSpec):
         conv = "dw" if spec.group_width == 1 else f"gw{spec.group_width}"
         norm = "LN" if spec.norm == "layernorm" else "BN"
         return f"{spec.kernel_size}x{spec.kernel_size} {conv}, {norm}, {spec.activation}"
@@ -20,7 +20,7 @@ def _block_description(spec) -> str:
 
 
 def _dims(spec) -> tuple[int, ...]:
-    if isinstance(spec, ConvFirstNetSpec):
+    if isinstance(spec, FourStageNetSpec):
         return spec.dims
     expansion = 1 if spec.block == "basic" else 4
     return tuple(spec.width * 2 ** i * expansion for i in range(4))
@@ -31,8 +31,8 @@ def model_table_rows(resolution: int = 224, num_classes: int = 1000) -> list[dic
     rows = []
     for name, spec in MODEL_SPECS.items():
         t = model_complexity(spec, resolution=resolution, num_classes=num_classes)
-        family = spec.family if isinstance(spec, ConvFirstNetSpec) else "resnet"
-        depths = spec.depths if isinstance(spec, ConvFirstNetSpec) else spec.layers
+        family = spec.family if isinstance(spec, FourStageNetSpec) else "resnet"
+        depths = spec.depths if isinstance(spec, FourStageNetSpec) else spec.layers
         rows.append({"model": name, "family": family, "block": _block_description(spec),
                      "depths": list(depths), "dims": list(_dims(spec)), "params": t.params,
                      "macs": t.macs, "fvcore_macs": t.fvcore_macs, "flops": t.flops})

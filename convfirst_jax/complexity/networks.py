@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from convfirst_jax.complexity.costs import LayerCost, LayerRecorder, Shape
 from convfirst_jax.complexity.table import ComplexityTable
-from convfirst_jax.specs import (ConvFirstBlockConfig, ConvFirstNetSpec, ModelSpec, ResNetSpec,
+from convfirst_jax.specs import (ConvFirstBlockConfig, FourStageNetSpec, ModelSpec, ResNetSpec,
                                   get_spec)
 
 
@@ -41,7 +41,7 @@ def conv_first_block_layers(rec: LayerRecorder, prefix: str, shape: Shape,
     return rec.add(f"{prefix}.add", prefix, z)
 
 
-def _convfirst_net_layers(rec: LayerRecorder, spec: ConvFirstNetSpec, resolution: int,
+def _convfirst_net_layers(rec: LayerRecorder, spec: FourStageNetSpec, resolution: int,
                           num_classes: int) -> None:
     """ConvNeXt / ConvFirstNet macro design: patchify stem, 4 stages, pool -> norm -> fc."""
     norm, stem_bias = spec.norm, spec.stem_bias
@@ -126,8 +126,8 @@ def model_complexity(name_or_spec: str | ModelSpec, resolution: int = 224, batch
       A :class:`ComplexityTable`; ``.macs`` / ``.params`` match timm's published counts.
     """
     spec = get_spec(name_or_spec) if isinstance(name_or_spec, str) else name_or_spec
-    if not isinstance(spec, (ConvFirstNetSpec, ResNetSpec)):
-        raise ValueError(f"expected a model name or a ConvFirstNetSpec / ResNetSpec, "
+    if not isinstance(spec, (FourStageNetSpec, ResNetSpec)):
+        raise ValueError(f"expected a model name or a FourStageNetSpec / ResNetSpec, "
                          f"got {type(spec).__name__}")
     if not isinstance(resolution, int) or resolution < 32:
         raise ValueError(f"resolution must be an int >= 32 (the models downsample 32x), "
@@ -135,7 +135,7 @@ def model_complexity(name_or_spec: str | ModelSpec, resolution: int = 224, batch
     if num_classes < 1:
         raise ValueError(f"num_classes must be >= 1, got {num_classes}")
     rec = LayerRecorder(batch_size, dtype_bytes, count_padding)
-    if isinstance(spec, ConvFirstNetSpec):
+    if isinstance(spec, FourStageNetSpec):
         _convfirst_net_layers(rec, spec, resolution, num_classes)
     else:
         _resnet_layers(rec, spec, resolution, num_classes)

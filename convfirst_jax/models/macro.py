@@ -29,7 +29,7 @@ from flax import nnx
 from convfirst_jax.models.blocks import ConvFirstBlock, check_block_impl
 from convfirst_jax.models.layers import (TRUNC_NORMAL_02, check_image_input,
                                          conv_general_dilated, drop_path_rates, make_norm)
-from convfirst_jax.specs import ConvFirstNetSpec
+from convfirst_jax.specs import FourStageNetSpec
 
 MIN_RESOLUTION = 32
 
@@ -37,7 +37,7 @@ MIN_RESOLUTION = 32
 class Stem(nnx.Module):
     """Patchify stem: ``stem_size`` x ``stem_size`` conv with the same stride, then a norm."""
 
-    def __init__(self, spec: ConvFirstNetSpec, *, dtype, param_dtype, rngs: nnx.Rngs):
+    def __init__(self, spec: FourStageNetSpec, *, dtype, param_dtype, rngs: nnx.Rngs):
         k = spec.stem_size
         self.conv = nnx.Conv(3, spec.dims[0], (k, k), strides=(k, k), padding="VALID",
                              use_bias=spec.stem_bias, kernel_init=TRUNC_NORMAL_02,
@@ -53,7 +53,7 @@ class Stem(nnx.Module):
 class Downsample(nnx.Module):
     """Between stages: norm, then a 2x2 stride-2 conv (with bias) to the next width."""
 
-    def __init__(self, spec: ConvFirstNetSpec, stage: int, *, dtype, param_dtype,
+    def __init__(self, spec: FourStageNetSpec, stage: int, *, dtype, param_dtype,
                  rngs: nnx.Rngs):
         cin, cout = spec.dims[stage - 1], spec.dims[stage]
         self.norm = make_norm(spec.norm, cin, eps=spec.norm_eps, dtype=dtype,
@@ -69,7 +69,7 @@ class Downsample(nnx.Module):
 class Stage(nnx.Module):
     """Optional downsample followed by ``depths[stage]`` conv-first blocks."""
 
-    def __init__(self, spec: ConvFirstNetSpec, stage: int, *, drop_path: list[float],
+    def __init__(self, spec: FourStageNetSpec, stage: int, *, drop_path: list[float],
                  block_impl: str, dtype, param_dtype, rngs: nnx.Rngs):
         self.downsample = (Downsample(spec, stage, dtype=dtype, param_dtype=param_dtype,
                                       rngs=rngs) if stage > 0 else None)
@@ -89,7 +89,7 @@ class Stage(nnx.Module):
 class Head(nnx.Module):
     """Global average pool -> norm -> Linear, computed in float32 (logits are float32)."""
 
-    def __init__(self, spec: ConvFirstNetSpec, num_classes: int, *, param_dtype,
+    def __init__(self, spec: FourStageNetSpec, num_classes: int, *, param_dtype,
                  rngs: nnx.Rngs):
         c = spec.dims[-1]
         self.norm = make_norm(spec.norm, c, eps=spec.norm_eps, dtype=jnp.float32,
@@ -103,14 +103,14 @@ class Head(nnx.Module):
 
 
 class FourStageNet(nnx.Module):
-    """ConvNeXt or ConvFirstNet, built from a :class:`ConvFirstNetSpec` (module docstring).
+    """ConvNeXt or ConvFirstNet, built from a :class:`FourStageNetSpec` (module docstring).
 
     ``model(x)``: x is (N, H, W, 3) NHWC floating with H, W >= 32; returns (N, num_classes)
     float32 logits. ``model.train()`` / ``model.eval()`` switch BatchNorm statistics and drop
     path. ``drop_path`` is the maximum stochastic depth rate, linear over blocks (timm).
     """
 
-    def __init__(self, spec: ConvFirstNetSpec, *, num_classes: int = 1000,
+    def __init__(self, spec: FourStageNetSpec, *, num_classes: int = 1000,
                  block_impl: str = "xla", dtype=jnp.float32, param_dtype=jnp.float32,
                  drop_path: float = 0.0, rngs: nnx.Rngs):
         check_block_impl(block_impl)

@@ -11,7 +11,7 @@ from convfirst_jax.dtypes import resolve_dtype
 from convfirst_jax.models.blocks import check_block_impl
 from convfirst_jax.models.macro import FourStageNet
 from convfirst_jax.models.resnet import ResNet
-from convfirst_jax.specs import ConvFirstNetSpec, ModelSpec, ResNetSpec, get_spec
+from convfirst_jax.specs import FourStageNetSpec, ModelSpec, ResNetSpec, get_spec
 
 def create_model(name: str | ModelSpec, *, num_classes: int = 1000, block_impl: str = "xla",
                  dtype=jnp.float32, param_dtype=jnp.float32, drop_path: float = 0.0,
@@ -20,7 +20,7 @@ def create_model(name: str | ModelSpec, *, num_classes: int = 1000, block_impl: 
 
     Args:
       name: e.g. "convnext_tiny", "convfirst_atto", "convfirst_atto_gw8", "resnet50"; or
-        a spec object (``ConvFirstNetSpec`` / ``ResNetSpec``) for a custom architecture.
+        a spec object (``FourStageNetSpec`` / ``ResNetSpec``) for a custom architecture.
       num_classes: width of the classifier.
       block_impl: "xla" (Flax layers) or "pallas" (each conv-first block is one fused
         ``pallas_kernels.conv_first_block``; ConvFirst BN blocks use it in eval mode only).
@@ -35,7 +35,7 @@ def create_model(name: str | ModelSpec, *, num_classes: int = 1000, block_impl: 
 
     Returns a Flax NNX module; call ``model.eval()`` / ``model.train()`` to switch modes.
     """
-    spec = name if isinstance(name, (ConvFirstNetSpec, ResNetSpec)) else get_spec(name)
+    spec = name if isinstance(name, (FourStageNetSpec, ResNetSpec)) else get_spec(name)
     check_block_impl(block_impl)
     if not isinstance(num_classes, int) or num_classes < 1:
         raise ValueError(f"num_classes must be a positive int, got {num_classes!r}")
@@ -49,7 +49,7 @@ def create_model(name: str | ModelSpec, *, num_classes: int = 1000, block_impl: 
                         dropout=jax.random.fold_in(jax.random.key(seed), 1))
     kw = dict(num_classes=num_classes, block_impl=block_impl, dtype=dtype,
               param_dtype=param_dtype, drop_path=drop_path, rngs=rngs)
-    if isinstance(spec, ConvFirstNetSpec):
+    if isinstance(spec, FourStageNetSpec):
         return FourStageNet(spec, **kw)
     return ResNet(spec, **kw)
 
