@@ -25,6 +25,7 @@ from fixtures.runs import make_run  # noqa: E402
 from convfirst_jax import export as export_lib  # noqa: E402
 from convfirst_jax.models.layers import BatchNorm  # noqa: E402
 from model_fill import random_model  # noqa: E402
+from pallas_kernels import block_kernel_count  # noqa: E402
 from convfirst_jax.specs import ResNetSpec, get_spec  # noqa: E402
 from convfirst_jax.weights.run import load_run  # noqa: E402
 from train import data  # noqa: E402
@@ -114,7 +115,7 @@ def test_cuda_pallas_export_contains_the_triton_kernel(run):
     assert exported.platforms == ("cuda",)
     spec = model.spec  # one fused kernel per block; wide blocks run the split plan's kernels
     calls = sum(depth * block_kernel_count(cfg.channels, cfg.kernel_size, cfg.group_width,
-                                           cfg.hidden, jnp.float32)
+                                           cfg.hidden, "float32")
                 for depth, cfg in ((d, spec.block_config(i)) for i, d in enumerate(spec.depths)))
     assert text.count(export_lib.TRITON_CALL) == calls, "the block kernels of every block"
 
