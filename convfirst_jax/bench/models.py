@@ -95,19 +95,6 @@ def build_model(name: str, *, block_impl: str, dtype: str, num_classes: int, see
     return nnx.merge(graphdef, state)
 
 
-def inference_fn(model) -> tuple[Callable[..., jax.Array], Any]:
-    """(f(state, x) -> logits, state): a pure function of the eval-mode model's state."""
-    from flax import nnx
-
-    model.eval()
-    graphdef, state = nnx.split(model)
-
-    def forward(state, x):
-        return nnx.merge(graphdef, state)(x)
-
-    return forward, state
-
-
 def train_step_fn(model, *, learning_rate: float = 1e-3, weight_decay: float = 0.05
                   ) -> tuple[Callable[..., Any], tuple]:
     """(step(params, rest, opt_state, x, y), (params, rest, opt_state)): fwd + bwd + AdamW."""

@@ -23,6 +23,7 @@ from convfirst_jax.bench.layers import layer_op
 from convfirst_jax.bench.options import (BlocksOptions, LabOptions, LayersOptions,
                                          ModelsOptions, TimingOptions)
 from convfirst_jax.complexity import LayerCost, fused_block_bytes, roofline
+from convfirst_jax.models.inference import inference_fn
 
 
 def log(msg: str) -> None:
@@ -197,7 +198,7 @@ def run_models(opts: ModelsOptions, ceilings: dict[str, Ceilings], notes: Notes,
                 ceil = ceilings[dtype]
                 model = mdl.build_model(name, block_impl=impl, dtype=dtype, num_classes=ncls,
                                         seed=timing_opts.seed)
-                fwd, state = mdl.inference_fn(model)
+                fwd, state = inference_fn(model)
                 for b in opts.batch_sizes:
                     table = mdl.model_table(name, res, b, dtype, ncls)
                     unfused, fused = mdl.model_floors(table, ceil)
