@@ -27,11 +27,8 @@ import numpy as np
 from convfirst_jax.bench.common import random_normal
 from convfirst_jax.complexity.costs import LayerCost, LayerRecorder
 from convfirst_jax.dtypes import itemsize
-from convfirst_jax.models.blocks import BLOCK_IMPLS
+from convfirst_jax.bench.options import LAB_BLOCK_IMPLS
 from pallas_kernels import conv_first_block, conv_first_block_reference
-
-#: The lab times the kernel's plain-jnp reference beside the model's two block impls.
-LAB_BLOCK_IMPLS = BLOCK_IMPLS + ("reference",)
 
 
 @dataclasses.dataclass(frozen=True)

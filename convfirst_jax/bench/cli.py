@@ -31,12 +31,11 @@ from typing import Any, Callable, Sequence
 import jax
 
 from convfirst_jax.bench import results
-from convfirst_jax.bench.blocks import LAB_BLOCK_IMPLS
 from convfirst_jax.bench.ceilings import Ceilings, get_ceilings
 from convfirst_jax.bench.common import environment
-from convfirst_jax.bench.options import (BlocksOptions, CeilingOptions, LabOptions,
-                                         LayersOptions, ModelsOptions, RunOptions,
-                                         TimingOptions, to_dict)
+from convfirst_jax.bench.options import (LAB_BLOCK_IMPLS, BlocksOptions, CeilingOptions,
+                                         LabOptions, LayersOptions, ModelsOptions,
+                                         RunOptions, TimingOptions, to_dict)
 from convfirst_jax.bench.results import fmt_time
 from convfirst_jax.bench.runner import Notes, log, run_suite
 from convfirst_jax.dtypes import DTYPE_NAMES

@@ -14,6 +14,10 @@ from typing import Any, Callable, ClassVar, Sequence, Union
 
 from convfirst_jax.bench.ceilings import cache_bytes
 from convfirst_jax.bench.timing import Timing, auto_buffers, time_jax
+from convfirst_jax.models.blocks import BLOCK_IMPLS
+
+#: Block implementations the lab times: the model's two plus the kernel's plain-jnp reference.
+LAB_BLOCK_IMPLS = BLOCK_IMPLS + ("reference",)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -86,7 +90,7 @@ class BlocksOptions:
     activations: tuple[str, ...] = ("gelu",)
     group_width: int = 1
     layer_scale: bool = True
-    impls: tuple[str, ...] = ("xla", "pallas", "reference")
+    impls: tuple[str, ...] = LAB_BLOCK_IMPLS
     layer_breakdown: bool = True
 
 
@@ -100,7 +104,7 @@ class ModelsOptions:
     models: tuple[str, ...] = ("convfirst_tiny", "convnext_tiny", "resnet50")
     resolution: int = 224
     batch_sizes: tuple[int, ...] = (1, 16, 64, 256)
-    block_impls: tuple[str, ...] = ("xla", "pallas")
+    block_impls: tuple[str, ...] = BLOCK_IMPLS
     train_step: bool = False
     waterline: bool = False
     waterline_batch: int | None = None
@@ -120,7 +124,7 @@ class LayersOptions:
     models: tuple[str, ...] = ("convnext_tiny",)
     resolution: int = 224
     batch_size: int = 32
-    block_impls: tuple[str, ...] = ("xla", "pallas")
+    block_impls: tuple[str, ...] = BLOCK_IMPLS
     only: str | None = None
     num_classes: int = 1000
 

@@ -21,6 +21,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from convfirst_jax.models.blocks import BLOCK_IMPLS
 from convfirst_jax.models.registry import abstract_model
 from convfirst_jax.weights.pretrained import load_pretrained
 
@@ -266,7 +267,7 @@ def add_model_arguments(parser, *, default_image_size: int | None = None) -> Non
     src.add_argument("--model", help="architecture of --weights, e.g. convnext_tiny, resnet50")
     src.add_argument("--classes", help="class names for --weights: classes.json or a text "
                      "file with one name per line (default: class indices)")
-    src.add_argument("--block-impl", choices=("xla", "pallas"), default=None,
+    src.add_argument("--block-impl", choices=BLOCK_IMPLS, default=None,
                      help="conv-first block implementation (default: the run's; xla for "
                      "--weights)")
     src.add_argument("--image-size", type=int, default=default_image_size,
