@@ -36,8 +36,8 @@ from pallas_kernels.activations import KERNEL_ACTIVATIONS
 from pallas_kernels.conv_stage import conv_mode, conv_norm_tile, prepare_conv_operands
 from pallas_kernels.operands import mlp_operands
 from pallas_kernels.options import BlockOptions
-from pallas_kernels.tuning import (SplitLaunchConfig, gemm_block_n, padded_channels,
-                                   split_launch_config)
+from pallas_kernels.tuning import (MIN_DOT_DIM, SplitLaunchConfig, gemm_block_n,
+                                   padded_channels, split_launch_config)
 
 _F32 = jnp.float32
 
@@ -70,40 +70,53 @@ def _conv_norm_kernel(x_ref, xp_ref, cw_ref, cb_ref, ns_ref, nb_ref, y_ref, *, h
 
 
 def _gemm_kernel(a_ref, b_ref, bias_ref, *rest, total_rows: int, k_dim: int, block_m: int,
-                 block_n: int, block_k: int, epilogue: str, activation: str, channels: int,
-                 pixels_per_image: int, has_layer_scale: bool, has_branch_scale: bool):
+                 block_n: int, block_k: int, sub_tiles: int, epilogue: str, activation: str,
+                 channels: int, pixels_per_image: int, has_layer_scale: bool,
+                 has_branch_scale: bool):
     """One (block_m, block_n) tile of ``a @ b`` (f32 accumulation over a K loop) and its
     epilogue: "expand" ``act(acc + b1)`` -> compute dtype; "project"
-    ``x + bs[n] * ls * (acc + b2)`` (``rest`` = x, layer scale, branch scale[, init], out)."""
+    ``x + bs[n] * ls * (acc + b2)`` (``rest`` = x, layer scale, branch scale[, init], out).
+
+    ``sub_tiles`` > 1: the tile's columns are that many accumulators of block_n / sub_tiles
+    columns sharing each loaded (block_m, block_k) slice of ``a`` (the L2 traffic of the
+    whole tile), with the epilogue run one accumulator at a time (fewer live registers than
+    one wide accumulator's epilogue).
+    """
     o_ref = rest[-1]
     rows = pl.program_id(0) * block_m + jnp.arange(block_m, dtype=jnp.int32)
     row_ok = rows < total_rows
+    sub_n = block_n // sub_tiles
     col0 = pl.multiple_of(pl.program_id(1) * block_n, block_n)
-    cols = col0 + jnp.arange(block_n, dtype=jnp.int32)
 
-    def step(t, acc):
+    def step(t, accs):
         k0 = pl.multiple_of(t * block_k, block_k)
         ks = k0 + jnp.arange(block_k, dtype=jnp.int32)
         a = plgpu.load(a_ref.at[rows[:, None], ks[None, :]], mask=row_ok[:, None], other=0.0)
-        return acc + plgpu.dot(a, b_ref[pl.ds(k0, block_k), pl.ds(col0, block_n)])
+        return tuple(acc + plgpu.dot(a, b_ref[pl.ds(k0, block_k), pl.ds(col0 + s * sub_n,
+                                                                          sub_n)])
+                     for s, acc in enumerate(accs))
 
-    acc = lax.fori_loop(0, k_dim // block_k, step, jnp.zeros((block_m, block_n), _F32))
-    acc = acc + bias_ref[pl.ds(col0, block_n)][None, :]
-    if epilogue == "expand":
-        h = KERNEL_ACTIVATIONS[activation](acc)
-        plgpu.store(o_ref.at[rows[:, None], cols[None, :]], h.astype(o_ref.dtype),
-                    mask=row_ok[:, None])
-        return
-    x_ref, ls_ref, bs_ref = rest[:3]
-    if has_layer_scale:
-        acc = acc * ls_ref[pl.ds(col0, block_n)][None, :]
-    if has_branch_scale:
-        image = lax.div(rows, pixels_per_image)
-        acc = acc * plgpu.load(bs_ref.at[image], mask=row_ok, other=0.0)[:, None]
-    mask = row_ok[:, None] & (cols < channels)[None, :]
-    at = (rows[:, None], cols[None, :])
-    residual = plgpu.load(x_ref.at[at], mask=mask, other=0.0).astype(_F32)
-    plgpu.store(o_ref.at[at], (residual + acc).astype(o_ref.dtype), mask=mask)
+    accs = lax.fori_loop(0, k_dim // block_k, step,
+                         tuple(jnp.zeros((block_m, sub_n), _F32) for _ in range(sub_tiles)))
+    for s, acc in enumerate(accs):
+        c0 = col0 + s * sub_n
+        cols = c0 + jnp.arange(sub_n, dtype=jnp.int32)
+        acc = acc + bias_ref[pl.ds(c0, sub_n)][None, :]
+        if epilogue == "expand":
+            h = KERNEL_ACTIVATIONS[activation](acc)
+            plgpu.store(o_ref.at[rows[:, None], cols[None, :]], h.astype(o_ref.dtype),
+                        mask=row_ok[:, None])
+            continue
+        x_ref, ls_ref, bs_ref = rest[:3]
+        if has_layer_scale:
+            acc = acc * ls_ref[pl.ds(c0, sub_n)][None, :]
+        if has_branch_scale:
+            image = lax.div(rows, pixels_per_image)
+            acc = acc * plgpu.load(bs_ref.at[image], mask=row_ok, other=0.0)[:, None]
+        mask = row_ok[:, None] & (cols < channels)[None, :]
+        at = (rows[:, None], cols[None, :])
+        residual = plgpu.load(x_ref.at[at], mask=mask, other=0.0).astype(_F32)
+        plgpu.store(o_ref.at[at], (residual + acc).astype(o_ref.dtype), mask=mask)
 
 
 def split_launch(x_shape: tuple[int, ...], x_dtype: Any, params: Mapping[str, Any],
@@ -147,7 +160,7 @@ def split_forward(x: jax.Array, params: Mapping[str, Any], opts: BlockOptions,
         y = lax.bitcast_convert_type(y, dtype).reshape(total_rows, cp)
 
     hidden = params["w1"].shape[1]
-    expand_n = gemm_block_n(lc.block_n, lc.block_m, total_rows, hidden)
+    expand_n = gemm_block_n(lc.expand_block_n, lc.block_m, total_rows, hidden)
     w1, b1, w2, b2, ls, bs = mlp_operands(x, params, branch_scale, max(expand_n, lc.block_k))
     hp = w1.shape[1]
     project_n = gemm_block_n(lc.block_n, lc.block_m, total_rows, cp)
@@ -158,9 +171,15 @@ def split_forward(x: jax.Array, params: Mapping[str, Any], opts: BlockOptions,
         has_branch_scale=branch_scale is not None)
     grid_m = pl.cdiv(total_rows, lc.block_m)
 
+    def sub_tiles(block_n, table_n, split):  # accumulators of table_n / split columns
+        return max(1, block_n // max(MIN_DOT_DIM, table_n // split))
+
+
     # 2. h = act(y @ w1 + b1), (rows, Hp) in x.dtype
     h = pl.pallas_call(
-        functools.partial(gemm, k_dim=cp, block_n=expand_n, epilogue="expand"),
+        functools.partial(gemm, k_dim=cp, block_n=expand_n,
+                          sub_tiles=sub_tiles(expand_n, lc.expand_block_n, lc.expand_split),
+                          epilogue="expand"),
         out_shape=jax.ShapeDtypeStruct((total_rows, hp), dtype),
         grid=(grid_m, hp // expand_n),
         compiler_params=compiler(num_warps=lc.num_warps),
@@ -174,7 +193,9 @@ def split_forward(x: jax.Array, params: Mapping[str, Any], opts: BlockOptions,
         aliases = {len(args): 0}
         args = (*args, out_init.reshape(total_rows, c))
     out = pl.pallas_call(
-        functools.partial(gemm, k_dim=hp, block_n=project_n, epilogue="project"),
+        functools.partial(gemm, k_dim=hp, block_n=project_n,
+                          sub_tiles=sub_tiles(project_n, lc.block_n, lc.column_split),
+                          epilogue="project"),
         out_shape=jax.ShapeDtypeStruct((total_rows, c), dtype),
         grid=(grid_m, cp // project_n),
         input_output_aliases=aliases,

@@ -173,8 +173,13 @@ class SplitLaunchConfig:
     Attributes:
       conv_tile: output pixels per program of the conv + norm kernel (power of two >= 16).
       conv_warps: its Triton warps.
-      block_m, block_n, block_k: the GEMM tiles (rows = pixels, columns, reduction step;
-        powers of two >= 16); both GEMMs use them (expand: K = c_padded, project: K = hidden).
+      block_m, block_k: the GEMM tiles' rows (pixels) and reduction step (powers of two
+        >= 16), both GEMMs (expand: K = c_padded, project: K = hidden).
+      block_n, column_split: the project GEMM's output columns per program and how many f32
+        accumulators (a power of two) they are split in; the accumulators share every
+        loaded slice of the left operand (the L2 traffic of the wide tile) and run their
+        epilogues one after the other (the live registers of a narrow one).
+      expand_block_n, expand_split: the same for the expand GEMM.
       num_warps, num_stages: the GEMMs' warps and software-pipelining depth.
     """
 
@@ -185,9 +190,16 @@ class SplitLaunchConfig:
     block_k: int = 64
     num_warps: int = 8
     num_stages: int = 3
+    column_split: int = 1
+    expand_block_n: int = 128
+    expand_split: int = 1
 
     def __post_init__(self):
-        for field in ("conv_tile", "block_m", "block_n", "block_k"):
+        for field in ("column_split", "expand_split"):
+            v = getattr(self, field)
+            if v < 1 or v & (v - 1):
+                raise ValueError(f"SplitLaunchConfig.{field}={v} must be a power of two >= 1")
+        for field in ("conv_tile", "block_m", "block_n", "block_k", "expand_block_n"):
             v = getattr(self, field)
             if v < MIN_DOT_DIM or v & (v - 1):
                 raise ValueError(
@@ -220,16 +232,19 @@ def block_plan(c_padded: int, kernel_size: int, group_width: int, hidden: int,
 def default_split_launch_config(c_padded: int, kernel_size: int, group_width: int,
                                 hidden: int, dtype_name: str) -> SplitLaunchConfig:
     """Default rule of the split plan: the conv tile fills :data:`SPLIT_CONV_ELEMENTS`,
-    8 warps above 4096 elements; the GEMMs use 128 x 128 x 64 tiles (block_n per GEMM: :func:`gemm_block_n`), 8 warps, 3 stages
-    (96 KiB of shared memory in 16-bit). 128 x 256 tiles would cut the modelled L2 traffic
-    by a quarter but spill registers in the activation / residual epilogues (static H100
-    model, sm_90a), so they are not the default."""
+    8 warps above 4096 elements; the GEMMs 8 warps, 3 stages, block_m 128, block_k 64; the
+    project 256 columns as two 128-column accumulators, the expand 128 columns (each capped
+    by :func:`gemm_block_n`). Static H100 model (sm_90a): a 128 x 256 tile cuts the modelled
+    L2 traffic by a quarter against 128 x 128; as one accumulator it spills registers in
+    both epilogues, as two the project is spill-free but the expand's activation epilogue
+    still spills (4 accumulators: 8 bytes), so the expand keeps 128 columns."""
     del kernel_size, group_width, dtype_name  # the rule budgets registers / shared memory
     conv_tile = int(np.clip(SPLIT_CONV_ELEMENTS // c_padded, MIN_DOT_DIM, 128))
     block_k = min(64, next_power_of_2(hidden), c_padded)
     return SplitLaunchConfig(conv_tile=conv_tile,
                              conv_warps=4 if conv_tile * c_padded <= 4096 else 8,
-                             block_n=128, block_k=max(MIN_DOT_DIM, block_k))
+                             block_n=256, column_split=2, expand_block_n=128,
+                             block_k=max(MIN_DOT_DIM, block_k))
 
 
 def split_launch_config(c_padded: int, kernel_size: int, group_width: int, hidden: int,

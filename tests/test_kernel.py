@@ -467,6 +467,21 @@ def test_split_plan_matches_reference(monkeypatch, case):
     _check_forward(case, seed=50 + SPLIT_CASES.index(case))
 
 
+def test_split_plan_with_column_split_accumulators(monkeypatch):
+    """GEMM programs with several accumulators (expand 4 x 16 columns, project 2 x 32) and
+    tiles spanning images (MIN_PROGRAMS = 1 keeps the table's tiles)."""
+    from pallas_kernels import tuning
+
+    case = Case(7, 64, 4, (9, 11), 2, A, "silu", "bfloat16", ls=True, bs=True)
+    monkeypatch.setattr(tuning, "SPLIT_MIN_CHANNELS", 16)
+    monkeypatch.setattr(tuning, "MIN_PROGRAMS", 1)
+    monkeypatch.setitem(tuning.SPLIT_LAUNCH_TABLE, (64, 7, 1, 256, "bfloat16"),
+                        tuning.SplitLaunchConfig(conv_tile=32, block_m=64, block_n=64,
+                                                 column_split=2, expand_block_n=64,
+                                                 expand_split=4, block_k=16))
+    _check_forward(case, seed=61)
+
+
 def test_wide_blocks_take_the_split_plan():
     """The default rule: depthwise from 256 padded channels, grouped from 512; a C = 256 block
     through the split plan against the float64 reference (block_m spans both images)."""
@@ -483,9 +498,12 @@ def test_split_launch_rule():
 
     big = split_launch_config(512, 3, 1, 2048, "bfloat16", rows=128 * 49)
     assert big == split_launch_config(512, 3, 1, 2048, "bfloat16")  # batch 128: no shrinking
-    assert big.conv_tile * 512 <= 8192 and (big.block_m, big.block_n) == (128, 128)
-    for n_dim in (512, 2048):  # 49 x 4 and 49 x 16 programs: wide tiles kept
-        assert gemm_block_n(big.block_n, big.block_m, 128 * 49, n_dim) == 128
+    assert big.conv_tile * 512 <= 8192 and big.block_m == 128
+    # expand: 49 x 16 programs of 128 columns; project: 256 columns would be 49 x 2 programs,
+    # fewer than MIN_PROGRAMS, so 128 (49 x 4)
+    assert gemm_block_n(big.expand_block_n, big.block_m, 128 * 49, 2048) == 128
+    assert gemm_block_n(big.block_n, big.block_m, 128 * 49, 512) == 128
+    assert gemm_block_n(big.block_n, big.block_m, 128 * 196, 256) == 256  # C256 14x14
     one = split_launch_config(512, 3, 1, 2048, "bfloat16", rows=49)  # batch 1
     assert one.block_m == 64 and one.conv_tile == 16
     # halved towards MIN_PROGRAMS, not below 32: 2048 / 32 = 64 and 512 / 32 = 16 programs
@@ -495,6 +513,8 @@ def test_split_launch_rule():
     assert -(-128 * 49 // 128) * (512 // 128) >= MIN_PROGRAMS
     with pytest.raises(ValueError, match="power of two"):
         SplitLaunchConfig(conv_tile=24)
+    with pytest.raises(ValueError, match="column_split"):
+        SplitLaunchConfig(conv_tile=16, column_split=3)
     with pytest.raises(ValueError, match="num_warps"):
         SplitLaunchConfig(conv_tile=16, num_warps=3)
 

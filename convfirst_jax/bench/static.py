@@ -631,7 +631,7 @@ def analyse_split(cfg: StaticConfig, hw: H100Model, workdir: str,
     hidden = cfg.E * cfg.C
 
     def gemm_grids(lc_, rows):
-        expand_n = gemm_block_n(lc_.block_n, lc_.block_m, rows, hidden)
+        expand_n = gemm_block_n(lc_.expand_block_n, lc_.block_m, rows, hidden)
         project_n = gemm_block_n(lc_.block_n, lc_.block_m, rows, cp)
         hp_ = round_up(hidden, max(expand_n, lc_.block_k))
         grid_m = math.ceil(rows / lc_.block_m)
@@ -682,7 +682,8 @@ def analyse_split(cfg: StaticConfig, hw: H100Model, workdir: str,
     row.update(
         kernels=kernels,
         launch=(f"split: conv {lc.conv_tile}/{lc.conv_warps}w; gemm m{lc.block_m} "
-                f"n{kernels[1]['block_n']}/{kernels[2]['block_n']} k{lc.block_k} "
+                f"n{kernels[1]['block_n']}/{kernels[2]['block_n']} (split "
+                f"{lc.expand_split}/{lc.column_split}) k{lc.block_k} "
                 f"{lc.num_warps}w {lc.num_stages}s"),
         regs=max(k["regs"] or 0 for k in kernels),
         spill_st=sum(k["spill_st"] or 0 for k in kernels),
