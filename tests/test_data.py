@@ -342,6 +342,25 @@ def test_train_loader_messy_batches_and_invalid_count(messy_dir):
     assert np.isfinite(images).all() and np.abs(images[valid == 1]).sum() > 0
 
 
+def test_loaders_built_from_a_scan_equal_loaders_that_scan(messy_dir):
+    """The training start-up walks each split once and hands the scan on."""
+    train_scan, val_scan = data.scan_split(messy_dir, "train"), data.scan_split(messy_dir, "val")
+    assert data.steps_per_epoch(messy_dir, 4, scan=train_scan) == data.steps_per_epoch(messy_dir, 4)
+    kw = dict(image_size=16, global_batch_size=4, seed=3, num_workers=0)
+    ref = _take(iter(data.build_train_loader(messy_dir, **kw)), 3)
+    got = _take(iter(data.build_train_loader(messy_dir, scan=train_scan, **kw)), 3)
+    for a, b in zip(ref, got):
+        for k in a:
+            np.testing.assert_array_equal(a[k], b[k])
+    ekw = dict(image_size=16, batch_size=4, num_workers=0)
+    ref = list(data.build_eval_loader(messy_dir, **ekw))
+    got_loader = data.build_eval_loader(messy_dir, scan=val_scan, **ekw)
+    assert got_loader.num_examples == len(val_scan.paths)
+    for a, b in zip(ref, list(got_loader), strict=True):
+        for k in a:
+            np.testing.assert_array_equal(a[k], b[k])
+
+
 def test_train_epoch_covers_each_file_and_seed_determinism(colour_dir):
     def first_epoch(seed):
         loader = data.build_train_loader(colour_dir, image_size=16, global_batch_size=4, seed=seed, num_workers=0)

@@ -25,9 +25,7 @@ from __future__ import annotations
 
 import base64
 import logging
-import os
 import pathlib
-import re
 import shutil
 import sys
 import warnings
@@ -40,7 +38,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 from orbax.checkpoint import checkpoint_managers as ocm
 
-from train.errors import WorkdirMismatchError, WriteFailedError
+from train.errors import WorkdirMismatchError, WriteFailedError, failure_reason
 
 STATE, META = "state", "meta"
 
@@ -59,6 +57,19 @@ class _QuietOrbax(logging.Filter):
 
 
 logging.getLogger("absl").addFilter(_QuietOrbax())
+
+
+class _QuietAbandonedWrites(logging.Filter):
+    """Drop asyncio's "exception was never retrieved" records of checkpoint writes abandoned
+    after a failure (logged when their futures are collected, often at exit): the failure has
+    reached the caller as one WriteFailedError."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        msg = record.getMessage()
+        return not ("never retrieved" in msg and ("tensorstore_spec" in msg or "orbax" in msg))
+
+
+logging.getLogger("asyncio").addFilter(_QuietAbandonedWrites())
 # After a failed write, tensorstore completes the remaining writes of that save on its own
 # threads and reports "Event loop is closed" (orbax's loop for the save is already gone) as an
 # unraisable exception, and the abandoned write coroutines warn at exit. The failure itself
@@ -115,18 +126,6 @@ def decode_iterator_state(state: Any) -> Any:
     if isinstance(state, list):
         return [decode_iterator_state(v) for v in state]
     return state
-
-
-def failure_reason(error: BaseException) -> str:
-    """A short reason for a failed write: the OS error text when there is one."""
-    if isinstance(error, OSError) and error.strerror:
-        return f"{error.strerror} [errno {error.errno}]"
-    match = re.search(r"os_error_code='?(\d+)", str(error))
-    if match:
-        code = int(match.group(1))
-        return f"{os.strerror(code)} [errno {code}]"
-    first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-    return first[:200]
 
 
 class Checkpointer:

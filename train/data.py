@@ -29,6 +29,7 @@ import dataclasses
 import math
 import os
 import pathlib
+import stat
 import time
 from collections.abc import Iterator
 
@@ -130,6 +131,14 @@ def _skip(skipped: dict[str, int], examples: dict[str, str], reason: str, path: 
     examples.setdefault(reason, path)
 
 
+def _file_mode(path: str) -> int | None:
+    """``st_mode`` of what ``path`` points to (one stat), None when it does not resolve."""
+    try:
+        return os.stat(path).st_mode
+    except OSError:
+        return None
+
+
 def _class_files(class_dir: str, skipped: dict[str, int], examples: dict[str, str]
                  ) -> tuple[list[str], int]:
     """Image files under ``class_dir``, nested sub-folders included (as timm / torchvision
@@ -154,9 +163,9 @@ def _class_files(class_dir: str, skipped: dict[str, int], examples: dict[str, st
                 _skip(skipped, examples, "hidden files", path)
             elif ext not in IMAGE_EXTENSIONS:
                 _skip(skipped, examples, f"not an image extension ({ext or 'none'})", path)
-            elif not os.path.exists(path):
+            elif (mode := _file_mode(path)) is None:
                 _skip(skipped, examples, "dangling symlinks", path)
-            elif not os.path.isfile(path):
+            elif not stat.S_ISREG(mode):
                 _skip(skipped, examples, "not regular files", path)
             else:
                 files.append(path)
@@ -271,10 +280,13 @@ def check_readable(scan: SplitScan, sample: int = PROBE_FILES) -> tuple[int, int
 
 
 def steps_per_epoch(data_dir: str | os.PathLike, global_batch_size: int, *,
-                    allow_empty_classes: bool = False) -> int:
-    """Full train batches per epoch (the train loader drops the last partial batch)."""
+                    allow_empty_classes: bool = False, scan: SplitScan | None = None) -> int:
+    """Full train batches per epoch (the train loader drops the last partial batch).
+    ``scan``: the :func:`scan_split` of the train split, when the caller has it (no rescan)."""
     _check_positive("global_batch_size", global_batch_size)
-    n = len(list_images(data_dir, "train", allow_empty_classes=allow_empty_classes)[0])
+    if scan is None:
+        scan = scan_split(data_dir, "train", allow_empty_classes=allow_empty_classes)
+    n = len(scan.paths)
     return max(n // global_batch_size, 1)
 
 
@@ -329,11 +341,12 @@ class ImageFolderSource(grain.sources.RandomAccessDataSource):
     """
 
     def __init__(self, data_dir: str | os.PathLike, split: str, length: int | None = None, *,
-                 allow_empty_classes: bool = False):
+                 allow_empty_classes: bool = False, scan: SplitScan | None = None):
         self._data_dir = str(pathlib.Path(data_dir).expanduser())
         self._split = split
-        self._paths, self._labels = list_images(self._data_dir, split,
-                                                allow_empty_classes=allow_empty_classes)
+        if scan is None:
+            scan = scan_split(self._data_dir, split, allow_empty_classes=allow_empty_classes)
+        self._paths, self._labels = list(scan.paths), list(scan.labels)
         self._owner_pid = os.getpid()  # the training process; grain workers are its children
         self._length = len(self._paths) if length is None else int(length)
         if self._length < len(self._paths):
@@ -464,6 +477,7 @@ def build_train_loader(
     scale: tuple[float, float] = transforms.DEFAULT_SCALE,
     ratio: tuple[float, float] = transforms.DEFAULT_RATIO,
     allow_empty_classes: bool = False,
+    scan: SplitScan | None = None,
 ) -> grain.DataLoader:
     """Infinite, epoch-shuffled train loader (grain.DataLoader).
 
@@ -478,7 +492,8 @@ def build_train_loader(
     ``num_workers > 0`` starts "spawn" worker processes (each imports numpy, PIL, grain and jax:
     a few seconds of start-up); it needs a main program that lives in a file. The workers
     ignore Ctrl-C and exit when the training process dies (:func:`guard_worker_process`).
-    ``allow_empty_classes``: see :func:`scan_split`.
+    ``allow_empty_classes``: see :func:`scan_split`; ``scan``: the train split's
+    :func:`scan_split`, when the caller has it (the folder is not walked again).
     """
     _check_positive("image_size", image_size)
     _check_positive("global_batch_size", global_batch_size)
@@ -491,7 +506,8 @@ def build_train_loader(
     if not 0 <= seed < 2**31:
         raise ValueError(f"seed must be in [0, 2**31), got {seed}")
     _prepare_workers(num_workers)
-    source = ImageFolderSource(data_dir, "train", allow_empty_classes=allow_empty_classes)
+    source = ImageFolderSource(data_dir, "train", allow_empty_classes=allow_empty_classes,
+                               scan=scan)
     local_batch = global_batch_size // shard_count
     if len(source) // shard_count < local_batch:
         raise ValueError(
@@ -539,11 +555,13 @@ class EvalLoader:
         shard_index: int,
         shard_count: int,
         crop_pct: float,
+        scan: SplitScan | None = None,
     ):
-        files = len(list_images(data_dir, "val")[0])
+        scan = scan_split(data_dir, "val") if scan is None else scan
+        files = len(scan.paths)
         per_pass = batch_size * shard_count
         padded = math.ceil(files / per_pass) * per_pass
-        self.source = ImageFolderSource(data_dir, "val", length=padded)
+        self.source = ImageFolderSource(data_dir, "val", length=padded, scan=scan)
         self.batch_size = batch_size
         self.num_examples = files
         self.num_batches = padded // per_pass
@@ -592,11 +610,13 @@ def build_eval_loader(
     shard_index: int = 0,
     shard_count: int = 1,
     crop_pct: float = transforms.DEFAULT_CROP_PCT,
+    scan: SplitScan | None = None,
 ) -> EvalLoader:
     """Eval loader over ``data_dir/val``: every image exactly once per ``iter()``.
 
     Transform: resize short side to ``image_size / crop_pct``, centre crop ``image_size``.
     The last partial batch is padded to ``batch_size`` with zero images and ``valid = 0``.
+    ``scan``: the val split's :func:`scan_split`, when the caller has it (no rescan).
     """
     _check_positive("image_size", image_size)
     _check_positive("batch_size", batch_size)
@@ -610,6 +630,7 @@ def build_eval_loader(
         shard_index=shard_index,
         shard_count=shard_count,
         crop_pct=crop_pct,
+        scan=scan,
     )
 
 

@@ -26,6 +26,9 @@ code   meaning
 
 from __future__ import annotations
 
+import os
+import re
+
 EXIT_OK = 0
 EXIT_DIVERGED = 1
 EXIT_BAD_INPUT = 2
@@ -49,6 +52,18 @@ EXIT_CODES = {
     EXIT_SIGINT: "stopped by Ctrl-C; checkpoint of the current step written",
     EXIT_SIGTERM: "stopped by SIGTERM; checkpoint of the current step written",
 }
+
+
+def failure_reason(error: BaseException) -> str:
+    """A short reason for a failed write: the OS error text when there is one."""
+    if isinstance(error, OSError) and error.strerror:
+        return f"{error.strerror} [errno {error.errno}]"
+    match = re.search(r"os_error_code='?(\d+)", str(error))
+    if match:
+        code = int(match.group(1))
+        return f"{os.strerror(code)} [errno {code}]"
+    first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+    return first[:200]
 
 
 class TrainError(Exception):

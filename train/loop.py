@@ -50,11 +50,23 @@ from train import metrics as metrics_lib
 from train import run_summary
 from train import state as state_lib
 from train import steps as steps_lib
-from train.errors import Interrupted, NonFiniteLossError, WorkdirError, WorkdirMismatchError
+from train.errors import (
+    Interrupted,
+    NonFiniteLossError,
+    WorkdirError,
+    WorkdirMismatchError,
+    failure_reason,
+)
 from train.progress import Cadence, RunProgress
 from train.run_config import check_resume, validate_config
-from train.runtime import Printer, StopRequest, close_iterator, prepare_workdir, progress_bar
-from train.runtime import write_text
+from train.runtime import (
+    Printer,
+    StopRequest,
+    close_iterator,
+    prepare_workdir,
+    progress_bar,
+    write_text,
+)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -80,8 +92,10 @@ def open_data(config: ml_collections.ConfigDict, say: Callable[[str], None]) -> 
         if num_classes < len(class_names):
             raise ValueError(f"config.num_classes={num_classes} is smaller than the "
                              f"{len(class_names)} class folders of {data_dir}/train; set it to 0")
+        scans = {}  # one walk per split: the report, the probe, the steps and the loaders
         for split in ("train", "val"):
-            scan = data_lib.scan_split(data_dir, split, **(empty_ok if split == "train" else {}))
+            scan = scans[split] = data_lib.scan_split(
+                data_dir, split, **(empty_ok if split == "train" else {}))
             checked, bad = data_lib.check_readable(scan)
             if split == "train":
                 names = ", ".join(scan.class_names[:8]) + (
@@ -90,16 +104,17 @@ def open_data(config: ml_collections.ConfigDict, say: Callable[[str], None]) -> 
                     + (f"; empty (allowed): {', '.join(scan.empty_classes)}"
                        if scan.empty_classes else ""))
             say(f"{split}: {scan.describe()}; unreadable in a start-up probe: {bad} of {checked}")
-        steps_per_epoch = int(data_lib.steps_per_epoch(data_dir, config.batch_size, **empty_ok))
+        steps_per_epoch = data_lib.steps_per_epoch(data_dir, config.batch_size,
+                                                   scan=scans["train"])
         shard = dict(shard_index=jax.process_index(), shard_count=jax.process_count())
         train_loader = data_lib.build_train_loader(
             data_dir, image_size=config.image_size, global_batch_size=config.batch_size,
             seed=config.seed, num_workers=config.num_workers,
-            scale=(float(config.crop_min_scale), 1.0), **shard, **empty_ok)
+            scale=(float(config.crop_min_scale), 1.0), scan=scans["train"], **shard, **empty_ok)
         eval_loader = data_lib.build_eval_loader(
             data_dir, image_size=config.image_size,
             batch_size=config.eval_batch_size // jax.process_count(),
-            num_workers=config.num_workers, **shard)
+            num_workers=config.num_workers, scan=scans["val"], **shard)
     except ValueError as e:  # data.py says "data_dir"; name this command's flag
         raise ValueError(f"{e} (data_dir is --config.data_dir=DIR)") from None
     return TrainData(data_dir, class_names, num_classes, steps_per_epoch, train_loader,
@@ -183,7 +198,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | os.Path
         ckpt = checkpoint_lib.Checkpointer(workdir / "checkpoints", keep=config.keep_checkpoints)
     except OSError as e:
         raise WorkdirError(f"cannot use {workdir / 'checkpoints'}: "
-                           f"{checkpoint_lib.failure_reason(e)}; pass another --workdir") from None
+                           f"{failure_reason(e)}; pass another --workdir") from None
     writer = metrics_lib.MetricsWriter(workdir / "metrics.jsonl", enabled=primary)
     try:
         commit = check_resume(config, workdir, ckpt.latest_step(), data.class_names, say,

@@ -16,7 +16,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from train.errors import WriteFailedError
+from train.errors import WriteFailedError, failure_reason
 
 
 def smoothed_cross_entropy(logits: jax.Array, labels: jax.Array, label_smoothing: float
@@ -113,9 +113,9 @@ class MetricsWriter:
                 f.write(dumps(record) + "\n")
                 f.flush()
         except OSError as e:
-            raise WriteFailedError(f"could not append to {self.path}: {e.strerror} "
-                                   f"[errno {e.errno}]; free disk space or fix the folder, then "
-                                   "rerun the same command to resume") from None
+            raise WriteFailedError(f"could not append to {self.path}: {failure_reason(e)}; free "
+                                   "disk space or fix the folder, then rerun the same command to "
+                                   "resume") from None
 
     def reset(self) -> None:
         """Start the file afresh (a run starting from step 0: records of an earlier attempt

@@ -12,8 +12,7 @@ from typing import Any
 
 import jax
 
-from train.checkpoint import failure_reason
-from train.errors import WorkdirError, WriteFailedError
+from train.errors import WorkdirError, WriteFailedError, failure_reason
 
 
 def maybe_initialize_distributed() -> None:

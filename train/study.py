@@ -60,10 +60,11 @@ def measure_latency(model: str, *, image_size: int, num_classes: int,
 
     from convfirst_jax import create_model
 
+    from train.evaluate import forward_fn
+
     net = create_model(model, num_classes=num_classes, rngs=nnx.Rngs(0))
     net.eval()
-    graphdef, variables = nnx.split(net)
-    fwd = jax.jit(lambda v, x: nnx.merge(graphdef, v)(x))
+    fwd = forward_fn(net)
     out: dict[str, Any] = {"model": model, "image_size": image_size, "latency_ms": {},
                            "samples_ms": {}, "load_1min": [], "backend": jax.default_backend(),
                            "device_kind": jax.devices()[0].device_kind,
@@ -71,9 +72,9 @@ def measure_latency(model: str, *, image_size: int, num_classes: int,
     rng = np.random.default_rng(0)
     for b in batches:
         x = jnp.asarray(rng.standard_normal((b, image_size, image_size, 3), np.float32))
-        jax.block_until_ready(fwd(variables, x))
+        jax.block_until_ready(fwd(x))
         t0 = time.perf_counter()
-        jax.block_until_ready(fwd(variables, x))
+        jax.block_until_ready(fwd(x))
         one = time.perf_counter() - t0
         number = max(1, int(min_time_s / max(one, 1e-6)))
         samples = []
@@ -81,7 +82,7 @@ def measure_latency(model: str, *, image_size: int, num_classes: int,
         for _ in range(repeats):
             t0 = time.perf_counter()
             for _ in range(number):
-                y = fwd(variables, x)
+                y = fwd(x)
             jax.block_until_ready(y)
             samples.append(1e3 * (time.perf_counter() - t0) / number)
         out["latency_ms"][str(b)] = statistics.median(samples)
