@@ -6,6 +6,8 @@ For every launch key of the issue-9 configurations (bfloat16, batch 128), every 
 norm/activation: gw1 keys serve the ConvNeXt LN-GELU and the ConvFirst affine-SiLU block,
 gw8 keys the ConvFirst affine-SiLU block). A candidate that does not fit on an SM or spills
 registers for any of them is rejected; the lowest summed "overlap" time wins (ties: "serial").
+Keys that take the split plan (``pallas_kernels.tuning.block_plan``) are skipped: their
+kernels take SPLIT_LAUNCH_TABLE, whose default rule the static report shows.
 
     PYTHONPATH=. python scripts/sweep_launch_static.py --gw 1 --json docs/results/static-h100/launch_sweep_gw1.json
     PYTHONPATH=. python scripts/sweep_launch_static.py --gw 8 --json docs/results/static-h100/launch_sweep_gw8.json
@@ -52,6 +54,8 @@ def sweep(batch: int = 128, dtype: str = "bfloat16", group_widths=(1, 8),
     for cfg in static.brief_configs(batch, dtype):
         if cfg.gw in group_widths:
             key = (padded_channels(cfg.C), cfg.k, cfg.gw, cfg.E * cfg.C, cfg.dtype)
+            if tuning.block_plan(*key) != "fused":
+                continue  # the split plan's kernels ignore LAUNCH_TABLE (SPLIT_LAUNCH_TABLE)
             keyed.setdefault(key, []).append(cfg)
     hw = static.H100Model()
     workdir = tempfile.mkdtemp(prefix="convfirst-sweep-")
