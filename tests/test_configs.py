@@ -119,3 +119,16 @@ def test_unknown_key_on_the_command_line_is_one_clear_error(tmp_path):
     listed = msg.split("valid keys: ", 1)[1].split(", ")
     assert REQUIRED_KEYS <= set(listed)
     assert not (tmp_path / "w").exists()  # nothing started
+
+
+def test_unknown_model_is_refused_before_the_workdir_is_made(tmp_path):
+    proc = subprocess.run(
+        [sys.executable, "-m", "train", "--config", "configs/cpu_small.py:convnxt_atto",
+         "--workdir", str(tmp_path / "w")],
+        cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and "Traceback" not in proc.stderr, proc.stderr
+    assert "config.model='convnxt_atto' is not a registered model" in lines[0]
+    assert "convnext_atto" in lines[0]
+    assert not (tmp_path / "w").exists()  # nothing started

@@ -26,22 +26,11 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 import numpy as np
-from flax import nnx
 
+from convfirst_jax import transforms
+from convfirst_jax.models.inference import jitted_logits
 from convfirst_jax.weights import run as run_lib
 from train import data as data_lib
-from convfirst_jax import transforms
-
-
-def forward_fn(model: nnx.Module):
-    """A jitted ``images -> float32 logits`` of an eval-mode model."""
-    graphdef, state = nnx.split(model)
-
-    @jax.jit
-    def forward(state, images):
-        return nnx.merge(graphdef, state)(images).astype(jnp.float32)
-
-    return lambda images: forward(state, images)
 
 
 def _log_softmax(logits: np.ndarray) -> np.ndarray:
@@ -106,7 +95,7 @@ def evaluate(run: run_lib.LoadedRun, data_dir: str, *, batch_size: int = 64,
     loader = data_lib.build_eval_loader(data_dir, image_size=run.image_size,
                                         batch_size=batch_size, num_workers=num_workers,
                                         crop_pct=crop_pct)
-    forward = forward_fn(run.model)
+    forward = jitted_logits(run.model)
     logits_all, labels_all = [], []
     forward_time, timed_images = 0.0, 0
     t_start = None

@@ -18,6 +18,7 @@ from typing import Any
 import ml_collections
 
 from convfirst_jax.models.blocks import BLOCK_IMPLS
+from convfirst_jax.specs import MODEL_SPECS, list_models
 from train import flops as flops_lib
 from train.errors import WorkdirMismatchError
 from train.runtime import append_line, write_text
@@ -37,6 +38,9 @@ CONFIG_CHANGES_FILE = "config_changes.jsonl"
 def validate_config(config: ml_collections.ConfigDict, num_devices: int) -> None:
     """Raise one ValueError naming the first bad config value and how to fix it."""
     c = config
+    if c.model not in MODEL_SPECS:
+        raise ValueError(f"config.model={c.model!r} is not a registered model; use one of "
+                         f"{', '.join(list_models())}")
     if c.dtype not in TRAIN_DTYPES:
         raise ValueError(f"config.dtype={c.dtype!r} is not supported; use one of "
                          f"{list(TRAIN_DTYPES)}")

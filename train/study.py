@@ -59,12 +59,9 @@ def measure_latency(model: str, *, image_size: int, num_classes: int,
     from flax import nnx
 
     from convfirst_jax import create_model
+    from convfirst_jax.models.inference import jitted_logits
 
-    from train.evaluate import forward_fn
-
-    net = create_model(model, num_classes=num_classes, rngs=nnx.Rngs(0))
-    net.eval()
-    fwd = forward_fn(net)
+    fwd = jitted_logits(create_model(model, num_classes=num_classes, rngs=nnx.Rngs(0)))
     out: dict[str, Any] = {"model": model, "image_size": image_size, "latency_ms": {},
                            "samples_ms": {}, "load_1min": [], "backend": jax.default_backend(),
                            "device_kind": jax.devices()[0].device_kind,
