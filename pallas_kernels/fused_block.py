@@ -24,6 +24,10 @@ gathers ``x[..., (c // 8) * 8 + i]`` for every output channel c and does an elem
 with ``conv_w[dy, dx, i, c]`` -- 8x the depthwise FMAs and loads (the gathers hit L1), no
 block-diagonal weight blow-up, and the full-row LayerNorm still sees all channels.
 
+Wide blocks (``tuning.block_plan`` says "split": C >= 256 depthwise, C >= 512 grouped) run
+as three kernels instead (:mod:`pallas_kernels.split_block`); the conv + norm stage of both
+plans is :mod:`pallas_kernels.conv_stage`.
+
 Backward: ``jax.custom_vjp`` whose backward pass recomputes the block with XLA
 (``jax.vjp`` of :func:`pallas_kernels.reference.conv_first_block_reference`); the fused kernel
 is forward-only. Under an ambient mesh both passes run per batch shard (``jax.shard_map``);
@@ -46,8 +50,8 @@ from jax.interpreters import batching, mlir
 from jax.experimental.pallas import triton as plgpu
 
 from pallas_kernels.activations import KERNEL_ACTIVATIONS
-from pallas_kernels.conv_stage import (CONV_MODES, conv_loop_trips, conv_mode, conv_norm_tile,
-                                       prepare_conv_operands, to_parts)
+from pallas_kernels.conv_stage import (  # noqa: F401  (CONV_MODES, conv_loop_trips: re-exported)
+    CONV_MODES, conv_loop_trips, conv_mode, conv_norm_tile, prepare_conv_operands, to_parts)
 from pallas_kernels.operands import mlp_operands
 from pallas_kernels.options import BlockOptions, validate_inputs
 from pallas_kernels.reference import conv_first_block_reference

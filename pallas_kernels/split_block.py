@@ -57,7 +57,7 @@ def _conv_norm_kernel(x_ref, xp_ref, cw_ref, cb_ref, ns_ref, nb_ref, y_ref, *, h
                         row_ok=row_ok, height=height, width=width, channels=channels,
                         kernel_size=kernel_size, group_width=group_width, norm=norm, eps=eps,
                         mode=mode, compute_dtype=x_ref.dtype)
-    n_parts, cpart = cb_ref.shape
+    cpart = cb_ref.shape[1]
     if mode == "paired":  # even channel in the low half, odd in the high half (as loaded)
         even, odd = (lax.bitcast_convert_type(y, jnp.uint16).astype(jnp.uint32) for y in ys)
         cols = jnp.arange(cpart, dtype=jnp.int32)
