@@ -174,7 +174,6 @@ def split_forward(x: jax.Array, params: Mapping[str, Any], opts: BlockOptions,
     def sub_tiles(block_n, table_n, split):  # accumulators of table_n / split columns
         return max(1, block_n // max(MIN_DOT_DIM, table_n // split))
 
-
     # 2. h = act(y @ w1 + b1), (rows, Hp) in x.dtype
     h = pl.pallas_call(
         functools.partial(gemm, k_dim=cp, block_n=expand_n,

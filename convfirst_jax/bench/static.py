@@ -49,6 +49,7 @@ from convfirst_jax.complexity.costs import LayerRecorder
 from convfirst_jax.complexity.networks import conv_first_block_layers
 from convfirst_jax.complexity.roofline import (bound, fused_block_bytes_moved,
                                                fused_block_floor, waterline)
+from convfirst_jax.dtypes import DTYPE_NAMES
 from convfirst_jax.specs import ConvFirstBlockConfig
 
 TRITON_CALL = "__gpu$xla.gpu.triton"
@@ -764,7 +765,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="C=..,HW=..,k=..,gw=1|8,norm=layernorm|affine,act=..,ls=0|1,N=..,"
                         "dtype=..,E=.. (repeatable)")
     p.add_argument("--batch", type=int, default=128, help="N (default 128)")
-    p.add_argument("--dtype", default="bfloat16", choices=("float32", "bfloat16", "float16"))
+    p.add_argument("--dtype", default="bfloat16", choices=DTYPE_NAMES)
     p.add_argument("--json", default=None, help="write all rows to this JSON file")
     p.add_argument("--markdown", default=None, help="write the key table to this file")
     p.add_argument("--keep", default=None, help="directory for TTIR/TTGIR/PTX/cubin/SASS")
