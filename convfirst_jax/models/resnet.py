@@ -17,7 +17,7 @@ from flax import nnx
 from convfirst_jax.models.blocks import check_block_impl
 from convfirst_jax.models.layers import (KAIMING_FAN_OUT, DropPath, check_image_input,
                                          conv_general_dilated, drop_path_rates, make_norm,
-                                         scale_branch)
+                                         max_pool, scale_branch)
 from convfirst_jax.specs import ResNetSpec
 
 MIN_RESOLUTION = 32
@@ -140,7 +140,7 @@ class ResNet(nnx.Module):
     def __call__(self, x: jax.Array) -> jax.Array:
         check_image_input(x, min_resolution=MIN_RESOLUTION, model_name=self.spec.name)
         x = jax.nn.relu(self.bn1(self.conv1(x.astype(self.dtype))))
-        x = nnx.max_pool(x, (3, 3), strides=(2, 2), padding=((1, 1), (1, 1)))
+        x = max_pool(x, (3, 3), strides=(2, 2), padding=((1, 1), (1, 1)))
         for layer in self.layers:
             for block in layer:
                 x = block(x)
