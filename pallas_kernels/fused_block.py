@@ -50,8 +50,7 @@ from jax.interpreters import batching, mlir
 from jax.experimental.pallas import triton as plgpu
 
 from pallas_kernels.activations import KERNEL_ACTIVATIONS
-from pallas_kernels.conv_stage import (  # noqa: F401  (CONV_MODES, conv_loop_trips: re-exported)
-    CONV_MODES, conv_loop_trips, conv_mode, conv_norm_tile, prepare_conv_operands, to_parts)
+from pallas_kernels.conv_stage import conv_mode, conv_norm_tile, prepare_conv_operands, to_parts
 from pallas_kernels.operands import mlp_operands
 from pallas_kernels.options import BlockOptions, validate_inputs
 from pallas_kernels.reference import conv_first_block_reference
@@ -70,7 +69,7 @@ def _block_kernel(x_ref, xp_ref, cw_ref, cb_ref, ns_ref, nb_ref, w1_ref, b1_ref,
     """Kernel body: one tile of ``tile`` consecutive rows of the flattened (N*H*W, C) pixels
     per program (tiles may span images); see the module docstring. The conv + norm stage is
     :func:`pallas_kernels.conv_stage.conv_norm_tile` (operands in "parts", see
-    :data:`CONV_MODES`).
+    :data:`pallas_kernels.conv_stage.CONV_MODES`).
     """
     o_ref = rest[-1]  # rest == (o_ref,) or (aliased_init_ref, o_ref)
     n_parts, cpart = cb_ref.shape
@@ -109,11 +108,6 @@ def _block_kernel(x_ref, xp_ref, cw_ref, cb_ref, ns_ref, nb_ref, w1_ref, b1_ref,
     at = (rows[:, None], ch[None, :])
     residual = plgpu.load(x_ref.at[at], mask=mask, other=0.0).astype(_F32)
     plgpu.store(o_ref.at[at], (residual + z).astype(o_ref.dtype), mask=mask)
-
-
-def uses_paired_loads(dtype: Any, channels: int, group_width: int) -> bool:
-    """The paired bfloat16 conv path (see :data:`CONV_MODES`)."""
-    return conv_mode(dtype, channels, group_width) == "paired"
 
 
 def _prepare_operands(x: jax.Array, params: Mapping[str, Any], branch_scale: jax.Array | None,

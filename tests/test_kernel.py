@@ -427,7 +427,7 @@ def test_forward_with_tiles_spanning_images(monkeypatch, case):
     assert np.abs(out - ref).max() <= TOL[case.dtype] * np.abs(ref).max()
 
 
-MODE_CASES = [  # the 16-bit conv paths (pallas_kernels.fused_block.CONV_MODES)
+MODE_CASES = [  # the 16-bit conv paths (pallas_kernels.conv_stage.CONV_MODES)
     ("paired", Case(7, 32, 4, (9, 11), 2, L, "gelu", "bfloat16", ls=True, bs=True)),
     ("paired", Case(3, 64, 4, (6, 5), 3, A, "silu", "bfloat16")),
     ("blockdiag", Case(5, 40, 2, (7, 9), 2, A, "silu", "float16", gw=8, bs=True)),
@@ -438,7 +438,7 @@ MODE_CASES = [  # the 16-bit conv paths (pallas_kernels.fused_block.CONV_MODES)
 @pytest.mark.parametrize("mode,case", MODE_CASES, ids=lambda v: v if isinstance(v, str)
                          else v.id)
 def test_forward_16bit_conv_paths(mode, case):
-    from pallas_kernels.fused_block import conv_mode
+    from pallas_kernels.conv_stage import conv_mode
 
     assert conv_mode(jnp.dtype(case.dtype), case.c, case.gw) == mode
     _check_forward(case, seed=77)

@@ -74,3 +74,19 @@ def test_max_pool_dispatch_under_jit_equals_library():
                                                       padding=args[2])),
                                   np.asarray(nnx.max_pool(x, args[0], strides=args[1],
                                                           padding=args[2])))
+
+
+def test_max_pool_follows_the_conv_impl_scope():
+    """The library variant (conv_impl("conv")) traces the library op, "im2col" the slices."""
+    from convfirst_jax.models.layers import conv_impl
+
+    x = jnp.zeros((1, 8, 8, 2), jnp.float32)
+    args = dict(strides=(2, 2), padding=((1, 1), (1, 1)))
+
+    def primitives(impl):
+        with conv_impl(impl):
+            jaxpr = jax.make_jaxpr(lambda v: max_pool(v, (3, 3), **args))(x)
+        return {str(e.primitive) for e in jaxpr.jaxpr.eqns}
+
+    assert any("reduce_window" in p for p in primitives("conv"))
+    assert not any("reduce_window" in p for p in primitives("im2col"))

@@ -53,7 +53,6 @@ from convfirst_jax.dtypes import DTYPE_NAMES
 from convfirst_jax.specs import ConvFirstBlockConfig
 
 TRITON_CALL = "__gpu$xla.gpu.triton"
-TRITON_VERSION = "3.9.0"  # the version the "static" extra pins
 STATIC_LABEL = "static model, not measured"
 
 
@@ -520,7 +519,8 @@ def analyse(cfg: StaticConfig, hw: H100Model, workdir: str) -> dict[str, Any]:
 def _analyse_fused(cfg: StaticConfig, hw: H100Model, workdir: str, ttir: str,
                    info: dict[str, Any], tag: str) -> dict[str, Any]:
     """The report row of the fused plan (one kernel, :mod:`pallas_kernels.fused_block`)."""
-    from pallas_kernels.fused_block import block_launch_config, conv_loop_trips
+    from pallas_kernels.conv_stage import conv_loop_trips
+    from pallas_kernels.fused_block import block_launch_config
     from pallas_kernels.tuning import padded_channels
 
     lc = block_launch_config((cfg.N, cfg.H, cfg.W, cfg.C), cfg.dtype, _param_specs(cfg),

@@ -239,10 +239,15 @@ def depthwise_impl(impl: str) -> contextlib.AbstractContextManager[None]:
     return _scoped_choice(_DEPTHWISE_IMPL, impl, DEPTHWISE_IMPLS, "depthwise")
 
 
+def use_cpu_paths(impl: str, forced: str) -> bool:
+    """Whether a layer traced now takes its CPU path: the scoped choice ``impl`` is
+    ``forced`` (always) or "auto" on the CPU backend."""
+    return impl == forced or (impl == "auto" and jax.default_backend() == "cpu")
+
+
 def use_shift_add_depthwise() -> bool:
     """Whether a depthwise conv traced now should use :func:`depthwise_conv_shift_add`."""
-    impl = _DEPTHWISE_IMPL.get()
-    return impl == "shift_add" or (impl == "auto" and jax.default_backend() == "cpu")
+    return use_cpu_paths(_DEPTHWISE_IMPL.get(), "shift_add")
 
 
 def depthwise_conv_shift_add(x: Array, kernel: Array, bias: Array | None) -> Array:
@@ -325,7 +330,8 @@ def conv_impl(impl: str) -> contextlib.AbstractContextManager[None]:
     output has at most :data:`IM2COL_MAX_OUTPUT_PIXELS` pixels, ``lax.conv_general_dilated``
     otherwise and on every other backend; "conv": always the library conv; "im2col": always
     :func:`conv_im2col` where it applies (ungrouped, undilated, NHWC/HWIO, explicit padding).
-    Both compute the same sums (float rounding aside).
+    Both compute the same sums (float rounding aside). ResNet's max pool follows the same
+    choice (:func:`max_pool`: strided slices where im2col would be used, else the library op).
     """
     return _scoped_choice(_CONV_IMPL, impl, CONV_IMPLS, "conv")
 
@@ -427,15 +433,14 @@ def conv_general_dilated(lhs: Array, rhs: Array, window_strides, padding, lhs_di
       conv-first blocks run depthwise convs as :func:`depthwise_conv_shift_add` themselves).
     """
     impl = _CONV_IMPL.get()
-    eligible = (impl != "conv" and lhs.ndim == 4
+    eligible = (use_cpu_paths(impl, "im2col") and lhs.ndim == 4
                 and all(d == 1 for d in (lhs_dilation or (1, 1)))
                 and all(d == 1 for d in (rhs_dilation or (1, 1)))
                 and jax.lax.conv_dimension_numbers(lhs.shape, rhs.shape, dimension_numbers)
                 == _NHWC_HWIO
                 and (padding == "VALID" or not isinstance(padding, str))
                 and kwargs.get("out_sharding") is None
-                and kwargs.get("preferred_element_type") is None
-                and (impl == "im2col" or jax.default_backend() == "cpu"))
+                and kwargs.get("preferred_element_type") is None)
     if eligible:
         pad = ((0, 0), (0, 0)) if padding == "VALID" else tuple(tuple(p) for p in padding)
         strides = tuple(int(s) for s in window_strides)
@@ -460,12 +465,13 @@ def max_pool(x: Array, window: tuple[int, int], *, strides: tuple[int, int],
     """NHWC max pool with ``-inf`` padding: ``nnx.max_pool``'s values and gradient.
 
     On the CPU it runs as :func:`max_pool_shifted` (the max of the k*k strided slices);
-    elsewhere ``nnx.max_pool`` (``lax.reduce_window``). XLA's CPU gradient of the
-    ``reduce_window`` max is a variadic reduce-window carrying four int32 index maps of the
-    padded input (about a fifth of ResNet-18's train step in a profile at batch 64, 64 px on
+    elsewhere, and under ``conv_impl("conv")`` (the library ops), ``nnx.max_pool``
+    (``lax.reduce_window``); ``conv_impl("im2col")`` forces the slice form. XLA's CPU
+    gradient of the ``reduce_window`` max is a variadic reduce-window carrying four int32
+    index maps of the padded input (about a fifth of ResNet-18's train step in a profile at batch 64, 64 px on
     2 cores); the slice form made that step 1.08x faster (165 -> 179 images/s).
     """
-    if jax.default_backend() == "cpu":
+    if use_cpu_paths(_CONV_IMPL.get(), "im2col"):
         return max_pool_shifted(x, tuple(window), tuple(strides),
                                 tuple(tuple(p) for p in padding))
     return nnx.max_pool(x, window, strides=strides, padding=padding)
