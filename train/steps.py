@@ -73,8 +73,6 @@ def cost_flops(compiled: Any) -> float:
         cost = compiled.cost_analysis()
     except Exception:  # noqa: BLE001  (some backends have no cost model)
         return 0.0
-    if isinstance(cost, (list, tuple)):
-        cost = cost[0] if cost else {}
     return float((cost or {}).get("flops", 0.0))
 
 
