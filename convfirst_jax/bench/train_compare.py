@@ -31,7 +31,8 @@ DEFAULT_MODELS = ("convfirst_atto", "convfirst_atto_gw8", "convnext_atto", "resn
 
 
 #: JAX variants: "fast" = this project's CPU paths (shift-add depthwise, im2col convs);
-#: "library" = every conv as ``lax.conv_general_dilated`` (the state before those paths).
+#: "library" = every conv as ``lax.conv_general_dilated`` and the library max pool (the state
+#: before those paths).
 JAX_VARIANTS = ("fast", "library")
 
 
@@ -168,7 +169,7 @@ def markdown(records: Sequence[dict[str, Any]], env: dict[str, Any]) -> str:
              f"{records[0]['resolution'] if records else '-'} px, AdamW, float32; medians "
              "over interleaved rounds; ratio = JAX img/s / PyTorch img/s per round (median).",
              "'JAX library convs' is the same step with every conv as "
-             "lax.conv_general_dilated (before the CPU conv paths).",
+             "lax.conv_general_dilated and the library max pool (before the CPU paths).",
              "", "| model | JAX img/s | JAX library convs img/s | PyTorch model | "
              "PyTorch img/s | JAX / PyTorch | load (1 min) |", "|---|---|---|---|---|---|---|"]
     for r in records:
