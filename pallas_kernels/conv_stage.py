@@ -14,6 +14,15 @@ P = 1; "paired" P = 2, ``xp_ref`` is x viewed as uint32 pairs (even channel in t
 odd in the high half), part 0 / 1 = even / odd channels; "blockdiag" P = Cp / 16, part p =
 channels [16 p, 16 p + 16), conv weights as 16 x 16 block-diagonal matrices (two 8-channel
 groups each) multiplied on the tensor cores.
+
+Depthwise schedule (register blocking of output columns, as in direct convolution: Zhang,
+Franchetti and Low 2018, "High Performance Zero-Memory Overhead Direct Convolutions", ICML):
+the tile is taken as ``tile / M`` groups of ``M`` consecutive output pixels of one image row
+(:func:`column_block`). For kernel row dy a group reads the ``M + k - 1`` input pixels
+``start + (dy - k//2) W + u - k//2``, u < M + k - 1; each is loaded, widened to f32 and
+masked once and feeds the taps (m, dx) with m + dx = u, so a kernel row costs M + k - 1
+loads and conversions per group instead of M k. Every output still accumulates its k*k
+FMAs in (dy, dx) order, so the sums are the ones of a tap-by-tap loop.
 """
 
 from __future__ import annotations
@@ -69,6 +78,45 @@ def part_channels(mode: str, part: int, part_width: int) -> jax.Array:
     return part * part_width + lanes
 
 
+# Largest column group M (consecutive output pixels sharing their input loads): 8 already
+# cuts the loads of a 7-tap kernel row 4x (14 instead of 56 per group).
+MAX_COLUMN_BLOCK = 8
+# Fewest groups per tile (rows of each load tensor), so one load still spans the threads.
+MIN_GROUP_ROWS = 16
+
+
+def column_block(width: int, tile: int, kernel_size: int, group_width: int,
+                 max_block: int = MAX_COLUMN_BLOCK) -> int:
+    """Output pixels per column group ``M`` of the depthwise conv (1 = no reuse).
+
+    The tile's ``tile`` consecutive flattened pixels are taken as ``tile / M`` groups of ``M``
+    consecutive pixels (module docstring); ``M`` is the largest power of two <=
+    :data:`MAX_COLUMN_BLOCK` dividing ``width`` and ``tile`` with >= :data:`MIN_GROUP_ROWS`
+    groups. As M divides W and the tile starts at a multiple of M, a group lies in one image
+    row, so whether an input pixel of a group is inside the image depends only on its
+    column u (and the kernel row), not on which of the group's outputs reads it.
+    """
+    if group_width > 1 or kernel_size == 1:
+        return 1
+    m = 1
+    while (2 * m <= max_block and width % (2 * m) == 0 and tile % (2 * m) == 0
+           and tile // (2 * m) >= MIN_GROUP_ROWS):
+        m *= 2
+    return m
+
+
+def interleave_rows(parts: list[jax.Array]) -> jax.Array:
+    """``out[t * M + m] = parts[m][t]`` for M = len(parts) (a power of two) equal-shape 2-D
+    arrays: the inverse of taking every M-th row; pairwise stack / transpose / reshape (the
+    ops the Triton lowering supports)."""
+    if len(parts) == 1:
+        return parts[0]
+    even, odd = interleave_rows(parts[0::2]), interleave_rows(parts[1::2])
+    r, c = even.shape
+    pair = jnp.stack([even, odd], axis=-1)                       # (r, c, 2)
+    return jnp.transpose(pair, (0, 2, 1)).reshape(2 * r, c)      # row 2 i + b = (even, odd)[b][i]
+
+
 def conv_norm_tile(x_ref, xp_ref, cw_ref, cb_ref, ns_ref, nb_ref, *, rows: jax.Array,
                    row_ok: jax.Array, height: int, width: int, channels: int,
                    kernel_size: int, group_width: int, norm: str, eps: float, mode: str,
@@ -76,11 +124,108 @@ def conv_norm_tile(x_ref, xp_ref, cw_ref, cb_ref, ns_ref, nb_ref, *, rows: jax.A
     """``norm(dwconv(x) + conv_b)`` of the tile's ``rows`` as P parts ``(tile, Cp / P)`` in
     ``compute_dtype`` (padded lanes exactly 0); traced inside a kernel body.
 
-    "SAME" zero padding via masks, f32 accumulation. Tap (dy, dx) of output row r reads
-    input row r + (dy - pad) * W + (dx - pad): the same image whenever the tap is inside the
-    image, which the row/column masks check.
+    ``rows`` must be ``start + arange(tile)`` with ``start`` a multiple of ``tile`` (both
+    callers: program id * tile), so column groups never straddle image rows. "SAME" zero
+    padding via masks, f32 accumulation in the order (dy, dx) for every output. Tap (dy, dx)
+    of output row r reads input row r + (dy - pad) * W + (dx - pad): the same image whenever
+    the tap is inside the image, which the row/column masks check. Depthwise: the tile is
+    split into column groups of :func:`column_block` pixels, each kernel row's inputs are
+    loaded once per group and reused by all taps that read them (module docstring); the
+    groups are interleaved back into row order before the norm.
     """
     n_parts, cpart = cb_ref.shape
+    pad_channels = n_parts * cpart != channels
+    geometry = dict(rows=rows, row_ok=row_ok, height=height, width=width, channels=channels,
+                    kernel_size=kernel_size, mode=mode, n_parts=n_parts, cpart=cpart)
+    if group_width > 1:
+        groups = [_grouped_conv(x_ref, cw_ref, group_width=group_width, **geometry)]
+    else:
+        groups = _depthwise_conv(x_ref, xp_ref, cw_ref, m_block=column_block(
+            width, rows.shape[0], kernel_size, group_width), **geometry)
+
+    # back to the tile's row order (group m holds rows m, m + M, ...)
+    ys = [interleave_rows([g[p] for g in groups]) for p in range(n_parts)]
+    ys = [y + cb_ref[p, :][None, :] for p, y in enumerate(ys)]
+    if norm == "layernorm":  # over the C real channels; padded lanes of y are exactly 0
+        mean = sum(jnp.sum(y, axis=1) for y in ys) * (1.0 / channels)
+        ys = [y - mean[:, None] for y in ys]
+        if pad_channels:
+            ys = [jnp.where((part_channels(mode, p, cpart) < channels)[None, :], y, 0.0)
+                  for p, y in enumerate(ys)]
+        var = sum(jnp.sum(y * y, axis=1) for y in ys) * (1.0 / channels)
+        inv = lax.rsqrt(var + eps)[:, None]
+        ys = [y * inv for y in ys]
+    # padded lanes: scale = shift = 0
+    return [(y * ns_ref[p, :][None, :] + nb_ref[p, :][None, :]).astype(compute_dtype)
+            for p, y in enumerate(ys)]
+
+
+def _every_mth(v: jax.Array, m_block: int) -> jax.Array:
+    """``v[::M]`` of a 1-D array (reshape + split: strided slices do not lower to Triton)."""
+    if m_block == 1:
+        return v
+    return jnp.split(v.reshape(v.shape[0] // m_block, m_block), m_block, axis=1)[0].reshape(-1)
+
+
+def _depthwise_conv(x_ref, xp_ref, cw_ref, *, rows, row_ok, height, width, channels,
+                    kernel_size, mode, n_parts, cpart, m_block):
+    """Depthwise k x k conv of the tile as ``M`` column groups (see :func:`column_block`):
+    per group m a tuple of P parts ``(tile / M, Cp / P)`` f32 for rows ``rows[m::M]``. A
+    group is valid or not as a whole (``M`` divides N*H*W)."""
+    cp = n_parts * cpart
+    pad = kernel_size // 2
+    # group starts (the pixels rows[0::M]) and their image row / column
+    start = _every_mth(rows, m_block)
+    ok = _every_mth(row_ok, m_block)
+    local = lax.rem(start, height * width)
+    ph = lax.div(local, width)
+    pw = lax.rem(local, width)
+    n_in = m_block + kernel_size - 1
+    # input column u of a group is pixel start + u - pad: in the group's image row iff
+    col_ok = [(pw >= pad - u) & (pw < width + pad - u) for u in range(n_in)]
+    ch = jnp.arange(cp, dtype=jnp.int32)
+    pad_channels = cp != channels
+    ch_ok = (ch < channels)[None, :]
+    lanes = jnp.arange(cpart, dtype=jnp.int32)[None, :]
+
+    def load(dy, u, valid):
+        src = (start + ((dy - pad) * width + (u - pad)))[:, None]
+        if mode == "paired":  # one 32-bit load = two bf16 channels; bf16 -> f32 is a shift
+            v = plgpu.load(xp_ref.at[src, lanes], mask=valid[:, None], other=0)
+            return (lax.bitcast_convert_type(lax.shift_left(v, jnp.uint32(16)), _F32),
+                    lax.bitcast_convert_type(v & jnp.uint32(0xFFFF0000), _F32))
+        mask = valid[:, None] & ch_ok if pad_channels else valid[:, None]
+        return (plgpu.load(x_ref.at[src, ch[None, :]], mask=mask, other=0.0).astype(_F32),)
+
+    def conv_row(dy, accs):
+        row_valid = ok & (ph >= pad - dy) & (ph < height + pad - dy)
+        w = [[cw_ref[dy, dx, p, :][None, :] for p in range(n_parts)]
+             for dx in range(kernel_size)]
+        accs = [list(a) for a in accs]
+        for u in range(n_in):
+            xs = load(dy, u, row_valid & col_ok[u])
+            # outputs m = u - dx, dx ascending: each output gets its taps in dx order
+            for dx in range(kernel_size):
+                m = u - dx
+                if 0 <= m < m_block:
+                    for p in range(n_parts):
+                        accs[m][p] = accs[m][p] + xs[p] * w[dx][p]
+        return tuple(tuple(a) for a in accs)
+
+    accs = tuple(tuple(jnp.zeros((rows.shape[0] // m_block, cpart), _F32)
+                       for _ in range(n_parts)) for _ in range(m_block))
+    if conv_loop_trips(kernel_size, 1) == 1:  # k = 3: every tap statically unrolled
+        for dy in range(kernel_size):
+            accs = conv_row(dy, accs)
+    else:  # k >= 5: one loop step per kernel row, its taps unrolled
+        accs = lax.fori_loop(0, kernel_size, conv_row, accs)
+    return accs
+
+
+def _grouped_conv(x_ref, cw_ref, *, rows, row_ok, height, width, channels, kernel_size,
+                  mode, n_parts, cpart, group_width):
+    """Grouped (group width > 1) k x k conv of the tile: P parts ``(tile, Cp / P)`` f32,
+    one loop step per tap."""
     cp = n_parts * cpart
     tile = rows.shape[0]
     local = lax.rem(rows, height * width)
@@ -95,13 +240,6 @@ def conv_norm_tile(x_ref, xp_ref, cw_ref, cb_ref, ns_ref, nb_ref, *, rows: jax.A
         pixel_ok = (row_ok & (ph >= pad - dy) & (ph < height + pad - dy)
                     & (pw >= pad - dx) & (pw < width + pad - dx))
         src = (rows + ((dy - pad) * width + (dx - pad)))[:, None]
-        if mode == "paired":  # one 32-bit load = two bf16 channels; bf16 -> f32 is a shift
-            v = plgpu.load(xp_ref.at[src, jnp.arange(cpart, dtype=jnp.int32)[None, :]],
-                           mask=pixel_ok[:, None], other=0)
-            even = lax.bitcast_convert_type(lax.shift_left(v, jnp.uint32(16)), _F32)
-            odd = lax.bitcast_convert_type(v & jnp.uint32(0xFFFF0000), _F32)
-            return (ys[0] + even * cw_ref[dy, dx, 0, :][None, :],
-                    ys[1] + odd * cw_ref[dy, dx, 1, :][None, :])
         if mode == "blockdiag":  # per 16-channel slice: (tile, 16) @ (16, 16) on TCs
             out = []
             for p, y in enumerate(ys):
@@ -114,45 +252,15 @@ def conv_norm_tile(x_ref, xp_ref, cw_ref, cb_ref, ns_ref, nb_ref, *, rows: jax.A
         (y,) = ys
         mask = pixel_ok[:, None] & ch_ok[None, :] if pad_channels else pixel_ok[:, None]
         for i in range(group_width):  # grouped conv: gather in-group input i per channel
-            cin = ch if group_width == 1 else (ch // group_width) * group_width + i
+            cin = (ch // group_width) * group_width + i
             xv = plgpu.load(x_ref.at[src, cin[None, :]], mask=mask, other=0.0)
             y = y + xv.astype(_F32) * cw_ref[dy, dx, i, :][None, :]
         return (y,)
 
     ys = tuple(jnp.zeros((tile, cpart), _F32) for _ in range(n_parts))
-    trips = conv_loop_trips(kernel_size, group_width)
-    if trips == 1:
-        # k = 3 depthwise: all taps statically unrolled (tap offsets are compile-time
-        # constants folded into the load addresses; masks are per pixel, not per element)
-        for dy in range(kernel_size):
-            for dx in range(kernel_size):
-                ys = tap(dy, dx, ys)
-    elif trips == kernel_size:
-        # k >= 5 depthwise: one loop step per kernel row, its k taps unrolled (unrolling all
-        # k*k lets the compiler hoist every load and spill registers)
-        def conv_row(dy, ys_):
-            for dx in range(kernel_size):
-                ys_ = tap(dy, dx, ys_)
-            return ys_
-        ys = lax.fori_loop(0, kernel_size, conv_row, ys)
-    else:
-        # grouped: 8 gathers per tap; one loop step per tap
-        ys = lax.fori_loop(0, kernel_size * kernel_size, lambda t, ys_: tap(
-            lax.div(t, kernel_size), lax.rem(t, kernel_size), ys_), ys)
-    ys = [y + cb_ref[p, :][None, :] for p, y in enumerate(ys)]
-
-    if norm == "layernorm":  # over the C real channels; padded lanes of y are exactly 0
-        mean = sum(jnp.sum(y, axis=1) for y in ys) * (1.0 / channels)
-        ys = [y - mean[:, None] for y in ys]
-        if pad_channels:
-            ys = [jnp.where((part_channels(mode, p, cpart) < channels)[None, :], y, 0.0)
-                  for p, y in enumerate(ys)]
-        var = sum(jnp.sum(y * y, axis=1) for y in ys) * (1.0 / channels)
-        inv = lax.rsqrt(var + eps)[:, None]
-        ys = [y * inv for y in ys]
-    # padded lanes: scale = shift = 0
-    return [(y * ns_ref[p, :][None, :] + nb_ref[p, :][None, :]).astype(compute_dtype)
-            for p, y in enumerate(ys)]
+    # 8 gathers per tap; one loop step per tap
+    return lax.fori_loop(0, kernel_size * kernel_size, lambda t, ys_: tap(
+        lax.div(t, kernel_size), lax.rem(t, kernel_size), ys_), ys)
 
 
 def to_parts(v: jax.Array, mode: str) -> jax.Array:

@@ -540,3 +540,68 @@ def test_eager_calls_trace_the_kernel_once(monkeypatch):
     fused_block._jitted_flat_forward.cache_clear()  # drop the entries holding the wrapper
     assert len(traces) == 1
     np.testing.assert_array_equal(np.asarray(first), np.asarray(second))
+
+
+# --------------------------------------------------------------------------------------
+# The depthwise conv stage's column groups (pallas_kernels.conv_stage.column_block): each
+# kernel row's inputs are loaded once per group of M consecutive output pixels. Forced
+# 128-pixel tiles over widths divisible by 8 / 4 / 2 so every M, partial tiles, tiles
+# spanning images and both 16-bit paths are covered.
+# --------------------------------------------------------------------------------------
+COLUMN_CASES = [  # (case, M)
+    (Case(7, 64, 4, (8, 8), 3, A, "silu", "bfloat16"), 8),  # paired, 192 px: partial tile
+    (Case(7, 32, 4, (6, 16), 2, L, "gelu", "bfloat16", ls=True, bs=True), 8),  # paired
+    (Case(3, 64, 2, (5, 12), 3, L, "gelu", "bfloat16", ls=True), 4),  # paired, k3 unrolled
+    (Case(5, 40, 2, (9, 8), 2, L, "relu", "float16", ls=True), 8),  # direct, Cp = 64
+    (Case(7, 16, 2, (7, 6), 3, A, "gelu_tanh", "float32", bs=True), 2),  # direct f32
+    (Case(3, 8, 4, (12, 4), 3, L, "silu", "float32"), 4),  # direct f32, W = M
+]
+
+
+@pytest.mark.parametrize("case,m", COLUMN_CASES, ids=lambda v: v.id if isinstance(v, Case)
+                         else f"M{v}")
+def test_conv_column_groups_match_reference(monkeypatch, case, m):
+    from pallas_kernels import tuning
+    from pallas_kernels.conv_stage import column_block
+
+    assert column_block(case.hw[1], 128, case.k, case.gw) == m
+    monkeypatch.setattr(tuning, "MIN_PROGRAMS", 1)
+    key = (tuning.padded_channels(case.c), case.k, case.gw, case.e * case.c, case.dtype)
+    monkeypatch.setitem(LAUNCH_TABLE, key, LaunchConfig(tile=128, hidden_chunk=32))
+    _check_forward(case, seed=90 + COLUMN_CASES.index((case, m)))
+
+
+def test_column_block_rule():
+    from pallas_kernels.conv_stage import MIN_GROUP_ROWS, column_block, interleave_rows
+
+    assert column_block(56, 128, 7, 1) == 8 and column_block(28, 64, 7, 1) == 4
+    assert column_block(7, 128, 7, 1) == 1 and column_block(14, 128, 3, 1) == 2
+    assert column_block(56, 128, 7, 8) == 1  # grouped convs keep one load per tap
+    assert column_block(56, 2 * MIN_GROUP_ROWS, 7, 1) == 2  # >= MIN_GROUP_ROWS rows per group
+    parts = [jnp.arange(12).reshape(3, 4) + 100 * j for j in range(4)]
+    out = np.asarray(interleave_rows(parts))
+    for j in range(4):
+        np.testing.assert_array_equal(out[j::4], np.asarray(parts[j]))
+
+
+@pytest.mark.parametrize("k,gw", [(3, 1), (7, 1), (3, 8)])
+def test_conv_loop_trips_match_the_lowered_kernel(k, gw):
+    """The static model charges the conv loop conv_loop_trips(k, gw) times: the Triton module
+    (lowered for cuda on this CPU) has that loop before the MLP loop, or none when it is 1."""
+    import re
+
+    from convfirst_jax.bench import static
+    from pallas_kernels.conv_stage import conv_loop_trips
+
+    cfg = static.parse_config(f"C=64,HW=16,k={k},gw={gw},N=2")
+    ((ttir, _),) = static.export_triton_modules(cfg)
+    defs = dict(re.findall(r"(%\w+) = (.*)", ttir))
+    trips = []
+    for bound in re.findall(r"scf\.for %\w+ = %\w+ to (%\w+) step", ttir):
+        m = re.fullmatch(r"arith\.(?:constant (\d+)|addi %c0_i32\w*, %c(\d+)_i32\w*) : i32",
+                         defs[bound].strip())
+        trips.append(int(m.group(1) or m.group(2)))
+    expected = conv_loop_trips(k, gw)
+    assert len(trips) == (1 if expected == 1 else 2)  # [conv loop,] MLP loop over chunks
+    if expected > 1:
+        assert trips[0] == expected
