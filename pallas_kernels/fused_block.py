@@ -25,8 +25,10 @@ with ``conv_w[dy, dx, i, c]`` -- 8x the depthwise FMAs and loads (the gathers hi
 block-diagonal weight blow-up, and the full-row LayerNorm still sees all channels.
 
 Wide blocks (``tuning.block_plan`` says "split": C >= 256 depthwise, C >= 512 grouped) run
-as three kernels instead (:mod:`pallas_kernels.split_block`); the conv + norm stage of both
-plans is :mod:`pallas_kernels.conv_stage`.
+as a conv + norm kernel and one fused MLP kernel or two GEMMs instead
+(:mod:`pallas_kernels.split_block`); the conv + norm stage of both plans is
+:mod:`pallas_kernels.conv_stage`, the MLP loop and project epilogue
+:mod:`pallas_kernels.mlp_stage`.
 
 Backward: ``jax.custom_vjp`` whose backward pass recomputes the block with XLA
 (``jax.vjp`` of :func:`pallas_kernels.reference.conv_first_block_reference`); the fused kernel
@@ -49,16 +51,15 @@ from jax.extend import core as jex_core
 from jax.interpreters import batching, mlir
 from jax.experimental.pallas import triton as plgpu
 
-from pallas_kernels.activations import KERNEL_ACTIVATIONS
 from pallas_kernels.conv_stage import conv_mode, conv_norm_tile, prepare_conv_operands, to_parts
+from pallas_kernels.mlp_stage import mlp_tile, project_epilogue
 from pallas_kernels.operands import mlp_operands
 from pallas_kernels.options import BlockOptions, validate_inputs
 from pallas_kernels.reference import conv_first_block_reference
 from pallas_kernels.sharding import batch_shard_map
-from pallas_kernels.split_block import SPLIT_KERNELS, split_forward
-from pallas_kernels.tuning import LaunchConfig, block_plan, launch_config, padded_channels
-
-_F32 = jnp.float32
+from pallas_kernels.split_block import split_forward, split_kernels
+from pallas_kernels.tuning import (LaunchConfig, block_plan, launch_config, padded_channels,
+                                   split_launch_config)
 
 
 def _block_kernel(x_ref, xp_ref, cw_ref, cb_ref, ns_ref, nb_ref, w1_ref, b1_ref, w2_ref,
@@ -69,45 +70,26 @@ def _block_kernel(x_ref, xp_ref, cw_ref, cb_ref, ns_ref, nb_ref, w1_ref, b1_ref,
     """Kernel body: one tile of ``tile`` consecutive rows of the flattened (N*H*W, C) pixels
     per program (tiles may span images); see the module docstring. The conv + norm stage is
     :func:`pallas_kernels.conv_stage.conv_norm_tile` (operands in "parts", see
-    :data:`pallas_kernels.conv_stage.CONV_MODES`).
+    :data:`pallas_kernels.conv_stage.CONV_MODES`), the MLP and the project epilogue
+    :mod:`pallas_kernels.mlp_stage`.
     """
     o_ref = rest[-1]  # rest == (o_ref,) or (aliased_init_ref, o_ref)
-    n_parts, cpart = cb_ref.shape
-    cp = n_parts * cpart
     compute_dtype = w1_ref.dtype
 
     rows = pl.program_id(0) * tile + jnp.arange(tile, dtype=jnp.int32)
     row_ok = rows < total_rows
-    ch = jnp.arange(cp, dtype=jnp.int32)
     ys = conv_norm_tile(x_ref, xp_ref, cw_ref, cb_ref, ns_ref, nb_ref, rows=rows,
                         row_ok=row_ok, height=height, width=width, channels=channels,
                         kernel_size=kernel_size, group_width=group_width, norm=norm, eps=eps,
                         mode=conv_mode, compute_dtype=compute_dtype)
 
-    act = KERNEL_ACTIVATIONS[activation]
-
     # 1x1 expand -> act -> 1x1 project, one hidden chunk at a time (never in HBM). With
     # P = 2 the expand is two dots over the even / odd rows of w1 (K = Cp / 2 each).
-    def mlp_chunk(j, z):
-        start = pl.multiple_of(j * hidden_chunk, hidden_chunk)
-        h = plgpu.dot(ys[0], w1_ref[0, :, pl.ds(start, hidden_chunk)])
-        for p in range(1, n_parts):
-            h = h + plgpu.dot(ys[p], w1_ref[p, :, pl.ds(start, hidden_chunk)])
-        h = act(h + b1_ref[pl.ds(start, hidden_chunk)][None, :])
-        return z + plgpu.dot(h.astype(compute_dtype), w2_ref[pl.ds(start, hidden_chunk), :])
-
-    z = lax.fori_loop(0, n_chunks, mlp_chunk, jnp.zeros((tile, cp), _F32))
-    z = z + b2_ref[...][None, :]
-    if has_layer_scale:
-        z = z * ls_ref[...][None, :]
-    if has_branch_scale:
-        image = lax.div(rows, height * width)
-        z = z * plgpu.load(bs_ref.at[image], mask=row_ok, other=0.0)[:, None]
-
-    mask = row_ok[:, None] & (ch < channels)[None, :] if cp != channels else row_ok[:, None]
-    at = (rows[:, None], ch[None, :])
-    residual = plgpu.load(x_ref.at[at], mask=mask, other=0.0).astype(_F32)
-    plgpu.store(o_ref.at[at], (residual + z).astype(o_ref.dtype), mask=mask)
+    (z,) = mlp_tile(ys, w1_ref, b1_ref, w2_ref, hidden_chunk=hidden_chunk, n_chunks=n_chunks,
+                    activation=activation, compute_dtype=compute_dtype)
+    project_epilogue(z, x_ref, b2_ref, ls_ref, bs_ref, o_ref, rows=rows, row_ok=row_ok,
+                     col0=0, channels=channels, pixels_per_image=height * width,
+                     has_layer_scale=has_layer_scale, has_branch_scale=has_branch_scale)
 
 
 def _prepare_operands(x: jax.Array, params: Mapping[str, Any], branch_scale: jax.Array | None,
@@ -131,12 +113,18 @@ def block_launch_config(x_shape: tuple[int, ...], x_dtype: Any, params: Mapping[
 
 
 def block_kernel_count(channels: int, kernel_size: int, group_width: int, hidden: int,
-                       dtype: Any) -> int:
+                       dtype: Any, rows: int | None = None) -> int:
     """How many Triton kernels (pallas_calls) one block call launches: 1 for the fused plan,
-    3 for the split plan (:func:`pallas_kernels.tuning.block_plan`)."""
-    plan = block_plan(padded_channels(channels), kernel_size, group_width, hidden,
-                      jnp.dtype(dtype).name)
-    return len(SPLIT_KERNELS) if plan == "split" else 1
+    2 or 3 for the split plan (:func:`pallas_kernels.tuning.block_plan`; with or without the
+    fused MLP kernel: :func:`pallas_kernels.split_block.split_kernels`). ``rows`` (N*H*W of
+    the call; None: a large call) matters for the split plan only: small calls take its
+    GEMMs (:func:`pallas_kernels.tuning.split_launch_config`)."""
+    cp = padded_channels(channels)
+    dtype_name = jnp.dtype(dtype).name
+    if block_plan(cp, kernel_size, group_width, hidden, dtype_name) != "split":
+        return 1
+    return len(split_kernels(split_launch_config(cp, kernel_size, group_width, hidden,
+                                                 dtype_name, rows=rows)))
 
 
 # Lowering platforms that get the compiled Triton kernel when ``interpret=None``.
@@ -225,7 +213,7 @@ for _platform in TRITON_PLATFORMS:
 def _pallas_forward(x: jax.Array, params: Mapping[str, Any], opts: BlockOptions,
                     branch_scale: jax.Array | None, out_init: jax.Array | None) -> jax.Array:
     """The block's kernels with ``opts.interpret`` a bool (see :func:`fused_forward`): one
-    ``pallas_call``, or the split plan's three (:mod:`pallas_kernels.split_block`) where
+    ``pallas_call``, or the split plan's two or three (:mod:`pallas_kernels.split_block`) where
     :func:`pallas_kernels.tuning.block_plan` says "split"."""
     n, h, w, c = x.shape
     hidden = params["w1"].shape[1]

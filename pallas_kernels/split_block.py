@@ -1,23 +1,39 @@
-"""The split plan of the conv-first block for wide blocks: three Pallas (Triton) kernels.
+"""The split plan of the conv-first block for wide blocks: two or three Pallas (Triton) kernels.
 
 The fused kernel (:mod:`pallas_kernels.fused_block`) keeps a (tile, C) f32 conv output and a
 (tile, C) f32 projection accumulator in registers for the whole program; at C >= 256 that caps
 its tile at 32 / 16 pixels, so both 1x1 matmuls run as mma.sync with M = 16-32 and every
 program re-reads all of w1 and w2 (4 C^2 x 2 bytes each) from L2: at C = 512, 7 x 7, batch 128
 that is ~1.6 GB of L2 traffic for 26 GFLOP (static H100 model, docs/results/static-h100/). Here
-the block runs as::
+the conv + norm stage is a kernel of its own::
 
     y   = norm(dwconv(x) + conv_b)           # conv_norm kernel: tiles of pixels, all C
+
+with y in HBM in the compute dtype, and the MLP runs in one of two forms
+(:attr:`pallas_kernels.tuning.SplitLaunchConfig.fused_mlp`):
+
+* fused MLP (:data:`FUSED_MLP_KERNELS`): ONE kernel, programs of ``mlp_block_m`` pixels with
+  all channels; per hidden chunk ``h = act(y @ w1[:, chunk] + b1)`` stays on chip and
+  ``z += h @ w2[chunk, :]``, then ``out = x + bs[n] * ls * (z + b2)``
+  (:mod:`pallas_kernels.mlp_stage`, the fused kernel's own MLP loop and epilogue; Lavin 2024
+  "block fusion" of the MLP). Without y's conv accumulator the program has room for 128-pixel
+  wgmma tiles at C = 256; each program reads w1 + w2 once from L2 and h never reaches HBM.
+* two GEMMs (:data:`SPLIT_KERNELS`)::
+
     h   = act(y @ w1 + b1)                   # expand GEMM, (block_m, block_n) output tiles
     out = x + bs[n] * ls * (h @ w2 + b2)     # project GEMM, residual / scales in its epilogue
 
-with y and h in HBM in the compute dtype. The numerics are the fused kernel's: it rounds y
-and h to the compute dtype before the two dots as well (f32 accumulation, f32 activation), so
-only the f32 summation order inside the dots differs. The extra HBM traffic is y and h written
-and read once: 2 * (C + 4 C) * 2 bytes per pixel in bfloat16, 64 MB (21 µs at 3 TB/s) at
-C = 512, 7 x 7, batch 128, against ~1.6 GB of L2 traffic saved. The GEMMs are the classic
-Triton form (Tillet et al. 2019): a K loop of (block_m, block_k) @ (block_k, block_n) dots,
-software-pipelined (``num_stages``), f32 accumulator of one output tile.
+  with h in HBM too: 2 * (C + 4 C) * 2 bytes per pixel of y and h written and read in
+  bfloat16, 64 MB (21 µs at 3 TB/s) at C = 512, 7 x 7, batch 128, against ~1.6 GB of L2
+  traffic saved. The GEMMs are the classic Triton form (Tillet et al. 2019): a K loop of
+  (block_m, block_k) @ (block_k, block_n) dots, software-pipelined (``num_stages``), f32
+  accumulator of one output tile. Taken where the fused MLP's (mlp_block_m, C) f32
+  accumulator does not fit a wide enough tile (C = 512) or the call has too few pixels to
+  give every SM a program (batch 1).
+
+The numerics are the fused kernel's in both forms: y and h are rounded to the compute dtype
+before the dots (f32 accumulation, f32 activation), so only the f32 summation order inside
+the dots differs.
 """
 
 from __future__ import annotations
@@ -34,6 +50,7 @@ from jax.experimental.pallas import triton as plgpu
 
 from pallas_kernels.activations import KERNEL_ACTIVATIONS
 from pallas_kernels.conv_stage import conv_mode, conv_norm_tile, prepare_conv_operands
+from pallas_kernels.mlp_stage import mlp_tile, project_epilogue
 from pallas_kernels.operands import mlp_operands
 from pallas_kernels.options import BlockOptions
 from pallas_kernels.tuning import (MIN_DOT_DIM, SplitLaunchConfig, gemm_block_n,
@@ -41,8 +58,15 @@ from pallas_kernels.tuning import (MIN_DOT_DIM, SplitLaunchConfig, gemm_block_n,
 
 _F32 = jnp.float32
 
-#: The kernels of the split plan, in launch order (pallas_call names carry these).
+#: The kernels of the split plan with the two GEMMs, in launch order (pallas_call names carry
+#: these), and with the fused MLP kernel (SplitLaunchConfig.fused_mlp).
 SPLIT_KERNELS = ("conv_norm", "expand", "project")
+FUSED_MLP_KERNELS = ("conv_norm", "mlp")
+
+
+def split_kernels(lc: SplitLaunchConfig) -> tuple[str, ...]:
+    """The kernels one split-plan call with launch parameters ``lc`` launches, in order."""
+    return FUSED_MLP_KERNELS if lc.fused_mlp else SPLIT_KERNELS
 
 
 def _conv_norm_kernel(x_ref, xp_ref, cw_ref, cb_ref, ns_ref, nb_ref, y_ref, *, height: int,
@@ -75,7 +99,8 @@ def _gemm_kernel(a_ref, b_ref, bias_ref, *rest, total_rows: int, k_dim: int, blo
                  has_branch_scale: bool):
     """One (block_m, block_n) tile of ``a @ b`` (f32 accumulation over a K loop) and its
     epilogue: "expand" ``act(acc + b1)`` -> compute dtype; "project"
-    ``x + bs[n] * ls * (acc + b2)`` (``rest`` = x, layer scale, branch scale[, init], out).
+    ``x + bs[n] * ls * (acc + b2)`` (:func:`pallas_kernels.mlp_stage.project_epilogue`;
+    ``rest`` = x, layer scale, branch scale[, init], out).
 
     ``sub_tiles`` > 1: the tile's columns are that many accumulators of block_n / sub_tiles
     columns sharing each loaded (block_m, block_k) slice of ``a`` (the L2 traffic of the
@@ -100,23 +125,41 @@ def _gemm_kernel(a_ref, b_ref, bias_ref, *rest, total_rows: int, k_dim: int, blo
                          tuple(jnp.zeros((block_m, sub_n), _F32) for _ in range(sub_tiles)))
     for s, acc in enumerate(accs):
         c0 = col0 + s * sub_n
-        cols = c0 + jnp.arange(sub_n, dtype=jnp.int32)
-        acc = acc + bias_ref[pl.ds(c0, sub_n)][None, :]
-        if epilogue == "expand":
-            h = KERNEL_ACTIVATIONS[activation](acc)
-            plgpu.store(o_ref.at[rows[:, None], cols[None, :]], h.astype(o_ref.dtype),
-                        mask=row_ok[:, None])
+        if epilogue == "project":
+            x_ref, ls_ref, bs_ref = rest[:3]
+            project_epilogue(acc, x_ref, bias_ref, ls_ref, bs_ref, o_ref, rows=rows,
+                             row_ok=row_ok, col0=c0, channels=channels,
+                             pixels_per_image=pixels_per_image,
+                             has_layer_scale=has_layer_scale,
+                             has_branch_scale=has_branch_scale)
             continue
-        x_ref, ls_ref, bs_ref = rest[:3]
-        if has_layer_scale:
-            acc = acc * ls_ref[pl.ds(c0, sub_n)][None, :]
-        if has_branch_scale:
-            image = lax.div(rows, pixels_per_image)
-            acc = acc * plgpu.load(bs_ref.at[image], mask=row_ok, other=0.0)[:, None]
-        mask = row_ok[:, None] & (cols < channels)[None, :]
-        at = (rows[:, None], cols[None, :])
-        residual = plgpu.load(x_ref.at[at], mask=mask, other=0.0).astype(_F32)
-        plgpu.store(o_ref.at[at], (residual + acc).astype(o_ref.dtype), mask=mask)
+        cols = c0 + jnp.arange(sub_n, dtype=jnp.int32)
+        h = KERNEL_ACTIVATIONS[activation](acc + bias_ref[pl.ds(c0, sub_n)][None, :])
+        plgpu.store(o_ref.at[rows[:, None], cols[None, :]], h.astype(o_ref.dtype),
+                    mask=row_ok[:, None])
+
+
+def _mlp_kernel(y_ref, w1_ref, b1_ref, w2_ref, b2_ref, x_ref, ls_ref, bs_ref, *rest,
+                total_rows: int, block_m: int, hidden_chunk: int, n_chunks: int,
+                out_split: int, activation: str, channels: int, pixels_per_image: int,
+                has_layer_scale: bool, has_branch_scale: bool):
+    """The fused MLP kernel: ``block_m`` rows of y (rows, Cp) with all channels, loaded once;
+    :func:`pallas_kernels.mlp_stage.mlp_tile` over the hidden chunks (h on chip; ``w1_ref``
+    (1, Cp, Hp): one part; ``out_split`` accumulators) and
+    :func:`pallas_kernels.mlp_stage.project_epilogue` per accumulator (``rest`` = [aliased
+    init,] out)."""
+    o_ref = rest[-1]
+    rows = pl.program_id(0) * block_m + jnp.arange(block_m, dtype=jnp.int32)
+    row_ok = rows < total_rows
+    cols = jnp.arange(y_ref.shape[1], dtype=jnp.int32)
+    y = plgpu.load(y_ref.at[rows[:, None], cols[None, :]], mask=row_ok[:, None], other=0.0)
+    zs = mlp_tile((y,), w1_ref, b1_ref, w2_ref, hidden_chunk=hidden_chunk, n_chunks=n_chunks,
+                  activation=activation, compute_dtype=y_ref.dtype, out_split=out_split)
+    for s, z in enumerate(zs):
+        project_epilogue(z, x_ref, b2_ref, ls_ref, bs_ref, o_ref, rows=rows, row_ok=row_ok,
+                         col0=s * z.shape[1], channels=channels,
+                         pixels_per_image=pixels_per_image, has_layer_scale=has_layer_scale,
+                         has_branch_scale=has_branch_scale)
 
 
 def split_launch(x_shape: tuple[int, ...], x_dtype: Any, params: Mapping[str, Any],
@@ -129,7 +172,8 @@ def split_launch(x_shape: tuple[int, ...], x_dtype: Any, params: Mapping[str, An
 
 def split_forward(x: jax.Array, params: Mapping[str, Any], opts: BlockOptions,
                   branch_scale: jax.Array | None, out_init: jax.Array | None) -> jax.Array:
-    """The block as three ``pallas_call`` s (see the module docstring); ``opts.interpret``
+    """The block as two or three ``pallas_call`` s (see the module docstring, the form from
+    :func:`split_launch`); ``opts.interpret``
     a bool, ``params`` validated; ``out_init`` is aliased to the output (see
     :func:`pallas_kernels.fused_block.fused_forward`)."""
     n, hgt, wid, c = x.shape
@@ -160,6 +204,31 @@ def split_forward(x: jax.Array, params: Mapping[str, Any], opts: BlockOptions,
         y = lax.bitcast_convert_type(y, dtype).reshape(total_rows, cp)
 
     hidden = params["w1"].shape[1]
+    has_ls = params.get("layer_scale") is not None
+    if lc.fused_mlp:  # 2. out = x + bs * ls * (MLP(y) + b2), one kernel, h on chip
+        w1, b1, w2, b2, ls, bs = mlp_operands(x, params, branch_scale, lc.hidden_chunk)
+        args = (y, w1[None], b1, w2, b2, x2, ls, bs)
+        aliases = {}
+        if out_init is not None:
+            aliases = {len(args): 0}
+            args = (*args, out_init.reshape(total_rows, c))
+        out = pl.pallas_call(
+            functools.partial(_mlp_kernel, total_rows=total_rows, block_m=lc.mlp_block_m,
+                              hidden_chunk=lc.hidden_chunk,
+                              n_chunks=w1.shape[1] // lc.hidden_chunk,
+                              out_split=max(1, cp // max(MIN_DOT_DIM, cp // lc.mlp_split)),
+                              activation=opts.activation, channels=c,
+                              pixels_per_image=hgt * wid, has_layer_scale=has_ls,
+                              has_branch_scale=branch_scale is not None),
+            out_shape=jax.ShapeDtypeStruct((total_rows, c), dtype),
+            grid=(pl.cdiv(total_rows, lc.mlp_block_m),),
+            input_output_aliases=aliases,
+            compiler_params=plgpu.CompilerParams(num_warps=lc.mlp_warps,
+                                                 num_stages=lc.mlp_stages),
+            interpret=opts.interpret, name=f"conv_first_block_mlp_{name}",
+        )(*args)
+        return out.reshape(x.shape)
+
     expand_n = gemm_block_n(lc.expand_block_n, lc.block_m, total_rows, hidden)
     w1, b1, w2, b2, ls, bs = mlp_operands(x, params, branch_scale, max(expand_n, lc.block_k))
     hp = w1.shape[1]
@@ -167,8 +236,7 @@ def split_forward(x: jax.Array, params: Mapping[str, Any], opts: BlockOptions,
     gemm = functools.partial(
         _gemm_kernel, total_rows=total_rows, block_m=lc.block_m, block_k=lc.block_k,
         activation=opts.activation, channels=c, pixels_per_image=hgt * wid,
-        has_layer_scale=params.get("layer_scale") is not None,
-        has_branch_scale=branch_scale is not None)
+        has_layer_scale=has_ls, has_branch_scale=branch_scale is not None)
     grid_m = pl.cdiv(total_rows, lc.block_m)
 
     def sub_tiles(block_n, table_n, split):  # accumulators of table_n / split columns

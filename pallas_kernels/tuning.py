@@ -156,18 +156,29 @@ def launch_config(c_padded: int, kernel_size: int, group_width: int, hidden: int
 
 
 # ---------------------------------------------------------------------------- the split plan
-# Wide blocks (see block_plan) run as three kernels instead of one (pallas_kernels.split_block): the fused kernel's two (tile, c_padded) f32 accumulators cap its
-# tile at 32 / 16 pixels there, so its 1x1 matmuls fall back to mma.sync and every program
-# re-reads all of w1 / w2 from L2 (static H100 model, docs/results/static-h100/).
+# Wide blocks (see block_plan) run as several kernels instead of one (pallas_kernels.
+# split_block): the fused kernel's two (tile, c_padded) f32 accumulators cap its tile at
+# 32 / 16 pixels there, so its 1x1 matmuls fall back to mma.sync and every program re-reads
+# all of w1 / w2 from L2 (static H100 model, docs/results/static-h100/). The conv + norm kernel
+# writes y; then either ONE fused MLP kernel (expand -> act -> project per hidden chunk, h on
+# chip, SplitLaunchConfig.fused_mlp) or two GEMMs with h in HBM.
 SPLIT_MIN_CHANNELS = 256
 # The conv + norm kernel holds one (tile, c_padded) f32 accumulator.
 SPLIT_CONV_ELEMENTS = 8192
 MIN_GEMM_BLOCK_M = 64  # one Hopper warpgroup MMA is 64 rows
+# The fused MLP kernel holds its (block_m, c_padded) f32 project accumulator in registers for
+# the whole program: 128 registers per thread at 8 warps.
+MLP_ACC_ELEMENTS = 32768
+# Below this many programs (one per SM of a 132-SM H100) the fused MLP kernel leaves SMs idle
+# (each program does all hidden chunks of its pixels); smaller calls take the two GEMMs, whose
+# column tiles spread the same work over more programs.
+MLP_MIN_PROGRAMS = 132
 
 
 @dataclasses.dataclass(frozen=True)
 class SplitLaunchConfig:
-    """Launch parameters of the split plan (conv + norm kernel, expand and project GEMMs).
+    """Launch parameters of the split plan (conv + norm kernel, then the fused MLP kernel or
+    the expand and project GEMMs).
 
     Attributes:
       conv_tile: output pixels per program of the conv + norm kernel (power of two >= 16).
@@ -180,6 +191,16 @@ class SplitLaunchConfig:
         epilogues one after the other (the live registers of a narrow one).
       expand_block_n, expand_split: the same for the expand GEMM.
       num_warps, num_stages: the GEMMs' warps and software-pipelining depth.
+      fused_mlp: True: after the conv + norm kernel ONE MLP kernel (programs of
+        ``mlp_block_m`` pixels with all channels, a loop over hidden chunks of width
+        ``hidden_chunk``: h = act(y @ w1[:, chunk] + b1) on chip, z += h @ w2[chunk, :], the
+        project epilogue), so h never reaches HBM and w1 / w2 are read once per program;
+        False: the expand and project GEMMs above (h in HBM).
+      mlp_block_m, hidden_chunk, mlp_warps, mlp_stages: the fused MLP kernel's pixels per
+        program, hidden chunk, warps and software-pipelining depth of the chunk loop.
+      mlp_split: its project accumulator as that many (a power of two) of c_padded /
+        mlp_split columns (not below 16), sharing each h chunk, their epilogues one after
+        the other.
     """
 
     conv_tile: int
@@ -192,24 +213,33 @@ class SplitLaunchConfig:
     column_split: int = 1
     expand_block_n: int = 128
     expand_split: int = 1
+    fused_mlp: bool = False
+    mlp_block_m: int = 128
+    hidden_chunk: int = 64
+    mlp_warps: int = 8
+    mlp_stages: int = 2
+    mlp_split: int = 1
 
     def __post_init__(self):
-        for field in ("column_split", "expand_split"):
+        for field in ("column_split", "expand_split", "mlp_split"):
             v = getattr(self, field)
             if v < 1 or v & (v - 1):
                 raise ValueError(f"SplitLaunchConfig.{field}={v} must be a power of two >= 1")
-        for field in ("conv_tile", "block_m", "block_n", "block_k", "expand_block_n"):
+        for field in ("conv_tile", "block_m", "block_n", "block_k", "expand_block_n",
+                      "mlp_block_m", "hidden_chunk"):
             v = getattr(self, field)
             if v < MIN_DOT_DIM or v & (v - 1):
                 raise ValueError(
                     f"SplitLaunchConfig.{field}={v} must be a power of two >= {MIN_DOT_DIM} "
                     "(Triton dot and block-size constraint)")
-        for field in ("conv_warps", "num_warps"):
+        for field in ("conv_warps", "num_warps", "mlp_warps"):
             if getattr(self, field) not in (1, 2, 4, 8, 16):
                 raise ValueError(f"SplitLaunchConfig.{field}={getattr(self, field)} must be "
                                  "1, 2, 4, 8 or 16")
-        if self.num_stages < 1:
-            raise ValueError(f"SplitLaunchConfig.num_stages={self.num_stages} must be >= 1")
+        for field in ("num_stages", "mlp_stages"):
+            if getattr(self, field) < 1:
+                raise ValueError(f"SplitLaunchConfig.{field}={getattr(self, field)} must be "
+                                 ">= 1")
 
 
 # Overrides of the split plan's default rule, same key as LAUNCH_TABLE.
@@ -218,11 +248,12 @@ SPLIT_LAUNCH_TABLE: dict[LaunchKey, SplitLaunchConfig] = {}
 
 def block_plan(c_padded: int, kernel_size: int, group_width: int, hidden: int,
                dtype_name: str) -> str:
-    """"fused" (one kernel, :data:`LAUNCH_TABLE`) or "split" (three kernels,
-    :data:`SPLIT_LAUNCH_TABLE`) for one configuration: depthwise blocks split from
-    :data:`SPLIT_MIN_CHANNELS` padded channels up, grouped (width 8) ones from twice that
-    (at 256 channels the fused grouped kernel still runs 64-pixel tiles and is modelled
-    faster than the split plan, whose conv + norm kernel alone costs as much)."""
+    """"fused" (one kernel, :data:`LAUNCH_TABLE`) or "split" (a conv + norm kernel, then the
+    fused MLP kernel or two GEMMs: :data:`SPLIT_LAUNCH_TABLE`) for one configuration:
+    depthwise blocks split from :data:`SPLIT_MIN_CHANNELS` padded channels up, grouped
+    (width 8) ones from twice that (at 256 channels the fused grouped kernel still runs
+    64-pixel tiles and is modelled faster than the split plan, whose conv + norm kernel
+    alone costs as much)."""
     del kernel_size, hidden, dtype_name  # the rule only looks at the width
     threshold = SPLIT_MIN_CHANNELS * (1 if group_width == 1 else 2)
     return "split" if c_padded >= threshold else "fused"
@@ -236,14 +267,37 @@ def default_split_launch_config(c_padded: int, kernel_size: int, group_width: in
     by :func:`gemm_block_n`). Static H100 model (sm_90a): a 128 x 256 tile cuts the modelled
     L2 traffic by a quarter against 128 x 128; as one accumulator it spills registers in
     both epilogues, as two the project is spill-free but the expand's activation epilogue
-    still spills (4 accumulators: 8 bytes), so the expand keeps 128 columns."""
-    del kernel_size, group_width, dtype_name  # the rule budgets registers / shared memory
+    still spills (4 accumulators: 8 bytes), so the expand keeps 128 columns.
+
+    The fused MLP kernel instead of the GEMMs (``fused_mlp``) for 16-bit dtypes where a
+    128-pixel project accumulator fits :data:`MLP_ACC_ELEMENTS` (c_padded <= 256): 128
+    pixels, 8 warps, hidden chunk 32, 2 stages, the accumulator as 2 x 128 columns. Static
+    H100 model, C256 14 x 14 k3 batch 128 bf16 (docs/results/static-h100/split_mlp_sweep.json,
+    ``python -m convfirst_jax.bench static --sweep-split-mlp``): 51.4 / 50.6 us (LN-GELU /
+    affine-SiLU) against 77.1 / 76.3 us for the GEMMs; every 128-pixel candidate with one
+    accumulator spills (428-920 bytes), the 2-accumulator ones do not (252-255 registers);
+    64-pixel programs double the weight reads from L2 (88 us); 16 warps cap the registers at
+    128 (64 us). The stages tie in the model (L2-bound, 1 stage is 0.2 us less "serial"); 2
+    stages are kept for the latency of the weight-chunk loads the model does not see. In
+    float32 the y tile and the weight chunks take twice the shared memory. At c_padded 512
+    the accumulator allows 64-pixel programs only: 98 at batch 128, 7 x 7 (fewer than the
+    SMs, :data:`MLP_MIN_PROGRAMS`), each reading all 4 MB of w1 + w2, and every candidate
+    spills (620-9400 bytes) for no modelled gain (>= 81.4 us against 80.2 / 81.8 us for
+    the GEMMs), so the GEMMs stay."""
+    del kernel_size, group_width  # the rule budgets registers / shared memory
     conv_tile = int(np.clip(SPLIT_CONV_ELEMENTS // c_padded, MIN_DOT_DIM, 128))
     block_k = min(64, next_power_of_2(hidden), c_padded)
+    mlp_block_m = 128
+    fused_mlp = (np.dtype(jnp.dtype(dtype_name)).itemsize == 2
+                 and mlp_block_m * c_padded <= MLP_ACC_ELEMENTS)
     return SplitLaunchConfig(conv_tile=conv_tile,
                              conv_warps=4 if conv_tile * c_padded <= 4096 else 8,
                              block_n=256, column_split=2, expand_block_n=128,
-                             block_k=max(MIN_DOT_DIM, block_k))
+                             block_k=max(MIN_DOT_DIM, block_k),
+                             fused_mlp=fused_mlp,
+                             mlp_block_m=mlp_block_m,
+                             hidden_chunk=max(MIN_DOT_DIM, min(32, next_power_of_2(hidden))),
+                             mlp_warps=8, mlp_stages=2, mlp_split=2)
 
 
 def split_launch_config(c_padded: int, kernel_size: int, group_width: int, hidden: int,
@@ -251,7 +305,10 @@ def split_launch_config(c_padded: int, kernel_size: int, group_width: int, hidde
     """The split plan's launch parameters: table entry or default rule; with ``rows``
     (N*H*W) small calls get smaller tiles: the conv tile halved until its grid has
     :data:`MIN_PROGRAMS` programs, block_m down to :data:`MIN_GEMM_BLOCK_M` while half of it
-    still covers ``rows`` (each GEMM's block_n: :func:`gemm_block_n`)."""
+    still covers ``rows`` (each GEMM's block_n: :func:`gemm_block_n`); the fused MLP kernel's
+    mlp_block_m halved (not below :data:`MIN_GEMM_BLOCK_M`) until it has
+    :data:`MIN_PROGRAMS` programs, and the GEMMs instead (``fused_mlp`` False) when it
+    still has fewer than :data:`MLP_MIN_PROGRAMS`."""
     key = (int(c_padded), int(kernel_size), int(group_width), int(hidden), str(dtype_name))
     found = SPLIT_LAUNCH_TABLE.get(key)
     lc = found if found is not None else default_split_launch_config(*key)
@@ -264,7 +321,15 @@ def split_launch_config(c_padded: int, kernel_size: int, group_width: int, hidde
     block_m = lc.block_m
     while block_m > MIN_GEMM_BLOCK_M and block_m // 2 >= rows:
         block_m //= 2
-    return dataclasses.replace(lc, conv_tile=conv_tile, block_m=block_m)
+    mlp_block_m, fused_mlp = lc.mlp_block_m, lc.fused_mlp
+    if fused_mlp:
+        while mlp_block_m > MIN_GEMM_BLOCK_M and -(-rows // mlp_block_m) < MIN_PROGRAMS:
+            mlp_block_m //= 2
+        fused_mlp = -(-rows // mlp_block_m) >= MLP_MIN_PROGRAMS
+        if not fused_mlp:
+            mlp_block_m = lc.mlp_block_m
+    return dataclasses.replace(lc, conv_tile=conv_tile, block_m=block_m,
+                               mlp_block_m=mlp_block_m, fused_mlp=fused_mlp)
 
 
 def gemm_block_n(block_n: int, block_m: int, rows: int, n_dim: int) -> int:

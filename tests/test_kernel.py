@@ -448,7 +448,8 @@ def test_forward_16bit_conv_paths(mode, case):
 
 
 # --------------------------------------------------------------------------------------
-# The split plan (pallas_kernels.split_block): conv + norm kernel, expand and project GEMMs.
+# The split plan (pallas_kernels.split_block): conv + norm kernel, then the fused MLP kernel
+# or the expand and project GEMMs.
 # --------------------------------------------------------------------------------------
 SPLIT_CASES = [  # forced on small blocks (SPLIT_MIN_CHANNELS = 16): every conv mode
     Case(3, 32, 4, (5, 6), 2, L, "gelu", "float32", ls=True, bs=True),  # direct
@@ -458,12 +459,29 @@ SPLIT_CASES = [  # forced on small blocks (SPLIT_MIN_CHANNELS = 16): every conv 
 ]
 
 
-@pytest.mark.parametrize("case", SPLIT_CASES, ids=lambda cs: cs.id)
-def test_split_plan_matches_reference(monkeypatch, case):
+def _force_split(monkeypatch, case: Case, fused_mlp: bool, **launch) -> None:
+    """The split plan for ``case`` with the fused MLP kernel or the two GEMMs (a table row:
+    the default rule's parameters with ``fused_mlp`` and ``launch`` replaced; any grid
+    size keeps the fused MLP kernel)."""
+    import dataclasses
+
     from pallas_kernels import block_kernel_count, tuning
 
     monkeypatch.setattr(tuning, "SPLIT_MIN_CHANNELS", 16)
-    assert block_kernel_count(case.c, case.k, case.gw, case.e * case.c, case.dtype) == 3
+    monkeypatch.setattr(tuning, "MLP_MIN_PROGRAMS", 1)
+    key = (tuning.padded_channels(case.c), case.k, case.gw, case.e * case.c, case.dtype)
+    lc = dataclasses.replace(tuning.default_split_launch_config(*key), fused_mlp=fused_mlp,
+                             **launch)
+    monkeypatch.setitem(tuning.SPLIT_LAUNCH_TABLE, key, lc)
+    rows = case.n * case.hw[0] * case.hw[1]
+    assert block_kernel_count(case.c, case.k, case.gw, case.e * case.c, case.dtype,
+                              rows=rows) == (2 if fused_mlp else 3)
+
+
+@pytest.mark.parametrize("fused_mlp", [False, True], ids=["gemms", "fused_mlp"])
+@pytest.mark.parametrize("case", SPLIT_CASES, ids=lambda cs: cs.id)
+def test_split_plan_matches_reference(monkeypatch, case, fused_mlp):
+    _force_split(monkeypatch, case, fused_mlp)
     _check_forward(case, seed=50 + SPLIT_CASES.index(case))
 
 
@@ -473,32 +491,85 @@ def test_split_plan_with_column_split_accumulators(monkeypatch):
     from pallas_kernels import tuning
 
     case = Case(7, 64, 4, (9, 11), 2, A, "silu", "bfloat16", ls=True, bs=True)
-    monkeypatch.setattr(tuning, "SPLIT_MIN_CHANNELS", 16)
     monkeypatch.setattr(tuning, "MIN_PROGRAMS", 1)
-    monkeypatch.setitem(tuning.SPLIT_LAUNCH_TABLE, (64, 7, 1, 256, "bfloat16"),
-                        tuning.SplitLaunchConfig(conv_tile=32, block_m=64, block_n=64,
-                                                 column_split=2, expand_block_n=64,
-                                                 expand_split=4, block_k=16))
+    _force_split(monkeypatch, case, False, conv_tile=32, block_m=64, block_n=64,
+                 column_split=2, expand_block_n=64, expand_split=4, block_k=16)
     _check_forward(case, seed=61)
 
 
-def test_wide_blocks_take_the_split_plan():
-    """The default rule: depthwise from 256 padded channels, grouped from 512; a C = 256 block
-    through the split plan against the float64 reference (block_m spans both images)."""
-    from pallas_kernels import block_kernel_count
+@pytest.mark.parametrize("case,mlp_split", [
+    (Case(7, 64, 4, (9, 11), 2, A, "silu", "bfloat16", ls=True, bs=True), 4),  # 198 rows
+    (Case(3, 40, 4, (5, 7), 3, L, "gelu", "float32", ls=True), 2),  # Cp = 64, 105 rows
+    (Case(5, 32, 2, (4, 7), 3, A, "gelu_tanh", "float16", bs=True), 1),  # 84 rows
+], ids=lambda v: v.id if isinstance(v, Case) else f"split{v}")
+def test_split_plan_fused_mlp_programs_span_images(monkeypatch, case, mlp_split):
+    """The fused MLP kernel with 32-pixel programs spanning images (the last one partial),
+    16-wide hidden chunks and its project accumulator in ``mlp_split`` column blocks of 16
+    or more (MIN_PROGRAMS = 1 keeps the table's tiles)."""
+    from pallas_kernels import tuning
+
+    monkeypatch.setattr(tuning, "MIN_PROGRAMS", 1)
+    _force_split(monkeypatch, case, True, conv_tile=16, mlp_block_m=32, hidden_chunk=16,
+                 mlp_warps=4, mlp_stages=3, mlp_split=mlp_split)
+    _check_forward(case, seed=62)
+
+
+def test_split_plan_fused_mlp_gradients(monkeypatch):
+    """Forward and gradient of the public API with the fused MLP kernel against the
+    reference (the backward pass is the XLA recompute)."""
+    case = Case(3, 32, 4, (5, 6), 2, L, "gelu", "float32", ls=True, bs=True)
+    _force_split(monkeypatch, case, True)
+    x, params, bs = random_block_inputs(8, batch=case.n, height=case.hw[0], width=case.hw[1],
+                                        channels=case.c, hidden=case.e * case.c,
+                                        kernel_size=case.k, layer_scale=True,
+                                        branch_scale=True)
+    kw = dict(kernel_size=case.k, norm=case.norm, activation=case.act)
+    cot = jnp.asarray(np.random.default_rng(4).standard_normal(x.shape).astype(np.float32))
+
+    def loss(block, x_, p_, b_):
+        out = block(x_, p_, branch_scale=b_, **kw)
+        return jnp.sum(out * cot), out
+
+    @jax.jit
+    def grads(x_, p_, b_):
+        return tuple(jax.grad(functools.partial(loss, block), (0, 1, 2), has_aux=True)(
+            x_, p_, b_) for block in (conv_first_block, conv_first_block_reference))
+
+    (gk, out_k), (gr, out_r) = grads(x, params, bs)
+    want = numpy_block(np.asarray(x), params, k=case.k, gw=1, norm=case.norm, act=case.act,
+                       eps=1e-6, branch_scale=bs)
+    np.testing.assert_allclose(out_k, want, rtol=0, atol=2e-5 * np.abs(want).max())
+    np.testing.assert_allclose(out_k, out_r, rtol=0, atol=2e-5 * np.abs(out_r).max())
+    for a, b in zip(jax.tree.leaves(gk), jax.tree.leaves(gr)):
+        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-4 * np.abs(b).max() + 1e-12)
+
+
+def test_wide_blocks_take_the_split_plan(monkeypatch):
+    """The default rule: depthwise from 256 padded channels, grouped from 512; with the fused
+    MLP kernel (2 kernels) at 256 padded channels in 16-bit dtypes for calls with enough
+    pixels, else the GEMMs (3). A C = 256 block through both forms against the float64
+    reference (programs span both images)."""
+    from pallas_kernels import block_kernel_count, tuning
 
     assert [block_kernel_count(c, 7, gw, 4 * c, "bfloat16") for c, gw in
-            [(128, 1), (256, 1), (320, 1), (256, 8), (512, 8)]] == [1, 3, 3, 1, 3]
-    _check_forward(Case(3, 256, 4, (3, 5), 2, L, "gelu", "bfloat16", ls=True, bs=True), seed=60)
+            [(128, 1), (256, 1), (320, 1), (256, 8), (512, 8)]] == [1, 2, 3, 1, 3]
+    assert block_kernel_count(256, 3, 1, 1024, "float32") == 3
+    assert block_kernel_count(256, 3, 1, 1024, "bfloat16", rows=128 * 196) == 2
+    assert block_kernel_count(256, 3, 1, 1024, "bfloat16", rows=196) == 3  # batch 1
+    case = Case(3, 256, 4, (3, 5), 2, L, "gelu", "bfloat16", ls=True, bs=True)
+    _check_forward(case, seed=60)  # 30 pixels: the GEMMs
+    monkeypatch.setattr(tuning, "MLP_MIN_PROGRAMS", 1)
+    assert block_kernel_count(256, 3, 1, 1024, "bfloat16", rows=30) == 2
+    _check_forward(case, seed=60)  # the default rule's fused MLP kernel
 
 
 def test_split_launch_rule():
-    from pallas_kernels.tuning import (MIN_PROGRAMS, SplitLaunchConfig, gemm_block_n,
-                                       split_launch_config)
+    from pallas_kernels.tuning import (MIN_PROGRAMS, MLP_MIN_PROGRAMS, SplitLaunchConfig,
+                                       gemm_block_n, split_launch_config)
 
     big = split_launch_config(512, 3, 1, 2048, "bfloat16", rows=128 * 49)
     assert big == split_launch_config(512, 3, 1, 2048, "bfloat16")  # batch 128: no shrinking
-    assert big.conv_tile * 512 <= 8192 and big.block_m == 128
+    assert big.conv_tile * 512 <= 8192 and big.block_m == 128 and not big.fused_mlp
     # expand: 49 x 16 programs of 128 columns; project: 256 columns would be 49 x 2 programs,
     # fewer than MIN_PROGRAMS, so 128 (49 x 4)
     assert gemm_block_n(big.expand_block_n, big.block_m, 128 * 49, 2048) == 128
@@ -511,12 +582,31 @@ def test_split_launch_rule():
     assert gemm_block_n(one.block_n, one.block_m, 49, 512) == 32
     assert gemm_block_n(128, 128, 10 ** 6, 64) == 64  # capped at the width
     assert -(-128 * 49 // 128) * (512 // 128) >= MIN_PROGRAMS
+    # the fused MLP kernel: C256 14x14 batch 128 -> 196 programs of 128 pixels; batch 64 ->
+    # 98 < MIN_PROGRAMS, so 64 pixels (196 programs); batch 8 -> 25 < MLP_MIN_PROGRAMS
+    c256 = split_launch_config(256, 3, 1, 1024, "bfloat16", rows=128 * 196)
+    assert c256.fused_mlp and c256.mlp_block_m == 128 and -(-128 * 196 // 128) >= MIN_PROGRAMS
+    assert c256.mlp_block_m * 256 <= 32768  # the project accumulator's register budget
+    half = split_launch_config(256, 3, 1, 1024, "bfloat16", rows=64 * 196)
+    assert half.fused_mlp and half.mlp_block_m == 64
+    small = split_launch_config(256, 3, 1, 1024, "bfloat16", rows=8 * 196)
+    assert -(-8 * 196 // 64) < MLP_MIN_PROGRAMS and not small.fused_mlp
+    assert small.mlp_block_m == c256.mlp_block_m
+    assert not split_launch_config(256, 3, 1, 1024, "float32", rows=128 * 196).fused_mlp
     with pytest.raises(ValueError, match="power of two"):
         SplitLaunchConfig(conv_tile=24)
     with pytest.raises(ValueError, match="column_split"):
         SplitLaunchConfig(conv_tile=16, column_split=3)
     with pytest.raises(ValueError, match="num_warps"):
         SplitLaunchConfig(conv_tile=16, num_warps=3)
+    with pytest.raises(ValueError, match="hidden_chunk"):
+        SplitLaunchConfig(conv_tile=16, hidden_chunk=48)
+    with pytest.raises(ValueError, match="mlp_warps"):
+        SplitLaunchConfig(conv_tile=16, mlp_warps=3)
+    with pytest.raises(ValueError, match="mlp_stages"):
+        SplitLaunchConfig(conv_tile=16, mlp_stages=0)
+    with pytest.raises(ValueError, match="mlp_split"):
+        SplitLaunchConfig(conv_tile=16, mlp_split=3)
 
 
 def test_eager_calls_trace_the_kernel_once(monkeypatch):

@@ -8,7 +8,9 @@ run through the MLIR verifier. Export only lowers, so this is cheap.
 Covered: every distinct block configuration of the registered models
 (convfirst_jax.specs.MODEL_SPECS, at the feature-map size a 224 px input gives that stage)
 -- forward + gradient in float32 and forward in bfloat16 -- and every configuration of the
-forward-test covering design (tests/kernel_cases.py CASES), forward + gradient.
+forward-test covering design (tests/kernel_cases.py CASES), forward + gradient. At batch 2
+the wide model blocks take the split plan with its two GEMMs; the split plan's fused MLP
+kernel (calls with enough pixels) has its own cases.
 """
 
 from __future__ import annotations
@@ -154,3 +156,24 @@ def test_covering_design_exports_for_cuda(verifier, case):
     _export_block(verifier, n=case.n, hw=case.hw, c=case.c, k=case.k, gw=case.gw,
                   hidden=case.e * case.c, norm=case.norm, act=case.act, eps=1e-6, ls=case.ls,
                   bs=case.bs, dtype=jnp.dtype(case.dtype), grad=True)
+
+
+@pytest.mark.parametrize("c,hw,n,dtype,grad", [
+    (256, 14, 128, jnp.bfloat16, False),  # C256 14x14 at batch 128: 196 programs of 128 pixels
+    (160, 14, 64, jnp.float16, True),  # padded channels (Cp = 256), 64-pixel programs
+], ids=lambda v: getattr(v, "__name__", str(v)))
+def test_split_plan_fused_mlp_exports_for_cuda(verifier, c, hw, n, dtype, grad):
+    """The split plan with the fused MLP kernel (conv + norm, then one MLP kernel) lowers
+    for CUDA: two Triton kernels per block, forward (and the XLA backward) exported."""
+    from pallas_kernels import block_kernel_count
+    from pallas_kernels.split_block import split_kernels, split_launch
+
+    params = _params_spec(c, 7, 1, 4 * c, True)
+    assert split_kernels(split_launch((n, hw, hw, c), dtype, params, 7, 1)) == (
+        "conv_norm", "mlp")
+    assert block_kernel_count(c, 7, 1, 4 * c, dtype, rows=n * hw * hw) == 2
+    before = verifier.count
+    _export_block(verifier, n=n, hw=(hw, hw), c=c, k=7, gw=1, hidden=4 * c, norm="layernorm",
+                  act="gelu", eps=1e-6, ls=True, bs=True, dtype=dtype, grad=grad)
+    if verifier._owner is not None:
+        assert verifier.count - before == 2

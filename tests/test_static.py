@@ -181,6 +181,36 @@ def test_split_kernel_traffic():
     assert l2 == static.l2_bytes(cfg, 16, 392, 9 * c * 4 + 3 * c * 4)
 
 
+def test_fused_mlp_kernel_traffic():
+    """L2 / HBM bytes of the split plan's fused MLP kernel, by hand (C256 14x14, batch 128,
+    bf16, 128-pixel programs): per program its y tile and all of w1 and w2 (1 MiB), the
+    residual tiles once; HBM y, the weights, x and out once, no h."""
+    from pallas_kernels.tuning import SplitLaunchConfig
+
+    cfg = static.parse_config("C=256,HW=14,k=3,N=128")
+    lc = SplitLaunchConfig(conv_tile=32, fused_mlp=True, mlp_block_m=128, hidden_chunk=64)
+    m, c, hid = 128 * 196, 256, 1024
+    l2, hbm = static.split_kernel_traffic(cfg, "mlp", lc, (196, 1), c, hid)
+    assert l2 == 196 * (128 * c + 2 * c * hid) * 2 + m * c * 2
+    assert hbm == (m * c + 2 * c * hid + 2 * m * c) * 2
+    # against the two GEMMs (128 x 128 expand, 128 x 256 project tiles): 62 % of their L2
+    # bytes (231 MB against 373 MB) and h (m x 4C, written and read) off the HBM
+    gemm = SplitLaunchConfig(conv_tile=32)
+    l2_e, hbm_e = static.split_kernel_traffic(cfg, "expand", gemm, (196, 8), c, hid)
+    l2_p, hbm_p = static.split_kernel_traffic(cfg, "project", gemm, (196, 1), c, hid)
+    assert l2 / (l2_e + l2_p) == pytest.approx(0.62, abs=0.005)
+    assert (hbm_e + hbm_p) - hbm == 2 * m * hid * 2  # h written and read back
+    grids = static.split_grids(cfg, lc, m)
+    assert grids[1] == hid and grids[2]["mlp"] == 196 and grids[2]["conv_norm"] == 784
+
+
+def test_wave_quantized():
+    assert static.wave_quantized(10.0, 2.0) == 10.0
+    assert static.wave_quantized(10.0, 1.48) == pytest.approx(10.0 * 2 / 1.48)
+    assert static.wave_quantized(10.0, 0.5) == 20.0  # half the SMs idle
+    assert static.wave_quantized(10.0, math.inf) == 10.0
+
+
 def test_static_report_of_the_split_plan(tmp_path):
     """Where triton is installed: a wide block compiles as three kernels, modelled back to back."""
     ok, why = static.triton_available()
@@ -191,7 +221,28 @@ def test_static_report_of_the_split_plan(tmp_path):
     assert "error" not in row, row.get("error")
     assert row["plan"] == "split"
     assert [k["kernel"] for k in row["kernels"]] == ["conv_norm", "expand", "project"]
+    assert row["kernel_names_n1"] == ["conv_norm", "expand", "project"]
     assert row["model_overlap_us"] == pytest.approx(
         sum(k["model_overlap_us"] for k in row["kernels"]))
     assert all(k["hgmma"] for k in row["kernels"][1:]), "the GEMMs run wgmma"
     assert row["launch"].startswith("split") and row["cfg"] in static.markdown_table([row])
+
+
+def test_static_report_of_the_fused_mlp_kernel(tmp_path):
+    """Where triton is installed: a C256 call with enough pixels takes the fused MLP kernel
+    (conv + norm, then one MLP kernel); batch 1 would take the GEMMs."""
+    ok, why = static.triton_available()
+    if not ok:
+        pytest.skip(why)
+    (row,) = static.run([static.parse_config("C=256,HW=14,k=3,norm=affine,act=silu,ls=0")],
+                        workdir=str(tmp_path))
+    assert "error" not in row, row.get("error")
+    assert [k["kernel"] for k in row["kernels"]] == ["conv_norm", "mlp"]
+    assert row["kernel_names_n1"] == ["conv_norm", "expand", "project"]
+    mlp = row["kernels"][1]
+    assert mlp["hgmma"], "the MLP kernel runs wgmma"
+    assert [lp["kind"] for lp in mlp["loops"]].count("mlp") == 1  # the hidden-chunk loop
+    assert row["model_overlap_us"] == pytest.approx(
+        sum(k["model_overlap_us"] for k in row["kernels"]))
+    assert row["model_waves_us"] >= row["model_overlap_us"]
+    assert row["launch"].startswith("split: conv") and " mlp m" in row["launch"]

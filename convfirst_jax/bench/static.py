@@ -18,7 +18,12 @@ Pipeline, per block configuration:
    loop with tensor-core instructions, mlp = that loop, rest = after) charged to the H100 pipes
    (issue, FP32, ALU, MUFU, conversions, L1 wavefronts, tensor cores, L2->SM bytes, HBM).
    "overlap" = max over pipes (everything overlaps); "serial" = sum over phases of each phase's
-   max. Both ignore latency, so both are optimistic.
+   max. Both ignore latency, so both are optimistic, and both spread the work evenly over
+   every SM; ``model_waves_us`` (JSON rows) charges each kernel for whole waves of programs
+   (:func:`wave_quantized`). The split plan's kernels (conv + norm, then the fused MLP kernel
+   or two GEMMs) are modelled one by one and summed (:func:`analyse_split`);
+   ``--sweep-split-mlp`` compares its two MLP forms and the fused MLP kernel's launch
+   candidates (:func:`sweep_split_mlp`).
 5. The floors come from the project's cost model (:mod:`convfirst_jax.complexity` layer costs
    and :mod:`convfirst_jax.complexity.roofline`): fused floor max(2 * MACs / peak, (x + weights
    + out) / bandwidth) and XLA's unfused floor (the waterline: every layer of the block its own
@@ -38,7 +43,9 @@ import math
 import os
 import pathlib
 import re
+import shlex
 import subprocess
+import sys
 import tempfile
 import time
 from collections import Counter
@@ -207,6 +214,16 @@ def waves(grid: int, ctas_per_sm: int, hw: H100Model) -> float:
     """Programs / programs resident at once (inf when a CTA does not fit)."""
     resident = ctas_per_sm * hw.num_sms
     return grid / resident if resident else float("inf")
+
+
+def wave_quantized(seconds: float, n_waves: float) -> float:
+    """A kernel time of the pipe model (which spreads the work evenly over every SM) charged
+    for whole waves: ``seconds * ceil(waves) / waves``; e.g. 196 programs at 1 CTA per SM
+    are 1.48 waves that take 2 (the last one 64 SMs busy), and 98 programs leave 34 of the
+    132 SMs idle. Still optimistic (no latency)."""
+    if not n_waves or math.isinf(n_waves):
+        return seconds
+    return seconds * math.ceil(n_waves) / n_waves
 
 
 # ------------------------------------------------------------------------------ SASS
@@ -406,7 +423,7 @@ def _param_specs(cfg: StaticConfig):
 
 def export_triton_modules(cfg: StaticConfig) -> list[tuple[str, dict[str, Any]]]:
     """(TTIR text, launch info) of each Triton kernel of the block exported for CUDA on this
-    host, in launch order: one for the fused plan, three for the split plan
+    host, in launch order: one for the fused plan, two or three for the split plan
     (:mod:`pallas_kernels.split_block`); the info holds num_warps / num_stages / grid."""
     import jax
     import jax.numpy as jnp
@@ -503,7 +520,7 @@ def parse_ptxas_log(log: str) -> dict[str, int | None]:
 # ------------------------------------------------------------------------------ one row
 def analyse(cfg: StaticConfig, hw: H100Model, workdir: str) -> dict[str, Any]:
     """Every number of the report for one configuration (needs jax's Triton lowering and
-    triton): the fused plan's one kernel, or the split plan's three summed
+    triton): the fused plan's one kernel, or the split plan's two or three summed
     (:func:`analyse_split`)."""
     t0 = time.time()
     modules = export_triton_modules(cfg)
@@ -557,6 +574,7 @@ def _analyse_fused(cfg: StaticConfig, hw: H100Model, workdir: str, ttir: str,
     model = pipe_model(counts, warps_total, l2, row["fused_mb"] * 1e6, hw)
     row.update(l2_mb=l2_total / 1e6, l2_weight_mb=l2["mlp"] / 1e6,
                model_overlap_us=model["overlap_s"] * 1e6, model_serial_us=model["serial_s"] * 1e6,
+               model_waves_us=wave_quantized(model["overlap_s"] * 1e6, row["waves"]),
                bottleneck=model["bottleneck"], pipe_us=model["pipe_us"],
                phase_us=model["phase_us"], phase_bound=model["phase_bound"])
     row["pct_floor_overlap"] = row["floor_us"] / row["model_overlap_us"]
@@ -591,7 +609,10 @@ def split_kernel_traffic(cfg: StaticConfig, kernel: str, lc: Any, grid: tuple[in
     conv_norm: the x rows its taps touch (:func:`l2_bytes`) plus conv weights / vectors per
     program; HBM x read + y written. GEMMs: per program a (block_m, K) slice of the left
     operand and a (K, block_n) slice of the weights (the project also its residual tile);
-    HBM the left operand, the weights and the output once (the project also x).
+    HBM the left operand, the weights and the output once (the project also x). The fused
+    MLP kernel ("mlp"): per program its (mlp_block_m, Cp) tile of y and all of w1 and w2
+    (Cp x Hp each), plus the residual tiles; HBM y, the weights, x and the output once (h
+    stays on chip).
     """
     m = cfg.N * cfg.H * cfg.W
     item = cfg.itemsize
@@ -600,6 +621,10 @@ def split_kernel_traffic(cfg: StaticConfig, kernel: str, lc: Any, grid: tuple[in
         per_program = cfg.k * cfg.k * cfg.gw * cp * 4 + 3 * cp * 4
         return (l2_bytes(cfg, lc.conv_tile, programs, per_program),
                 m * cfg.C * item + m * cp * item)
+    if kernel == "mlp":
+        l2 = programs * (lc.mlp_block_m * cp + 2 * cp * hp) * item + m * cfg.C * item
+        hbm = (m * cp + 2 * cp * hp + 2 * m * cfg.C) * item
+        return l2, hbm
     k_dim, n_dim = (cp, hp) if kernel == "expand" else (hp, cp)
     block_n = n_dim // grid[1]
     l2 = programs * (lc.block_m * k_dim + k_dim * block_n) * item
@@ -610,44 +635,55 @@ def split_kernel_traffic(cfg: StaticConfig, kernel: str, lc: Any, grid: tuple[in
     return l2, hbm
 
 
+def split_grids(cfg: StaticConfig, lc: Any, rows: int) -> tuple[int, int, dict[str, int]]:
+    """(padded hidden of the GEMMs, of the fused MLP kernel, programs per kernel) of the split
+    plan with launch parameters ``lc`` for ``rows`` pixels, every kernel either form has."""
+    from pallas_kernels.operands import round_up
+    from pallas_kernels.tuning import gemm_block_n, padded_channels
+
+    cp = padded_channels(cfg.C)
+    hidden = cfg.E * cfg.C
+    expand_n = gemm_block_n(lc.expand_block_n, lc.block_m, rows, hidden)
+    project_n = gemm_block_n(lc.block_n, lc.block_m, rows, cp)
+    hp_gemm = round_up(hidden, max(expand_n, lc.block_k))
+    grid_m = math.ceil(rows / lc.block_m)
+    return hp_gemm, round_up(hidden, lc.hidden_chunk), dict(
+        conv_norm=math.ceil(rows / lc.conv_tile), expand=grid_m * (hp_gemm // expand_n),
+        project=grid_m * (cp // project_n), mlp=math.ceil(rows / lc.mlp_block_m))
+
+
 def analyse_split(cfg: StaticConfig, hw: H100Model, workdir: str,
                   modules: Sequence[tuple[str, dict[str, Any]]], tag: str) -> dict[str, Any]:
     """The report row of the split plan (:mod:`pallas_kernels.split_block`): each kernel
-    compiled and modelled like the fused one, run back to back, so the block's "overlap" /
-    "serial" times are the sums of the kernels' (the conv + norm kernel is the "conv" phase,
-    the two GEMMs the "mlp" phase); registers / shared memory are the largest, CTAs per SM
-    and waves the smallest (batch 1 included) of the three."""
+    (conv + norm, then the fused MLP kernel or the expand and project GEMMs:
+    :func:`pallas_kernels.split_block.split_kernels`) compiled and modelled like the fused
+    one, run back to back, so the block's "overlap" / "serial" times are the sums of the
+    kernels' (the conv + norm kernel is the "conv" phase, the rest the "mlp" phase);
+    registers / shared memory are the largest, CTAs per SM and waves the smallest of the
+    kernels. Batch 1 ("N=1 waves") takes its own launch parameters, maybe the other MLP
+    form: a kernel of it not compiled here counts 1 CTA per SM."""
     from pallas_kernels.conv_stage import conv_loop_trips
-    from pallas_kernels.operands import round_up
-    from pallas_kernels.split_block import SPLIT_KERNELS, split_launch
-    from pallas_kernels.tuning import gemm_block_n, padded_channels
+    from pallas_kernels.split_block import split_kernels, split_launch
+    from pallas_kernels.tuning import padded_channels
 
-    if len(modules) != len(SPLIT_KERNELS):
-        raise RuntimeError(f"split plan: expected {len(SPLIT_KERNELS)} kernels, got "
-                           f"{len(modules)}")
     specs = _param_specs(cfg)
     lc = split_launch((cfg.N, cfg.H, cfg.W, cfg.C), cfg.dtype, specs, cfg.k, cfg.gw)
     lc1 = split_launch((1, cfg.H, cfg.W, cfg.C), cfg.dtype, specs, cfg.k, cfg.gw)
+    names = split_kernels(lc)
+    if len(modules) != len(names):
+        raise RuntimeError(f"split plan: expected {len(names)} kernels {names}, got "
+                           f"{len(modules)}")
     cp = padded_channels(cfg.C)
-    hidden = cfg.E * cfg.C
-
-    def gemm_grids(lc_, rows):
-        expand_n = gemm_block_n(lc_.expand_block_n, lc_.block_m, rows, hidden)
-        project_n = gemm_block_n(lc_.block_n, lc_.block_m, rows, cp)
-        hp_ = round_up(hidden, max(expand_n, lc_.block_k))
-        grid_m = math.ceil(rows / lc_.block_m)
-        return hp_, dict(conv_norm=math.ceil(rows / lc_.conv_tile),
-                         expand=grid_m * (hp_ // expand_n), project=grid_m * (cp // project_n))
-
-    hp, _ = gemm_grids(lc, cfg.N * cfg.H * cfg.W)
-    _, grids_n1 = gemm_grids(lc1, cfg.H * cfg.W)
+    hp_gemm, hp_mlp, _ = split_grids(cfg, lc, cfg.N * cfg.H * cfg.W)
+    _, _, grids_n1 = split_grids(cfg, lc1, cfg.H * cfg.W)
     conv_trips = conv_loop_trips(cfg.k, cfg.gw)
-    trips = dict(conv_norm=conv_trips, expand=cp // lc.block_k, project=hp // lc.block_k)
+    trips = dict(conv_norm=conv_trips, expand=cp // lc.block_k, project=hp_gemm // lc.block_k,
+                 mlp=hp_mlp // lc.hidden_chunk)
     row: dict[str, Any] = dict(cfg=cfg.name, config=dataclasses.asdict(cfg), plan="split",
-                               **dataclasses.asdict(lc))
+                               kernel_names=list(names), **dataclasses.asdict(lc))
     row.update(floors(cfg, hw))
     kernels = []
-    for name, (ttir, info) in zip(SPLIT_KERNELS, modules):
+    for name, (ttir, info) in zip(names, modules):
         comp = compile_sm90(ttir, info["num_warps"], info["num_stages"], workdir,
                             f"{tag}_{name}")
         instrs, labels = parse_sass(comp.pop("sass"))
@@ -661,7 +697,8 @@ def analyse_split(cfg: StaticConfig, hw: H100Model, workdir: str,
             for phase in ("mlp", "rest"):
                 counts["conv"].update(counts[phase])
                 counts[phase] = Counter()
-        l2, hbm = split_kernel_traffic(cfg, name, lc, grid, cp, hp)
+        l2, hbm = split_kernel_traffic(cfg, name, lc, grid, cp,
+                                       hp_mlp if name == "mlp" else hp_gemm)
         phase = "conv" if name == "conv_norm" else "mlp"
         warps_total = info["num_warps"] * grid[0] * grid[1]
         model = pipe_model(counts, warps_total, {phase: l2}, hbm, hw)
@@ -670,22 +707,32 @@ def analyse_split(cfg: StaticConfig, hw: H100Model, workdir: str,
                       ) * warps_total
         kernels.append(dict(
             kernel=name, **info, **comp, **occ, smem_kib=smem / 1024, grid=grid[0] * grid[1],
-            block_n=dict(expand=hp, project=cp).get(name, 0) // grid[1],
-            waves=waves(grid[0] * grid[1], occ["ctas_per_sm"], hw),
-            waves_n1=waves(grids_n1[name], occ["ctas_per_sm"], hw), loops=loop_info,
+            block_n=dict(expand=hp_gemm, project=cp, mlp=cp).get(name, 0) // grid[1],
+            waves=waves(grid[0] * grid[1], occ["ctas_per_sm"], hw), loops=loop_info,
             l2_mb=l2 / 1e6, hbm_mb=hbm / 1e6, exec_tc_flops=exec_tc,
             hgmma=ops["HGMMA"], hmma=ops["HMMA"],
             model_overlap_us=model["overlap_s"] * 1e6,
             model_serial_us=model["serial_s"] * 1e6, bottleneck=model["bottleneck"],
             pipe_us=model["pipe_us"]))
-    conv, gemms = kernels[0], kernels[1:]
+        kernels[-1]["model_waves_us"] = wave_quantized(kernels[-1]["model_overlap_us"],
+                                                       kernels[-1]["waves"])
+    ctas = {k["kernel"]: k["ctas_per_sm"] for k in kernels}
+    for k in kernels:
+        k["waves_n1"] = (waves(grids_n1[k["kernel"]], k["ctas_per_sm"], hw)
+                         if k["kernel"] in split_kernels(lc1) else None)
+    waves_n1 = min(waves(grids_n1[name], ctas.get(name, 1), hw) for name in split_kernels(lc1))
+    conv, mlps = kernels[0], kernels[1:]
     pipes = sorted({p for k in kernels for p in k["pipe_us"]})
+    if lc.fused_mlp:
+        mlp_launch = (f"mlp m{lc.mlp_block_m} hc{lc.hidden_chunk} {lc.mlp_warps}w "
+                      f"{lc.mlp_stages}s")
+    else:
+        mlp_launch = (f"gemm m{lc.block_m} n{kernels[1]['block_n']}/{kernels[2]['block_n']} "
+                      f"(split {lc.expand_split}/{lc.column_split}) k{lc.block_k} "
+                      f"{lc.num_warps}w {lc.num_stages}s")
     row.update(
         kernels=kernels,
-        launch=(f"split: conv {lc.conv_tile}/{lc.conv_warps}w; gemm m{lc.block_m} "
-                f"n{kernels[1]['block_n']}/{kernels[2]['block_n']} (split "
-                f"{lc.expand_split}/{lc.column_split}) k{lc.block_k} "
-                f"{lc.num_warps}w {lc.num_stages}s"),
+        launch=f"split: conv {lc.conv_tile}/{lc.conv_warps}w; {mlp_launch}",
         regs=max(k["regs"] or 0 for k in kernels),
         spill_st=sum(k["spill_st"] or 0 for k in kernels),
         spill_ld=sum(k["spill_ld"] or 0 for k in kernels),
@@ -693,27 +740,123 @@ def analyse_split(cfg: StaticConfig, hw: H100Model, workdir: str,
         ctas_per_sm=min(k["ctas_per_sm"] for k in kernels),
         limiter="/".join(k["limiter"] for k in kernels),
         grid=sum(k["grid"] for k in kernels),
-        waves=min(k["waves"] for k in kernels), waves_n1=min(k["waves_n1"] for k in kernels),
+        waves=min(k["waves"] for k in kernels), waves_n1=waves_n1,
+        kernel_names_n1=list(split_kernels(lc1)),
         l2_mb=sum(k["l2_mb"] for k in kernels),
         hbm_mb=sum(k["hbm_mb"] for k in kernels),
         model_overlap_us=sum(k["model_overlap_us"] for k in kernels),
         model_serial_us=sum(k["model_serial_us"] for k in kernels),
+        model_waves_us=sum(k["model_waves_us"] for k in kernels),
         pipe_us={p: sum(k["pipe_us"].get(p, 0.0) for k in kernels) for p in pipes},
         phase_us=dict(conv=dict(conv["pipe_us"]),
-                      mlp={p: sum(k["pipe_us"].get(p, 0.0) for k in gemms) for p in pipes}),
+                      mlp={p: sum(k["pipe_us"].get(p, 0.0) for k in mlps) for p in pipes}),
         phase_bound=dict(conv=conv["bottleneck"],
-                         mlp="+".join(k["bottleneck"] for k in gemms)),
-        mma=(f"wgmma x{sum(k['hgmma'] for k in gemms)}" if all(k["hgmma"] for k in gemms)
-             else f"mma.sync x{sum(k['hmma'] for k in gemms)}"))
-    row["bottleneck"] = max(kernels, key=lambda k: k["model_overlap_us"])["kernel"] + ":" + max(
-        kernels, key=lambda k: k["model_overlap_us"])["bottleneck"]
+                         mlp="+".join(k["bottleneck"] for k in mlps)),
+        mma=(f"wgmma x{sum(k['hgmma'] for k in mlps)}" if all(k["hgmma"] for k in mlps)
+             else f"mma.sync x{sum(k['hmma'] for k in mlps)}"))
+    slowest = max(kernels, key=lambda k: k["model_overlap_us"])
+    row["bottleneck"] = slowest["kernel"] + ":" + slowest["bottleneck"]
     useful_tc = 2 * cfg.N * cfg.H * cfg.W * 2 * cfg.C * cfg.E * cfg.C
-    exec_tc = sum(k["exec_tc_flops"] for k in gemms)
+    exec_tc = sum(k["exec_tc_flops"] for k in mlps)
     row["tc_useful"] = useful_tc / exec_tc if exec_tc else 0.0
     row["pct_floor_overlap"] = row["floor_us"] / row["model_overlap_us"]
     row["pct_floor_serial"] = row["floor_us"] / row["model_serial_us"]
     row["vs_xla_floor"] = row["model_overlap_us"] / row["xla_floor_us"]
     return row
+
+
+# ------------------------------------------------------------------------------ split-plan sweep
+#: Fused MLP kernel candidates (mlp_block_m, mlp_warps, hidden_chunk, mlp_stages, mlp_split):
+#: 128-pixel programs need 8 or 16 warps (the (128, 256) f32 accumulator alone is 128
+#: registers per thread at 8 warps).
+SPLIT_MLP_CANDIDATES = tuple((bm, w, hc, st, sp) for bm, w, sp in (
+    (128, 8, 1), (128, 8, 2), (128, 16, 1), (128, 16, 2), (64, 4, 1), (64, 8, 1))
+    for hc in (32, 64, 128) for st in (1, 2, 3))
+
+
+def sweep_split_mlp(configs: Sequence[StaticConfig], hw: H100Model | None = None,
+                    workdir: str | None = None, verbose: bool = False,
+                    candidates: Sequence[tuple[int, ...]] = SPLIT_MLP_CANDIDATES,
+                    ) -> list[dict[str, Any]]:
+    """The split plan's two MLP forms on the static model, per configuration: the two GEMMs
+    (``fused_mlp`` False) and every fused MLP kernel candidate ``(mlp_block_m, mlp_warps,
+    hidden_chunk, mlp_stages, mlp_split)``, each a
+    :data:`pallas_kernels.tuning.SPLIT_LAUNCH_TABLE` row
+    (the default rule with those fields) modelled by :func:`analyse`; ``MLP_MIN_PROGRAMS``
+    is lifted so grids below one program per SM are modelled too (see ``model_waves_us``);
+    candidates over the accumulator budget (``MLP_ACC_ELEMENTS``) are skipped.
+    ``best``: the spill-free candidate with the smallest "overlap" time (ties: "serial")."""
+    import contextlib
+    import dataclasses as dc
+
+    from pallas_kernels import tuning
+
+    ok, why = triton_available()
+    if not ok:
+        raise RuntimeError(why)
+    hw = hw or H100Model()
+    os.environ.setdefault("TRITON_DEFAULT_FP_FUSION", "1")
+    workdir = workdir or tempfile.mkdtemp(prefix="convfirst-split-sweep-")
+
+    @contextlib.contextmanager
+    def table_row(key, lc):
+        shipped, min_programs = tuning.SPLIT_LAUNCH_TABLE.get(key), tuning.MLP_MIN_PROGRAMS
+        tuning.SPLIT_LAUNCH_TABLE[key], tuning.MLP_MIN_PROGRAMS = lc, 1
+        try:
+            yield
+        finally:
+            tuning.MLP_MIN_PROGRAMS = min_programs
+            if shipped is None:
+                tuning.SPLIT_LAUNCH_TABLE.pop(key, None)
+            else:
+                tuning.SPLIT_LAUNCH_TABLE[key] = shipped
+
+    def entry(cfg, key, lc):
+        with table_row(key, lc):
+            try:
+                row = analyse(cfg, hw, workdir)
+            except Exception as e:  # noqa: BLE001 - a candidate that does not compile
+                return dict(ok=False, error=f"{type(e).__name__}: {str(e)[:160]}")
+        mlp = [k for k in row["kernels"] if k["kernel"] != "conv_norm"]
+        spill = row["spill_st"] or row["spill_ld"]
+        return dict(ok=row["ctas_per_sm"] > 0 and not spill, launch=row["launch"],
+                    regs=[k["regs"] for k in mlp], spill_st=row["spill_st"],
+                    smem_kib=[round(k["smem_kib"], 1) for k in mlp],
+                    ctas_per_sm=[k["ctas_per_sm"] for k in mlp],
+                    grid=[k["grid"] for k in mlp], waves=[k["waves"] for k in mlp],
+                    mlp_us=sum(k["model_overlap_us"] for k in mlp),
+                    overlap_us=row["model_overlap_us"], serial_us=row["model_serial_us"],
+                    waves_us=row["model_waves_us"], pct_floor=row["pct_floor_overlap"],
+                    l2_mb=row["l2_mb"], hbm_mb=row["hbm_mb"], bottleneck=row["bottleneck"])
+
+    results = []
+    for cfg in configs:
+        key = (tuning.padded_channels(cfg.C), cfg.k, cfg.gw, cfg.E * cfg.C, cfg.dtype)
+        if tuning.block_plan(*key) != "split":
+            continue
+        base = tuning.default_split_launch_config(*key)
+        gemm = entry(cfg, key, dc.replace(base, fused_mlp=False))
+        tried = []
+        for cand in candidates:
+            bm, w, hc, st, sp = cand
+            if bm * key[0] > tuning.MLP_ACC_ELEMENTS:  # the accumulator's register budget
+                continue
+            e = entry(cfg, key, dc.replace(base, fused_mlp=True, mlp_block_m=bm, mlp_warps=w,
+                                           hidden_chunk=hc, mlp_stages=st, mlp_split=sp))
+            tried.append(dict(e, candidate=cand))
+            if verbose:
+                print(f"  {cfg.name} {cand}: " + (e.get("error", "")[:80] or
+                      f"{e['overlap_us']:.1f} us, regs {e['regs']} spill {e['spill_st']}"),
+                      flush=True)
+        fits = [t for t in tried if t["ok"]]
+        best = min(fits, key=lambda t: (t["overlap_us"], t["serial_us"])) if fits else None
+        results.append(dict(cfg=cfg.name, config=dataclasses.asdict(cfg), key=key, gemm=gemm,
+                            best=best, tried=tried))
+        if verbose:
+            print(f"{cfg.name}: gemm {gemm.get('overlap_us', 0):.1f} us; best "
+                  f"{best and best['candidate']} {best and round(best['overlap_us'], 1)} us",
+                  flush=True)
+    return results
 
 
 # ------------------------------------------------------------------------------ output
@@ -773,6 +916,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--hbm-tbs", type=float, default=H100Model.hbm_bw / 1e12)
     p.add_argument("--l2-tbs", type=float, default=H100Model.l2_bw / 1e12)
     p.add_argument("--clock-ghz", type=float, default=H100Model.clock / 1e9)
+    p.add_argument("--sweep-split-mlp", action="store_true",
+                   help="instead of the report: for each --config on the split plan, model "
+                        "its two GEMMs and every fused MLP kernel candidate "
+                        "(SPLIT_MLP_CANDIDATES); --json gets every entry")
     return p
 
 
@@ -817,6 +964,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     os.environ.setdefault("JAX_PLATFORMS", "cpu")
     hw = H100Model(peak_flops=args.peak_tflops * 1e12, hbm_bw=args.hbm_tbs * 1e12,
                    l2_bw=args.l2_tbs * 1e12, clock=args.clock_ghz * 1e9)
+    if args.sweep_split_mlp:
+        results = sweep_split_mlp(configs, hw, args.keep, verbose=True)
+        if args.json:
+            pathlib.Path(args.json).write_text(json.dumps(
+                dict(environment=environment(), hardware=dataclasses.asdict(hw),
+                     command=shlex.join(["python", "-m", "convfirst_jax.bench", "static",
+                                         *(sys.argv[2:] if argv is None else argv)]),
+                     results=results), indent=1, default=str))
+        return 0 if all(r["best"] for r in results) else 1
     rows = run(configs, hw, args.keep, verbose=True)
     env = environment()
     table = markdown_table(rows)
