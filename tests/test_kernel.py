@@ -635,30 +635,32 @@ def test_eager_calls_trace_the_kernel_once(monkeypatch):
 # --------------------------------------------------------------------------------------
 # The depthwise conv stage's column groups (pallas_kernels.conv_stage.column_block): each
 # kernel row's inputs are loaded once per group of M consecutive output pixels. Forced
-# 128-pixel tiles over widths divisible by 8 / 4 / 2 so every M, partial tiles, tiles
-# spanning images and both 16-bit paths are covered.
+# 64 / 128 / 256-pixel tiles over widths divisible by 8 / 4 / 2 so every M, partial tiles,
+# tiles spanning images, and the paired and direct paths in every dtype are covered.
 # --------------------------------------------------------------------------------------
-COLUMN_CASES = [  # (case, M)
-    (Case(7, 64, 4, (8, 8), 3, A, "silu", "bfloat16"), 8),  # paired, 192 px: partial tile
-    (Case(7, 32, 4, (6, 16), 2, L, "gelu", "bfloat16", ls=True, bs=True), 8),  # paired
-    (Case(3, 64, 2, (5, 12), 3, L, "gelu", "bfloat16", ls=True), 4),  # paired, k3 unrolled
-    (Case(5, 40, 2, (9, 8), 2, L, "relu", "float16", ls=True), 8),  # direct, Cp = 64
-    (Case(7, 16, 2, (7, 6), 3, A, "gelu_tanh", "float32", bs=True), 2),  # direct f32
-    (Case(3, 8, 4, (12, 4), 3, L, "silu", "float32"), 4),  # direct f32, W = M
+COLUMN_CASES = [  # (case, M, tile)
+    (Case(7, 64, 4, (8, 8), 3, A, "silu", "bfloat16"), 8, 128),  # paired, partial tile
+    (Case(7, 32, 4, (6, 16), 2, L, "gelu", "bfloat16", ls=True, bs=True), 8, 128),  # paired
+    (Case(3, 64, 2, (5, 12), 3, L, "gelu", "bfloat16", ls=True), 4, 128),  # paired, k3
+    (Case(5, 40, 2, (9, 8), 2, L, "relu", "float16", ls=True), 8, 128),  # direct, Cp = 64
+    (Case(7, 16, 2, (7, 6), 3, A, "gelu_tanh", "float32", bs=True), 2, 128),  # direct f32
+    (Case(3, 8, 4, (12, 4), 3, L, "silu", "float32"), 4, 128),  # direct f32, W = M
+    (Case(7, 64, 4, (8, 16), 3, A, "silu", "bfloat16"), 8, 256),  # 32 rows per group
+    (Case(5, 32, 2, (4, 28), 2, L, "gelu", "bfloat16", ls=True), 4, 64),  # W = 28
 ]
 
 
-@pytest.mark.parametrize("case,m", COLUMN_CASES, ids=lambda v: v.id if isinstance(v, Case)
-                         else f"M{v}")
-def test_conv_column_groups_match_reference(monkeypatch, case, m):
+@pytest.mark.parametrize("case,m,tile", COLUMN_CASES,
+                         ids=[f"{cs.id}-M{m}-tile{t}" for cs, m, t in COLUMN_CASES])
+def test_conv_column_groups_match_reference(monkeypatch, case, m, tile):
     from pallas_kernels import tuning
     from pallas_kernels.conv_stage import column_block
 
-    assert column_block(case.hw[1], 128, case.k, case.gw) == m
+    assert column_block(case.hw[1], tile, case.k, case.gw) == m
     monkeypatch.setattr(tuning, "MIN_PROGRAMS", 1)
     key = (tuning.padded_channels(case.c), case.k, case.gw, case.e * case.c, case.dtype)
-    monkeypatch.setitem(LAUNCH_TABLE, key, LaunchConfig(tile=128, hidden_chunk=32))
-    _check_forward(case, seed=90 + COLUMN_CASES.index((case, m)))
+    monkeypatch.setitem(LAUNCH_TABLE, key, LaunchConfig(tile=tile, hidden_chunk=32))
+    _check_forward(case, seed=90 + COLUMN_CASES.index((case, m, tile)))
 
 
 def test_column_block_rule():
