@@ -273,17 +273,17 @@ def default_split_launch_config(c_padded: int, kernel_size: int, group_width: in
     128-pixel project accumulator fits :data:`MLP_ACC_ELEMENTS` (c_padded <= 256): 128
     pixels, 8 warps, hidden chunk 32, 2 stages, the accumulator as 2 x 128 columns. Static
     H100 model, C256 14 x 14 k3 batch 128 bf16 (docs/results/static-h100/split_mlp_sweep.json,
-    ``python -m convfirst_jax.bench static --sweep-split-mlp``): 51.4 / 50.6 us (LN-GELU /
-    affine-SiLU) against 77.1 / 76.3 us for the GEMMs; every 128-pixel candidate with one
-    accumulator spills (428-920 bytes), the 2-accumulator ones do not (252-255 registers);
-    64-pixel programs double the weight reads from L2 (88 us); 16 warps cap the registers at
-    128 (64 us). The stages tie in the model (L2-bound, 1 stage is 0.2 us less "serial"); 2
-    stages are kept for the latency of the weight-chunk loads the model does not see. In
-    float32 the y tile and the weight chunks take twice the shared memory. At c_padded 512
-    the accumulator allows 64-pixel programs only: 98 at batch 128, 7 x 7 (fewer than the
-    SMs, :data:`MLP_MIN_PROGRAMS`), each reading all 4 MB of w1 + w2, and every candidate
-    spills (620-9400 bytes) for no modelled gain (>= 81.4 us against 80.2 / 81.8 us for
-    the GEMMs), so the GEMMs stay."""
+    ``python -m convfirst_jax.bench static --sweep-split-mlp``): 50.7 / 50.6 us (LN-GELU /
+    affine-SiLU) against 76.4 / 76.3 us for the GEMMs; every 128-pixel candidate with one
+    accumulator spills (276-920 bytes), the 2-accumulator ones at 8 warps do not (252-255
+    registers); 64-pixel programs double the weight reads from L2 (88 us); 16 warps cap the
+    registers at 128 (all spill but one, 63.8 us). The stages tie in the model (L2-bound, 1 stage is
+    0.25 us less "serial"); 2 stages are kept for the latency of the weight-chunk loads the
+    model does not see. In float32 the y tile and the weight chunks take twice the shared
+    memory. At c_padded 512 the accumulator allows 64-pixel programs only: 98 at batch 128,
+    7 x 7 (fewer than the SMs, :data:`MLP_MIN_PROGRAMS`), each reading all 4 MB of w1 + w2,
+    and every candidate spills (620-9404 bytes) for no modelled gain (>= 81.4 / 82.9 us
+    against 80.2 / 81.8 us for the GEMMs), so the GEMMs stay."""
     del kernel_size, group_width  # the rule budgets registers / shared memory
     conv_tile = int(np.clip(SPLIT_CONV_ELEMENTS // c_padded, MIN_DOT_DIM, 128))
     block_k = min(64, next_power_of_2(hidden), c_padded)

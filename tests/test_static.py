@@ -208,7 +208,7 @@ def test_wave_quantized():
     assert static.wave_quantized(10.0, 2.0) == 10.0
     assert static.wave_quantized(10.0, 1.48) == pytest.approx(10.0 * 2 / 1.48)
     assert static.wave_quantized(10.0, 0.5) == 20.0  # half the SMs idle
-    assert static.wave_quantized(10.0, math.inf) == 10.0
+    assert static.wave_quantized(10.0, math.inf) == math.inf  # a CTA does not fit
 
 
 def test_static_report_of_the_split_plan(tmp_path):

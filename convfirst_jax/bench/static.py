@@ -220,8 +220,10 @@ def wave_quantized(seconds: float, n_waves: float) -> float:
     """A kernel time of the pipe model (which spreads the work evenly over every SM) charged
     for whole waves: ``seconds * ceil(waves) / waves``; e.g. 196 programs at 1 CTA per SM
     are 1.48 waves that take 2 (the last one 64 SMs busy), and 98 programs leave 34 of the
-    132 SMs idle. Still optimistic (no latency)."""
-    if not n_waves or math.isinf(n_waves):
+    132 SMs idle. Still optimistic (no latency). inf when a CTA does not fit (inf waves)."""
+    if math.isinf(n_waves):
+        return math.inf
+    if not n_waves:
         return seconds
     return seconds * math.ceil(n_waves) / n_waves
 
