@@ -1,4 +1,5 @@
-"""CPU conv paths (im2col, per-tap grouped matmuls, block-diagonal) equal the library conv."""
+"""CPU paths equal the library ops: convs (im2col, grouped im2col, block-diagonal) and
+the norms' written-out gradients (BatchNorm, LayerNorm) against float64 autodiff."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ from flax import nnx
 
 from convfirst_jax import create_model
 from convfirst_jax.models.layers import (block_diagonal_kernel, conv_general_dilated,
-                                         conv_im2col, conv_impl, grouped_conv_taps)
+                                         conv_im2col, conv_impl, grouped_conv_im2col)
 
 
 def _numpy_conv(x, w, stride, pad, groups):
@@ -45,7 +46,7 @@ def test_paths_match_numpy_and_library_grads(case):
     w = rng.standard_normal((k, k, cin // g, cout)).astype(np.float32)
     pad = ((p, p), (p, p))
     ref = _numpy_conv(x.astype(np.float64), w.astype(np.float64), s, pad, g)
-    fast = (conv_im2col(x, w, (s, s), pad) if g == 1 else grouped_conv_taps(x, w, (s, s), pad))
+    fast = (conv_im2col(x, w, (s, s), pad) if g == 1 else grouped_conv_im2col(x, w, (s, s), pad))
     np.testing.assert_allclose(np.asarray(fast), ref, rtol=1e-5, atol=1e-4)
     if g > 1:
         dense = conv_im2col(x, block_diagonal_kernel(jnp.asarray(w), g), (s, s), pad)
@@ -107,3 +108,80 @@ def test_depthwise_shift_add_gradient_matches_library_conv(hw, k):
     for a, r in zip(jax.jit(jax.grad(fast, argnums=(0, 1, 2)))(x, w, b),
                     jax.jit(jax.grad(lib, argnums=(0, 1, 2)))(x, w, b)):
         np.testing.assert_allclose(np.asarray(a), np.asarray(r), rtol=1e-4, atol=1e-4)
+
+
+def _norm_reference(kind, x, scale, bias, eps):
+    """The norms' forward in plain jnp (float64 autodiff of it is the reference gradient)."""
+    axes = tuple(range(x.ndim - 1)) if kind == "batchnorm" else (-1,)
+    mean = x.mean(axes, keepdims=True)
+    var = jnp.square(x - mean).mean(axes, keepdims=True)
+    return (x - mean) / jnp.sqrt(var + eps) * scale + bias
+
+
+@pytest.mark.parametrize("kind,shape", [("batchnorm", (4, 5, 5, 6)), ("batchnorm", (3, 7)),
+                                        ("layernorm", (4, 5, 5, 6)), ("layernorm", (3, 7))])
+def test_norm_written_out_gradient_matches_float64_autodiff(kind, shape):
+    """The module in train mode (its CPU path): loss, input / scale / bias gradients and the
+    new running statistics equal float64 autodiff of the plain formula and the library path."""
+    from convfirst_jax.models.layers import make_norm
+
+    rng = np.random.default_rng(3)
+    c = shape[-1]
+    x = rng.standard_normal(shape) * 3 + 1
+    w = rng.standard_normal(shape)
+    scale, bias = rng.standard_normal(c), rng.standard_normal(c)
+    eps = 1e-5
+    norm = make_norm(kind, c, eps=eps, dtype=jnp.float32, param_dtype=jnp.float32,
+                     rngs=nnx.Rngs(0))
+    norm.scale.set_value(jnp.asarray(scale, jnp.float32))
+    norm.bias.set_value(jnp.asarray(bias, jnp.float32))
+    graphdef, state = nnx.split(norm)
+
+    def run(impl):
+        def loss(state, x):
+            with conv_impl(impl):
+                m = nnx.merge(graphdef, state)
+                return jnp.sum(jnp.sin(m(x)) * w), nnx.state(m)
+        return jax.jit(jax.value_and_grad(loss, argnums=(0, 1), has_aux=True))(
+            state, jnp.asarray(x, jnp.float32))
+
+    (val, new_state), (g_state, g_x) = run("im2col")
+    (val_lib, new_lib), (g_state_lib, g_x_lib) = run("conv")
+    with jax.enable_x64():
+        def ref(x, s, b):
+            return jnp.sum(jnp.sin(_norm_reference(kind, x, s, b, eps)) * w)
+        args = (jnp.asarray(x, jnp.float64), jnp.asarray(scale), jnp.asarray(bias))
+        r_val = float(ref(*args))
+        r_gx, r_gs, r_gb = (np.asarray(a) for a in jax.grad(ref, argnums=(0, 1, 2))(*args))
+    np.testing.assert_allclose(float(val), r_val, rtol=1e-5, atol=1e-4)
+    np.testing.assert_allclose(np.asarray(g_x), r_gx, rtol=1e-4, atol=1e-4)
+    np.testing.assert_allclose(np.asarray(g_state["scale"][...]), r_gs, rtol=1e-4, atol=1e-4)
+    np.testing.assert_allclose(np.asarray(g_state["bias"][...]), r_gb, rtol=1e-4, atol=1e-4)
+    for a, b in zip(jax.tree.leaves((val, new_state, g_state, g_x)),
+                    jax.tree.leaves((val_lib, new_lib, g_state_lib, g_x_lib))):
+        np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-4, atol=1e-5)
+
+
+def test_batch_norm_train_gradient_through_mean_and_var():
+    """Cotangents of the returned batch mean and variance reach the input (float64)."""
+    from convfirst_jax.models.layers import batch_norm_train
+
+    rng = np.random.default_rng(4)
+    with jax.enable_x64():
+        x = jnp.asarray(rng.standard_normal((6, 3, 4)))
+        s, b = jnp.asarray(rng.standard_normal(4)), jnp.asarray(rng.standard_normal(4))
+        wy, wm, wv = (jnp.asarray(rng.standard_normal(v)) for v in ((6, 3, 4), 4, 4))
+
+        def written(x, s, b):
+            y, mean, var = batch_norm_train(x, s, b, 1e-3)
+            return jnp.sum(jnp.sin(y) * wy) + jnp.sum(mean * wm) + jnp.sum(jnp.cos(var) * wv)
+
+        def plain(x, s, b):
+            mean = x.mean((0, 1))
+            var = jnp.square(x - mean).mean((0, 1))
+            y = (x - mean) * jax.lax.rsqrt(var + 1e-3) * s + b
+            return jnp.sum(jnp.sin(y) * wy) + jnp.sum(mean * wm) + jnp.sum(jnp.cos(var) * wv)
+
+        for a, r in zip(jax.grad(written, argnums=(0, 1, 2))(x, s, b),
+                        jax.grad(plain, argnums=(0, 1, 2))(x, s, b)):
+            np.testing.assert_allclose(np.asarray(a), np.asarray(r), rtol=1e-10, atol=1e-12)

@@ -30,9 +30,9 @@ from typing import Any, Callable
 DEFAULT_MODELS = ("convfirst_atto", "convfirst_atto_gw8", "convnext_atto", "resnet18")
 
 
-#: JAX variants: "fast" = this project's CPU paths (shift-add depthwise, im2col convs);
-#: "library" = every conv as ``lax.conv_general_dilated`` and the library max pool (the state
-#: before those paths).
+#: JAX variants: "fast" = this project's CPU paths (shift-add depthwise, im2col convs,
+#: written-out norm gradients); "library" = every conv as ``lax.conv_general_dilated``, the
+#: library max pool and autodiff of the norms (the state before those paths).
 JAX_VARIANTS = ("fast", "library")
 
 
@@ -169,7 +169,8 @@ def markdown(records: Sequence[dict[str, Any]], env: dict[str, Any]) -> str:
              f"{records[0]['resolution'] if records else '-'} px, AdamW, float32; medians "
              "over interleaved rounds; ratio = JAX img/s / PyTorch img/s per round (median).",
              "'JAX library convs' is the same step with every conv as "
-             "lax.conv_general_dilated and the library max pool (before the CPU paths).",
+             "lax.conv_general_dilated, the library max pool and autodiff norm gradients "
+             "(before the CPU paths).",
              "", "| model | JAX img/s | JAX library convs img/s | PyTorch model | "
              "PyTorch img/s | JAX / PyTorch | load (1 min) |", "|---|---|---|---|---|---|---|"]
     for r in records:

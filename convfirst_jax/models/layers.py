@@ -75,7 +75,9 @@ class BatchNorm(nnx.BatchNorm):
     channel) into the running variance; and the running averages are written with
     ``Variable.set_value``: flax 0.12's ``var[...] = v`` probes ``tracer.sharding``, whose
     error message JAX builds by scanning the whole trace, which made tracing a ConvFirst
-    train step quadratic in depth (~100 BNs: seconds -> tens of seconds).
+    train step quadratic in depth (~100 BNs: seconds -> tens of seconds). On the CPU paths
+    (:func:`use_norm_gradients`) a training step's gradient is written out
+    (:func:`batch_norm_train`).
     """
 
     def __call__(self, x: Array) -> Array:
@@ -83,20 +85,90 @@ class BatchNorm(nnx.BatchNorm):
         xf = x.astype(jnp.promote_types(x.dtype, jnp.float32))
         if self.use_running_average:
             mean, var = self.mean[...], self.var[...]
+        elif use_norm_gradients():
+            scale = self.scale[...] if self.scale is not None else None
+            bias = self.bias[...] if self.bias is not None else None
+            y, mean, var = batch_norm_train(xf, scale, bias, self.epsilon)
+            self._update_running(mean, var, x.shape)
+            return y.astype(self.dtype or x.dtype)
         else:
             mean = xf.mean(axes)
             var = jnp.square(xf - mean).mean(axes)
-            n = math.prod(x.shape[:-1])
-            unbiased = var * (n / (n - 1)) if n > 1 else var  # PyTorch's running estimate
-            m = self.momentum
-            self.mean.set_value(jax.lax.stop_gradient(m * self.mean[...] + (1 - m) * mean))
-            self.var.set_value(jax.lax.stop_gradient(m * self.var[...] + (1 - m) * unbiased))
+            self._update_running(mean, var, x.shape)
         y = (xf - mean) * jax.lax.rsqrt(var + self.epsilon)
         if self.scale is not None:
             y = y * self.scale[...]
         if self.bias is not None:
             y = y + self.bias[...]
         return y.astype(self.dtype or x.dtype)
+
+    def _update_running(self, mean: Array, var: Array, shape: tuple[int, ...]) -> None:
+        n = math.prod(shape[:-1])
+        unbiased = var * (n / (n - 1)) if n > 1 else var  # PyTorch's running estimate
+        m = self.momentum
+        self.mean.set_value(jax.lax.stop_gradient(m * self.mean[...] + (1 - m) * mean))
+        self.var.set_value(jax.lax.stop_gradient(m * self.var[...] + (1 - m) * unbiased))
+
+
+def batch_norm_train(x: Array, scale: Array | None, bias: Array | None, eps: float
+                     ) -> tuple[Array, Array, Array]:
+    """Training-mode BatchNorm over every axis but the last: ``(y, mean, var)``.
+
+    ``y = (x - mean) * rsqrt(var + eps) * scale + bias`` with the batch mean and the exact
+    two-pass biased variance (the values of :class:`BatchNorm`'s forward), differentiable in
+    ``x``, ``scale``, ``bias`` (and through ``mean`` and ``var``). The gradient is written out
+    (Ioffe & Szegedy 2015, Sec. 3): with ``xc = x - mean``, ``r = rsqrt(var + eps)``,
+    ``S_g = sum g`` and ``S_gx = sum g * xc`` per channel over the n rows,
+    ``dx = (r * scale) * g + xc * (2 g_var / n - scale * r^3 * S_gx / n)
+    + (g_mean - r * scale * S_g) / n``, ``dscale = r * S_gx``, ``dbias = S_g``: two channel
+    reductions and one elementwise pass. XLA:CPU's autodiff of the forward made more full
+    passes over ``x`` and ``g``; the BatchNorm models' CPU train steps got faster with this
+    form (``python -m convfirst_jax.bench train-compare``).
+    """
+    c = x.shape[-1]
+    s = jnp.ones((c,), x.dtype) if scale is None else scale.astype(x.dtype)
+    b = jnp.zeros((c,), x.dtype) if bias is None else bias.astype(x.dtype)
+    y, mean, var = _batch_norm(x, s, b, float(eps))
+    return y, mean, var
+
+
+def _bn_forward(x: Array, scale: Array, bias: Array, eps: float):
+    axes = tuple(range(x.ndim - 1))
+    mean = x.mean(axes)
+    xc = x - mean
+    var = jnp.square(xc).mean(axes)
+    r = jax.lax.rsqrt(var + eps)
+    y = xc * r * scale + bias
+    return y, mean, var, r
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(3,))
+def _batch_norm(x: Array, scale: Array, bias: Array, eps: float):
+    y, mean, var, _ = _bn_forward(x, scale, bias, eps)
+    return y, mean, var
+
+
+def _batch_norm_fwd(x, scale, bias, eps):
+    y, mean, var, r = _bn_forward(x, scale, bias, eps)
+    return (y, mean, var), (x, scale, mean, r)
+
+
+def _batch_norm_bwd(eps, res, cts):
+    x, scale, mean, r = res
+    g, g_mean, g_var = cts
+    axes = tuple(range(x.ndim - 1))
+    n = math.prod(x.shape[:-1])
+    xc = x - mean
+    s_g = g.sum(axes)
+    s_gx = (g * xc).sum(axes)
+    a = r * scale
+    k1 = (2.0 * g_var - a * r * r * s_gx) / n
+    k0 = (g_mean - a * s_g) / n
+    dx = g * a + xc * k1 + k0
+    return dx, r * s_gx, s_g
+
+
+_batch_norm.defvjp(_batch_norm_fwd, _batch_norm_bwd)
 
 
 def fold_bn(bn: nnx.BatchNorm) -> tuple[Array, Array]:
@@ -113,6 +185,72 @@ def fold_bn(bn: nnx.BatchNorm) -> tuple[Array, Array]:
     return s, beta - mean * s
 
 
+class LayerNorm(nnx.LayerNorm):
+    """``nnx.LayerNorm`` (same variables and values) whose gradient over the last axis is
+    written out (:func:`layer_norm`) on the CPU paths (:func:`use_norm_gradients`).
+
+    Only the plain case takes it: float32 or float64 input, parameters and compute dtype all
+    that one dtype, normalised and scaled over the last axis, exact two-pass variance, no
+    mask or named axis; anything else is ``nnx.LayerNorm`` itself.
+    """
+
+    def __call__(self, x: Array, *, mask: Array | None = None) -> Array:
+        plain = (mask is None and self.axis_name is None and not self.use_fast_variance
+                 and self.reduction_axes in (-1, (-1,)) and self.feature_axes in (-1, (-1,))
+                 and x.dtype in (jnp.float32, jnp.float64)
+                 and self.dtype in (None, x.dtype) and self.param_dtype == x.dtype)
+        if not (plain and use_norm_gradients()):
+            return super().__call__(x, mask=mask)
+        scale = self.scale[...] if self.scale is not None else None
+        bias = self.bias[...] if self.bias is not None else None
+        return layer_norm(x, scale, bias, self.epsilon)
+
+
+def layer_norm(x: Array, scale: Array | None, bias: Array | None, eps: float) -> Array:
+    """LayerNorm over the last axis (Ba et al. 2016) with a written-out gradient.
+
+    ``y = (x - mean) * (rsqrt(var + eps) * scale) + bias``, mean and exact two-pass variance
+    over the last axis (``nnx.LayerNorm(use_fast_variance=False)``'s values). Gradient, with
+    ``xhat = (x - mean) * r``, ``r = rsqrt(var + eps)``, ``gh = g * scale`` and means over the
+    C features of a row: ``dx = r * (gh - mean(gh) - xhat * mean(gh * xhat))``,
+    ``dscale = sum over rows of g * xhat``, ``dbias = sum over rows of g``.
+    """
+    c = x.shape[-1]
+    s = jnp.ones((c,), x.dtype) if scale is None else scale.astype(x.dtype)
+    b = jnp.zeros((c,), x.dtype) if bias is None else bias.astype(x.dtype)
+    return _layer_norm(x, s, b, float(eps))
+
+
+def _ln_forward(x: Array, scale: Array, bias: Array, eps: float):
+    mean = x.mean(-1, keepdims=True)
+    xc = x - mean
+    var = jnp.square(xc).mean(-1, keepdims=True)
+    r = jax.lax.rsqrt(var + eps)
+    return xc * (r * scale) + bias, r
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(3,))
+def _layer_norm(x: Array, scale: Array, bias: Array, eps: float) -> Array:
+    return _ln_forward(x, scale, bias, eps)[0]
+
+
+def _layer_norm_fwd(x, scale, bias, eps):
+    y, r = _ln_forward(x, scale, bias, eps)
+    return y, (x, scale, r)
+
+
+def _layer_norm_bwd(eps, res, g):
+    x, scale, r = res
+    xhat = (x - x.mean(-1, keepdims=True)) * r
+    gh = g * scale
+    dx = r * (gh - gh.mean(-1, keepdims=True) - xhat * (gh * xhat).mean(-1, keepdims=True))
+    rows = tuple(range(x.ndim - 1))
+    return dx, (g * xhat).sum(rows), g.sum(rows)
+
+
+_layer_norm.defvjp(_layer_norm_fwd, _layer_norm_bwd)
+
+
 def make_norm(kind: str, features: int, *, eps: float, dtype, param_dtype,
               rngs: nnx.Rngs, scale_init=nnx.initializers.ones) -> nnx.Module:
     """Channel-last norm layer: "layernorm" (per pixel, over C) or "batchnorm" (over N, H, W).
@@ -121,8 +259,8 @@ def make_norm(kind: str, features: int, *, eps: float, dtype, param_dtype,
     numbers match timm's ``LayerNorm``/``BatchNorm2d`` rather than the E[x^2]-E[x]^2 shortcut.
     """
     if kind == "layernorm":
-        return nnx.LayerNorm(features, epsilon=eps, dtype=dtype, param_dtype=param_dtype,
-                             use_fast_variance=False, rngs=rngs)
+        return LayerNorm(features, epsilon=eps, dtype=dtype, param_dtype=param_dtype,
+                         use_fast_variance=False, rngs=rngs)
     if kind == "batchnorm":
         return BatchNorm(features, epsilon=eps, momentum=BN_MOMENTUM, dtype=dtype,
                              param_dtype=param_dtype, use_fast_variance=False,
@@ -331,9 +469,17 @@ def conv_impl(impl: str) -> contextlib.AbstractContextManager[None]:
     otherwise and on every other backend; "conv": always the library conv; "im2col": always
     :func:`conv_im2col` where it applies (ungrouped, undilated, NHWC/HWIO, explicit padding).
     Both compute the same sums (float rounding aside). ResNet's max pool follows the same
-    choice (:func:`max_pool`: strided slices where im2col would be used, else the library op).
+    choice (:func:`max_pool`: strided slices where im2col would be used, else the library op),
+    and so do the norms' written-out gradients (:func:`use_norm_gradients`).
     """
     return _scoped_choice(_CONV_IMPL, impl, CONV_IMPLS, "conv")
+
+
+def use_norm_gradients() -> bool:
+    """Whether a BatchNorm / LayerNorm traced now uses its written-out gradient
+    (:func:`batch_norm_train`, :func:`layer_norm`): on the CPU paths, as :func:`max_pool`
+    (``conv_impl`` "auto" on the CPU, or "im2col"); ``conv_impl("conv")`` keeps autodiff."""
+    return use_cpu_paths(_CONV_IMPL.get(), "im2col")
 
 
 def conv_im2col(x: Array, kernel: Array, strides: tuple[int, int],
@@ -362,37 +508,43 @@ def conv_im2col(x: Array, kernel: Array, strides: tuple[int, int],
 
 
 #: Grouped convs with at most this many groups run as one dense conv with a block-diagonal
-#: kernel on the CPU ("auto"); more groups run as a sum of per-tap grouped matmuls.
+#: kernel on the CPU ("auto"); more groups run as one batched matmul over the groups
+#: (:func:`grouped_conv_im2col`).
 BLOCK_DIAGONAL_MAX_GROUPS = 4
 
 
-def grouped_conv_taps(x: Array, kernel: Array, strides: tuple[int, int],
-                      padding: tuple[tuple[int, int], tuple[int, int]]) -> Array:
-    """Grouped NHWC x HWIO conv (kernel (kh, kw, C_in / G, C_out)) as a sum over the k*k taps.
+def grouped_conv_im2col(x: Array, kernel: Array, strides: tuple[int, int],
+                        padding: tuple[tuple[int, int], tuple[int, int]]) -> Array:
+    """Grouped NHWC x HWIO conv (kernel (kh, kw, C_in / G, C_out)) as one batched matmul.
 
-    Each tap is a strided slice of the padded input times a batched (over groups) small
-    matmul, accumulated in float32: the same sums as ``lax.conv_general_dilated(...,
-    feature_group_count=G)``. XLA's CPU gradient of grouped convs is 10-300x slower than
-    this form (measured on 2 cores for ConvFirst gw8 shapes).
+    Per group the k*k strided slices of the padded input are concatenated along the channel
+    axis (im2col, ``(G, N * Ho * Wo, k * k * C_in / G)``) and multiplied by that group's
+    ``(k * k * C_in / G, C_out / G)`` kernel, accumulated in float32: the same sums as
+    ``lax.conv_general_dilated(..., feature_group_count=G)``. XLA's CPU gradient of grouped
+    convs is 10-300x slower than per-tap matmuls (measured on 2 cores for ConvFirst gw8
+    shapes), and one batched matmul over all taps beat a sum of k*k per-tap grouped
+    matmuls inside a ConvFirst-atto-gw8 train step: XLA recomputed that k*k-term sum in
+    every consumer of the conv output (``python -m convfirst_jax.bench train-compare``).
     """
     kh, kw, ci, cout = kernel.shape
     n, _, _, cin = x.shape
     groups = cin // ci
+    co = cout // groups
     (pt, pb), (pl, pr) = padding
     sh, sw = strides
     if any(p for p in (pt, pb, pl, pr)):
         x = jnp.pad(x, ((0, 0), (pt, pb), (pl, pr), (0, 0)))
     hp, wp = x.shape[1], x.shape[2]
     ho, wo = (hp - kh) // sh + 1, (wp - kw) // sw + 1
-    w = kernel.reshape(kh, kw, ci, groups, cout // groups)
-    acc = jnp.promote_types(x.dtype, kernel.dtype)
-    out = jnp.zeros((n, ho, wo, groups, cout // groups), jnp.promote_types(acc, jnp.float32))
-    for dy in range(kh):
-        for dx in range(kw):
-            tap = x[:, dy:dy + sh * (ho - 1) + 1:sh, dx:dx + sw * (wo - 1) + 1:sw, :]
-            out = out + jnp.einsum("nhwgi,igo->nhwgo", tap.reshape(n, ho, wo, groups, ci),
-                                   w[dy, dx], preferred_element_type=out.dtype)
-    return out.reshape(n, ho, wo, cout).astype(jnp.result_type(x.dtype, kernel.dtype))
+    xg = x.reshape(n, hp, wp, groups, ci)
+    cols = [xg[:, dy:dy + sh * (ho - 1) + 1:sh, dx:dx + sw * (wo - 1) + 1:sw]
+            for dy in range(kh) for dx in range(kw)]
+    patches = jnp.stack(cols, axis=4).reshape(n * ho * wo, groups, kh * kw * ci)
+    w = kernel.reshape(kh * kw, ci, groups, co).transpose(2, 0, 1, 3).reshape(
+        groups, kh * kw * ci, co)
+    acc = jnp.promote_types(jnp.promote_types(x.dtype, kernel.dtype), jnp.float32)
+    y = jnp.einsum("mgk,gko->mgo", patches, w, preferred_element_type=acc)
+    return y.reshape(n, ho, wo, cout).astype(jnp.result_type(x.dtype, kernel.dtype))
 
 
 def block_diagonal_kernel(kernel: Array, groups: int) -> Array:
@@ -428,7 +580,7 @@ def conv_general_dilated(lhs: Array, rhs: Array, window_strides, padding, lhs_di
       the library conv), else the library conv;
     * grouped with more than one channel per group: a dense conv with
       :func:`block_diagonal_kernel` (through the rule above) for at most
-      :data:`BLOCK_DIAGONAL_MAX_GROUPS` groups, else :func:`grouped_conv_taps`;
+      :data:`BLOCK_DIAGONAL_MAX_GROUPS` groups, else :func:`grouped_conv_im2col`;
     * depthwise (one channel per group) and everything else: the library conv (the
       conv-first blocks run depthwise convs as :func:`depthwise_conv_shift_add` themselves).
     """
@@ -447,7 +599,7 @@ def conv_general_dilated(lhs: Array, rhs: Array, window_strides, padding, lhs_di
         groups = int(feature_group_count)
         if groups > 1 and rhs.shape[2] > 1:
             if groups > BLOCK_DIAGONAL_MAX_GROUPS:
-                return grouped_conv_taps(lhs, rhs, strides, pad)
+                return grouped_conv_im2col(lhs, rhs, strides, pad)
             rhs, groups = block_diagonal_kernel(rhs, groups), 1
             feature_group_count = 1
         if groups == 1 and (impl == "im2col" or (
