@@ -29,7 +29,10 @@ from convfirst_jax.bench import static
 from pallas_kernels import tuning
 from pallas_kernels.tuning import LaunchConfig, padded_channels
 
-TILES = (32, 64, 128)
+# Default candidates (--tiles / --chunks / --warps / --stages narrow or widen them). Tiles of
+# 256 pixels pay off since the depthwise conv reuses each loaded input pixel across a column
+# group of outputs (pallas_kernels.conv_stage.column_block).
+TILES = (32, 64, 128, 256)
 CHUNKS = (32, 64, 128)
 WARPS = (4, 8)
 STAGES = (2,)
@@ -49,10 +52,11 @@ def _quiet_stderr():
 
 
 def sweep(batch: int = 128, dtype: str = "bfloat16", group_widths=(1, 8),
-          verbose: bool = True) -> list[dict]:
+          verbose: bool = True, tiles=TILES, chunks=CHUNKS, warps_=WARPS, stages_=STAGES,
+          channels=None) -> list[dict]:
     keyed: dict[tuple, list] = {}
     for cfg in static.brief_configs(batch, dtype):
-        if cfg.gw in group_widths:
+        if cfg.gw in group_widths and (not channels or cfg.C in channels):
             key = (padded_channels(cfg.C), cfg.k, cfg.gw, cfg.E * cfg.C, cfg.dtype)
             if tuning.block_plan(*key) != "fused":
                 continue  # the split plan's kernels ignore LAUNCH_TABLE (SPLIT_LAUNCH_TABLE)
@@ -62,7 +66,7 @@ def sweep(batch: int = 128, dtype: str = "bfloat16", group_widths=(1, 8),
     results = []
     for key, cfgs in keyed.items():
         best, tried = None, []
-        for tile, hc, warps, stages in itertools.product(TILES, CHUNKS, WARPS, STAGES):
+        for tile, hc, warps, stages in itertools.product(tiles, chunks, warps_, stages_):
             if hc > key[3]:
                 continue
             entry = dict(launch=(tile, hc, warps, stages), ok=True, overlap_us=0.0,
@@ -106,13 +110,22 @@ def main(argv=None) -> int:
     ap.add_argument("--dtype", default="bfloat16")
     ap.add_argument("--gw", type=int, action="append", default=None,
                     help="group widths to sweep (default 1 and 8)")
+    ap.add_argument("--channels", type=int, action="append", default=None,
+                    help="only the brief configurations with these C (default all)")
+    ints = lambda text: tuple(int(v) for v in text.split(","))  # noqa: E731
+    ap.add_argument("--tiles", type=ints, default=TILES, help="e.g. 128,256")
+    ap.add_argument("--chunks", type=ints, default=CHUNKS, help="hidden chunks, e.g. 64,128")
+    ap.add_argument("--warps", type=ints, default=WARPS, help="e.g. 4,8")
+    ap.add_argument("--stages", type=ints, default=STAGES, help="e.g. 2,3")
     ap.add_argument("--json", default=None)
     args = ap.parse_args(argv)
     ok, why = static.triton_available()
     if not ok:
         raise SystemExit(why)
     os.environ.setdefault("TRITON_DEFAULT_FP_FUSION", "1")
-    results = sweep(args.batch, args.dtype, tuple(args.gw or (1, 8)))
+    results = sweep(args.batch, args.dtype, tuple(args.gw or (1, 8)), tiles=args.tiles,
+                    chunks=args.chunks, warps_=args.warps, stages_=args.stages,
+                    channels=tuple(args.channels or ()))
     print("\n# LAUNCH_TABLE rows (pallas_kernels/tuning.py):")
     for r in results:
         if r["best"]:
@@ -121,8 +134,8 @@ def main(argv=None) -> int:
             print(f"    {tuple(r['key'])!r}: LaunchConfig({t}, {hc}, {w}, {st}),  # {per} us")
     if args.json:
         with open(args.json, "w") as fh:
-            json.dump(dict(environment=static.environment(), batch=args.batch,
-                           dtype=args.dtype, results=results), fh, indent=1)
+            json.dump(dict(environment=static.environment(), command=" ".join(sys.argv),
+                           batch=args.batch, dtype=args.dtype, results=results), fh, indent=1)
     return 0
 
 

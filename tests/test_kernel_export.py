@@ -20,7 +20,7 @@ import jax.numpy as jnp
 import pytest
 
 from convfirst_jax.specs import MODEL_SPECS, FourStageNetSpec
-from pallas_kernels import conv_first_block, cuda_export_target
+from pallas_kernels import LAUNCH_TABLE, conv_first_block, cuda_export_target
 from kernel_cases import CASES
 
 TRITON_CALL = "__gpu$xla.gpu.triton"
@@ -177,3 +177,25 @@ def test_split_plan_fused_mlp_exports_for_cuda(verifier, c, hw, n, dtype, grad):
                   act="gelu", eps=1e-6, ls=True, bs=True, dtype=dtype, grad=grad)
     if verifier._owner is not None:
         assert verifier.count - before == 2
+
+
+_BRIEF_HW = {64: 56, 128: 28, 256: 14, 512: 7}  # the stage resolutions of a 224 px input
+
+
+@pytest.mark.parametrize("key", sorted(LAUNCH_TABLE),
+                         ids=lambda key: "-".join(map(str, key)))
+def test_every_launch_table_row_exports_for_cuda(verifier, key):
+    """Each LAUNCH_TABLE row lowers at its own tile: batch 128 at the stage resolution, so
+    the small-call rule keeps the row (the model-config cases above run at batch 2 and get
+    shrunk tiles). gw1 rows serve the ConvNeXt and the ConvFirst block, gw8 rows ConvFirst."""
+    from pallas_kernels.fused_block import block_launch_config
+
+    cp, k, gw, hidden, dtype_name = key
+    hw = _BRIEF_HW[cp]
+    dtype = jnp.dtype(dtype_name)
+    styles = [("affine", "silu", False)] + ([("layernorm", "gelu", True)] if gw == 1 else [])
+    for norm, act, ls in styles:
+        params = _params_spec(cp, k, gw, hidden, ls)
+        assert block_launch_config((128, hw, hw, cp), dtype, params, k, gw) == LAUNCH_TABLE[key]
+        _export_block(verifier, n=128, hw=(hw, hw), c=cp, k=k, gw=gw, hidden=hidden, norm=norm,
+                      act=act, eps=1e-6, ls=ls, bs=False, dtype=dtype, grad=False)
