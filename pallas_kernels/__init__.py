@@ -2,8 +2,8 @@
 
     from pallas_kernels import conv_first_block, conv_first_block_reference
 
-``conv_first_block`` runs one Pallas Triton kernel per block on a GPU (three for wide blocks:
-:mod:`pallas_kernels.split_block`; the Pallas interpreter elsewhere);
+``conv_first_block`` runs one Pallas Triton kernel per block on a GPU (two or three for wide
+blocks: :mod:`pallas_kernels.split_block`; the Pallas interpreter elsewhere);
 ``conv_first_block_reference`` is the same block in plain jnp.
 Launch parameters live in :mod:`pallas_kernels.tuning`.
 """
