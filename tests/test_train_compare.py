@@ -36,7 +36,12 @@ def test_markdown_table_and_bad_arguments(tmp_path, capsys):
            "torch_images_per_s": 90.6, "jax_over_torch": 1.119, "load_median": 3.25}
     md = train_compare.markdown([rec], {"date": "2026-12-01 20:00 UTC", "jax": "0.10.2",
                                         "cpu_count": 2})
-    assert "| resnet18 | 101 | 12 | resnet18 | 91 | 1.12 | 3.2 |" in md
+    assert "| resnet18 | 101 | 12 | resnet18 | 91 | 1.12 | - | - | - | 3.2 |" in md
+    rec.update(jax_best_images_per_s=120.2, torch_best_images_per_s=100.0,
+               jax_over_torch_best=1.202)
+    md = train_compare.markdown([rec], {"date": "2026-12-01 20:00 UTC", "jax": "0.10.2",
+                                        "cpu_count": 2})
+    assert "| resnet18 | 101 | 12 | resnet18 | 91 | 1.12 | 120 | 100 | 1.20 | 3.2 |" in md
     with pytest.raises(SystemExit):
         train_compare.main(["--out", str(tmp_path), "--rounds", "0"])
     assert "--rounds must be >= 1" in capsys.readouterr().err
