@@ -15,6 +15,15 @@ odd in the high half), part 0 / 1 = even / odd channels; "blockdiag" P = Cp / 16
 channels [16 p, 16 p + 16), conv weights as 16 x 16 block-diagonal matrices (two 8-channel
 groups each) multiplied on the tensor cores.
 
+Grouped schedule: one conv loop step per chunk of ``G`` consecutive taps of a kernel row
+(:func:`tap_chunk`; a row is ``n = ceil(k / G)`` chunks, taps dx >= k of the last one have
+zero weights and masked loads). "blockdiag" stacks the chunk's G block-diagonal matrices of a
+slice into one ``(16 G, 16)`` weight and gathers the ``(tile, 16 G)`` operand whose column
+``16 g + l`` is channel ``l`` of the slice at tap ``dx = c G + g``, so a step is one dot per
+slice with ``K = 16 G`` instead of G dots, G accumulator adds and G waits (an im2col of
+the chunk's taps: Chellapilla, Puri and Simard 2006, "High Performance Convolutional Neural
+Networks for Document Processing").
+
 Depthwise schedule (register blocking of output columns, as in direct convolution: Zhang,
 Franchetti and Low 2018, "High Performance Zero-Memory Overhead Direct Convolutions", ICML):
 the tile is taken as ``tile / M`` groups of ``M`` consecutive output pixels of one image row
@@ -45,8 +54,9 @@ CONV_MODES = {
               "gather per in-group input)",
     "paired": "bfloat16 depthwise with C a power of two >= 32: uint32 loads of channel "
               "pairs, bf16 -> f32 by a shift / a mask",
-    "blockdiag": "grouped (width 8) in bfloat16 / float16: per tap and 16-channel slice a "
-                 "(tile, 16) @ (16, 16) block-diagonal tensor-core dot, f32 accumulation",
+    "blockdiag": "grouped (width 8) in bfloat16 / float16: per chunk of G taps of a kernel "
+                 "row (G = 2 for k >= 5, 1 for k = 3) and 16-channel slice a (tile, 16 G) @ "
+                 "(16 G, 16) block-diagonal tensor-core dot, f32 accumulation",
 }
 
 
@@ -62,11 +72,27 @@ def conv_mode(dtype: Any, channels: int, group_width: int) -> str:
     return "direct"
 
 
+# Taps of one kernel row a grouped conv step covers for k >= 5 (K of its dots = 16 G). Static
+# H100 model, bf16 gw8 k7 at the current launch table: G = 2 cuts the conv phase of every
+# row (fewer dots, waits and accumulator adds per tap); G = 4 needs 2x the pipelined shared
+# memory of a step (too much for the C256 14x14 tile-64 row); k = 3 keeps G = 1 (a padded
+# pair per kernel row was no faster there).
+TAP_CHUNK = 2
+
+
+def tap_chunk(kernel_size: int) -> int:
+    """Taps ``G`` of one kernel row per grouped-conv loop step: :data:`TAP_CHUNK` for k >= 5,
+    1 for k <= 3 (a row is ``ceil(k / G)`` steps, the last one padded with zero-weight
+    taps)."""
+    return TAP_CHUNK if kernel_size >= 5 else 1
+
+
 def conv_loop_trips(kernel_size: int, group_width: int) -> int:
     """Trip count of the conv loop: 1 = every tap statically unrolled (k = 3 depthwise),
-    k = a loop over kernel rows (k >= 5 depthwise), k*k = one step per tap (grouped)."""
+    k = a loop over kernel rows (k >= 5 depthwise), k * ceil(k / G) = one step per chunk of
+    :func:`tap_chunk` taps of a kernel row (grouped)."""
     if group_width > 1:
-        return kernel_size * kernel_size
+        return kernel_size * -(-kernel_size // tap_chunk(kernel_size))
     return 1 if kernel_size <= 3 else kernel_size
 
 
@@ -224,8 +250,13 @@ def _depthwise_conv(x_ref, xp_ref, cw_ref, *, rows, row_ok, height, width, chann
 
 def _grouped_conv(x_ref, cw_ref, *, rows, row_ok, height, width, channels, kernel_size,
                   mode, n_parts, cpart, group_width):
-    """Grouped (group width > 1) k x k conv of the tile: P parts ``(tile, Cp / P)`` f32,
-    one loop step per tap."""
+    """Grouped (group width > 1) k x k conv of the tile: P parts ``(tile, Cp / P)`` f32, one
+    loop step per chunk of :func:`tap_chunk` taps of a kernel row (module docstring).
+
+    Step (dy, c) covers the taps dx = c G + g, g < G (zero weights and masked loads for
+    dx >= k). "blockdiag": per 16-channel slice one ``(tile, 16 G) @ (16 G, 16)`` dot whose
+    column 16 g + l is input channel l of the slice at pixel offset (dy, c G + g); "direct":
+    the G taps' FMAs, each an in-group gather."""
     cp = n_parts * cpart
     tile = rows.shape[0]
     local = lax.rem(rows, height * width)
@@ -235,32 +266,45 @@ def _grouped_conv(x_ref, cw_ref, *, rows, row_ok, height, width, channels, kerne
     pad_channels = cp != channels
     ch_ok = ch < channels
     pad = kernel_size // 2
+    g_taps = tap_chunk(kernel_size)
+    n_chunks = -(-kernel_size // g_taps)
 
-    def tap(dy, dx, ys):
-        pixel_ok = (row_ok & (ph >= pad - dy) & (ph < height + pad - dy)
-                    & (pw >= pad - dx) & (pw < width + pad - dx))
-        src = (rows + ((dy - pad) * width + (dx - pad)))[:, None]
-        if mode == "blockdiag":  # per 16-channel slice: (tile, 16) @ (16, 16) on TCs
+    def step(t, ys):
+        dy, chunk = lax.div(t, n_chunks), lax.rem(t, n_chunks)
+        dx0 = chunk * g_taps
+        row_valid = row_ok & (ph >= pad - dy) & (ph < height + pad - dy)
+        base = rows + ((dy - pad) * width - pad)
+        if mode == "blockdiag":  # per 16-channel slice: (tile, 16 G) @ (16 G, 16) on TCs
+            cols = jnp.arange(16 * g_taps, dtype=jnp.int32)
+            # div / rem by 16 (not shift / and): Triton's alignment analysis then sees runs
+            # of 16 contiguous channels and vectorises the loads
+            dx = dx0 + lax.div(cols, 16)[None, :]      # (1, 16 G): tap of each column
+            lane = lax.rem(cols, 16)[None, :]
+            col = pw[:, None] + dx
+            m = row_valid[:, None] & (col >= pad) & (col < width + pad) & (dx < kernel_size)
+            src = base[:, None] + dx
             out = []
             for p, y in enumerate(ys):
-                cin = part_channels(mode, p, cpart)
-                m = pixel_ok[:, None] & (cin < channels)[None, :] if pad_channels else (
-                    pixel_ok[:, None])
-                xs = plgpu.load(x_ref.at[src, cin[None, :]], mask=m, other=0.0)
-                out.append(y + plgpu.dot(xs, cw_ref[dy, dx, p]))
+                cin = p * cpart + lane
+                mp = m & (cin < channels) if pad_channels else m
+                xs = plgpu.load(x_ref.at[src, cin], mask=mp, other=0.0)
+                out.append(y + plgpu.dot(xs, cw_ref[dy, chunk, p]))
             return tuple(out)
         (y,) = ys
-        mask = pixel_ok[:, None] & ch_ok[None, :] if pad_channels else pixel_ok[:, None]
-        for i in range(group_width):  # grouped conv: gather in-group input i per channel
-            cin = (ch // group_width) * group_width + i
-            xv = plgpu.load(x_ref.at[src, cin[None, :]], mask=mask, other=0.0)
-            y = y + xv.astype(_F32) * cw_ref[dy, dx, i, :][None, :]
+        for g in range(g_taps):  # grouped conv: gather in-group input i per channel
+            dx = dx0 + g
+            pixel_ok = (row_valid & (pw >= pad - dx) & (pw < width + pad - dx)
+                        & (dx < kernel_size))
+            mask = pixel_ok[:, None] & ch_ok[None, :] if pad_channels else pixel_ok[:, None]
+            src = (base + dx)[:, None]
+            for i in range(group_width):
+                cin = (ch // group_width) * group_width + i
+                xv = plgpu.load(x_ref.at[src, cin[None, :]], mask=mask, other=0.0)
+                y = y + xv.astype(_F32) * cw_ref[dy, dx, i, :][None, :]
         return (y,)
 
     ys = tuple(jnp.zeros((tile, cpart), _F32) for _ in range(n_parts))
-    # 8 gathers per tap; one loop step per tap
-    return lax.fori_loop(0, kernel_size * kernel_size, lambda t, ys_: tap(
-        lax.div(t, kernel_size), lax.rem(t, kernel_size), ys_), ys)
+    return lax.fori_loop(0, kernel_size * n_chunks, step, ys)
 
 
 def to_parts(v: jax.Array, mode: str) -> jax.Array:
@@ -292,13 +336,17 @@ def prepare_conv_operands(x: jax.Array, params: Mapping[str, Any],
     conv_w = jnp.pad(conv_w, ((0, 0), (0, 0), (0, 0), (0, cp - c)))
     if mode == "paired":  # (k, k, 1, cp) -> (k, k, 2, cp / 2)
         conv_w = to_parts(conv_w[:, :, 0, :], mode)
-    elif mode == "blockdiag":  # (k, k, 8, cp) -> (k, k, cp / 16, 16, 16) in x.dtype
+    elif conv_w.shape[2] > 1:  # grouped: taps padded to whole chunks of G (zero weights)
         k = conv_w.shape[0]
-        # [dy, dx, i, slice, h, j]: output channel 16 slice + 8 h + j, in-group input i
-        w6 = conv_w.reshape(k, k, 8, cp // 16, 2, 8)
-        # block [slice][8 h + i, 8 g + j] = w6[i, slice, h, j] if h == g else 0
-        conv_w = jnp.einsum("abispj,pq->abspiqj", w6, jnp.eye(2, dtype=_F32)).reshape(
-            k, k, cp // 16, 16, 16).astype(dtype)
+        g = tap_chunk(k)
+        n_chunks = -(-k // g)
+        conv_w = jnp.pad(conv_w, ((0, 0), (0, n_chunks * g - k), (0, 0), (0, 0)))
+        if mode == "blockdiag":  # (k, nG, 8, cp) -> (k, n, cp / 16, 16 G, 16) in x.dtype
+            # [dy, chunk, tap, i, slice, h, j]: output channel 16 slice + 8 h + j, input i
+            w7 = conv_w.reshape(k, n_chunks, g, 8, cp // 16, 2, 8)
+            # block [slice][16 tap + 8 h + i, 8 q + j] = w7[.., tap, i, slice, h, j] if h == q
+            conv_w = jnp.einsum("actispj,pq->acstpiqj", w7, jnp.eye(2, dtype=_F32)).reshape(
+                k, n_chunks, cp // 16, 16 * g, 16).astype(dtype)
     vectors = (to_parts(f32_vector(params[name], cp), mode)
                for name in ("conv_b", "norm_scale", "norm_shift"))
     return (xp, conv_w, *vectors)

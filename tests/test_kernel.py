@@ -697,3 +697,29 @@ def test_conv_loop_trips_match_the_lowered_kernel(k, gw):
     assert len(trips) == (1 if expected == 1 else 2)  # [conv loop,] MLP loop over chunks
     if expected > 1:
         assert trips[0] == expected
+
+
+# --------------------------------------------------------------------------------------
+# Grouped convs step over chunks of taps of a kernel row (pallas_kernels.conv_stage.
+# tap_chunk): k >= 5 takes G = 2 taps per step, the last chunk of a row padded with a
+# zero-weight, masked tap; blockdiag dots are (tile, 16 G) @ (16 G, 16).
+# --------------------------------------------------------------------------------------
+@pytest.mark.parametrize("k", [5, 7])
+def test_grouped_conv_loop_trips_match_the_lowered_kernel(k):
+    from pallas_kernels.conv_stage import conv_loop_trips, tap_chunk
+
+    assert tap_chunk(3) == 1 and tap_chunk(k) == 2
+    assert conv_loop_trips(k, 8) == k * ((k + 1) // 2)
+    test_conv_loop_trips_match_the_lowered_kernel(k, 8)
+
+
+TAP_CHUNK_CASES = [
+    Case(7, 16, 2, (6, 9), 2, A, "silu", "float32", gw=8, bs=True),  # direct, padded tap
+    Case(7, 40, 2, (8, 7), 2, L, "gelu", "bfloat16", gw=8, ls=True),  # blockdiag, Cp = 64
+    Case(5, 32, 2, (5, 5), 3, A, "relu", "float16", gw=8),  # blockdiag, 3 chunks per row
+]
+
+
+@pytest.mark.parametrize("case", TAP_CHUNK_CASES, ids=lambda cs: cs.id)
+def test_grouped_conv_tap_chunks_match_reference(case):
+    _check_forward(case, seed=120 + TAP_CHUNK_CASES.index(case))
