@@ -30,6 +30,15 @@ as a conv + norm kernel and one fused MLP kernel or two GEMMs instead
 :mod:`pallas_kernels.conv_stage`, the MLP loop and project epilogue
 :mod:`pallas_kernels.mlp_stage`.
 
+Small calls (batch 1: ``tuning.launch_config``'s small-call rule) shrink the tile to 16 pixels
+and, where that still leaves SMs idle, split the hidden dim over a second grid axis
+(``LaunchConfig.hidden_parts`` G): program (t, g) recomputes the conv + norm of tile t, runs
+hidden chunks ``[g n / G, (g + 1) n / G)`` and writes its f32 partial z; the G partials are
+summed in a fixed order and the epilogue applied in XLA
+(:func:`pallas_kernels.mlp_stage.sum_parts_epilogue`): only the f32 summation order changes,
+no atomics. Wide depthwise blocks in calls too small for the split plan take this form too
+(``tuning.split_small_call``).
+
 Backward: ``jax.custom_vjp`` whose backward pass recomputes the block with XLA
 (``jax.vjp`` of :func:`pallas_kernels.reference.conv_first_block_reference`); the fused kernel
 is forward-only. Under an ambient mesh both passes run per batch shard (``jax.shard_map``);
@@ -52,7 +61,7 @@ from jax.interpreters import batching, mlir
 from jax.experimental.pallas import triton as plgpu
 
 from pallas_kernels.conv_stage import conv_mode, conv_norm_tile, prepare_conv_operands, to_parts
-from pallas_kernels.mlp_stage import mlp_tile, project_epilogue
+from pallas_kernels.mlp_stage import mlp_tile, project_epilogue, sum_parts_epilogue
 from pallas_kernels.operands import mlp_operands
 from pallas_kernels.options import BlockOptions, validate_inputs
 from pallas_kernels.reference import conv_first_block_reference
@@ -66,12 +75,18 @@ def _block_kernel(x_ref, xp_ref, cw_ref, cb_ref, ns_ref, nb_ref, w1_ref, b1_ref,
                   b2_ref, ls_ref, bs_ref, *rest, height: int, width: int, channels: int,
                   total_rows: int, tile: int, hidden_chunk: int, n_chunks: int,
                   kernel_size: int, group_width: int, norm: str, activation: str,
-                  eps: float, has_layer_scale: bool, has_branch_scale: bool, conv_mode: str):
+                  eps: float, has_layer_scale: bool, has_branch_scale: bool, conv_mode: str,
+                  hidden_parts: int = 1):
     """Kernel body: one tile of ``tile`` consecutive rows of the flattened (N*H*W, C) pixels
     per program (tiles may span images); see the module docstring. The conv + norm stage is
     :func:`pallas_kernels.conv_stage.conv_norm_tile` (operands in "parts", see
     :data:`pallas_kernels.conv_stage.CONV_MODES`), the MLP and the project epilogue
     :mod:`pallas_kernels.mlp_stage`.
+
+    ``hidden_parts`` G > 1 (small calls): program (t, g) does hidden chunks
+    ``[g * n_chunks, (g + 1) * n_chunks)`` of tile t and stores its f32 partial z to rows
+    ``g * total_rows + rows`` of the (G * total_rows, Cp) ``o_ref`` (all Cp columns; the
+    epilogue is :func:`pallas_kernels.mlp_stage.sum_parts_epilogue` after the kernel).
     """
     o_ref = rest[-1]  # rest == (o_ref,) or (aliased_init_ref, o_ref)
     compute_dtype = w1_ref.dtype
@@ -85,20 +100,27 @@ def _block_kernel(x_ref, xp_ref, cw_ref, cb_ref, ns_ref, nb_ref, w1_ref, b1_ref,
 
     # 1x1 expand -> act -> 1x1 project, one hidden chunk at a time (never in HBM). With
     # P = 2 the expand is two dots over the even / odd rows of w1 (K = Cp / 2 each).
+    chunk0 = pl.program_id(1) * n_chunks if hidden_parts > 1 else 0
     (z,) = mlp_tile(ys, w1_ref, b1_ref, w2_ref, hidden_chunk=hidden_chunk, n_chunks=n_chunks,
-                    activation=activation, compute_dtype=compute_dtype)
+                    activation=activation, compute_dtype=compute_dtype, chunk0=chunk0)
+    if hidden_parts > 1:
+        cols = jnp.arange(z.shape[1], dtype=jnp.int32)
+        part_rows = pl.program_id(1) * total_rows + rows
+        plgpu.store(o_ref.at[part_rows[:, None], cols[None, :]], z, mask=row_ok[:, None])
+        return
     project_epilogue(z, x_ref, b2_ref, ls_ref, bs_ref, o_ref, rows=rows, row_ok=row_ok,
                      col0=0, channels=channels, pixels_per_image=height * width,
                      has_layer_scale=has_layer_scale, has_branch_scale=has_branch_scale)
 
 
 def _prepare_operands(x: jax.Array, params: Mapping[str, Any], branch_scale: jax.Array | None,
-                      hidden_chunk: int, mode: str) -> tuple[jax.Array, ...]:
+                      hidden_multiple: int, mode: str) -> tuple[jax.Array, ...]:
     """Operands of :func:`_block_kernel` after x: the conv stage's
     (:func:`pallas_kernels.conv_stage.prepare_conv_operands`), then :func:`mlp_operands`
-    with the rows of w1 split in the conv stage's parts."""
+    (hidden dim padded to ``hidden_multiple``: the chunk width times the hidden parts) with
+    the rows of w1 split in the conv stage's parts."""
     xp, *conv = prepare_conv_operands(x, params, mode)
-    w1, b1, w2, b2, ls, bs = mlp_operands(x, params, branch_scale, hidden_chunk)
+    w1, b1, w2, b2, ls, bs = mlp_operands(x, params, branch_scale, hidden_multiple)
     # (Cp, Hp) -> (P, Cp / P, Hp): the expand's K dim in the conv stage's parts
     w1 = jnp.moveaxis(to_parts(w1.T, mode), 0, -1)
     return (xp, *conv, w1, b1, w2, b2, ls, bs)
@@ -106,7 +128,8 @@ def _prepare_operands(x: jax.Array, params: Mapping[str, Any], branch_scale: jax
 
 def block_launch_config(x_shape: tuple[int, ...], x_dtype: Any, params: Mapping[str, Any],
                         kernel_size: int, group_width: int) -> LaunchConfig:
-    """The tuning-table entry (or default) the kernel uses for this configuration."""
+    """The tuning-table entry (or default) the kernel uses for this configuration, with the
+    small-call rule for ``x_shape``'s N*H*W pixels (smaller tiles, hidden parts)."""
     n, h, w, c = x_shape
     return launch_config(padded_channels(c), kernel_size, group_width,
                          params["w1"].shape[1], jnp.dtype(x_dtype).name, rows=n * h * w)
@@ -117,11 +140,13 @@ def block_kernel_count(channels: int, kernel_size: int, group_width: int, hidden
     """How many Triton kernels (pallas_calls) one block call launches: 1 for the fused plan,
     2 or 3 for the split plan (:func:`pallas_kernels.tuning.block_plan`; with or without the
     fused MLP kernel: :func:`pallas_kernels.split_block.split_kernels`). ``rows`` (N*H*W of
-    the call; None: a large call) matters for the split plan only: small calls take its
-    GEMMs (:func:`pallas_kernels.tuning.split_launch_config`)."""
+    the call; None: a large call) matters for wide blocks only: small calls take the GEMMs
+    (:func:`pallas_kernels.tuning.split_launch_config`), the smallest the fused kernel with
+    hidden parts (:func:`pallas_kernels.tuning.split_small_call`; its partial sums and
+    epilogue are XLA, not a pallas_call)."""
     cp = padded_channels(channels)
     dtype_name = jnp.dtype(dtype).name
-    if block_plan(cp, kernel_size, group_width, hidden, dtype_name) != "split":
+    if block_plan(cp, kernel_size, group_width, hidden, dtype_name, rows=rows) != "split":
         return 1
     return len(split_kernels(split_launch_config(cp, kernel_size, group_width, hidden,
                                                  dtype_name, rows=rows)))
@@ -220,36 +245,52 @@ def _pallas_forward(x: jax.Array, params: Mapping[str, Any], opts: BlockOptions,
     if out_init is not None and (out_init.shape != x.shape or out_init.dtype != x.dtype):
         raise ValueError(f"out_init must match x: got {out_init.shape} {out_init.dtype}, "
                          f"expected {x.shape} {x.dtype}")
+    total_rows = n * h * w
     if block_plan(padded_channels(c), opts.kernel_size, opts.group_width, hidden,
-                  jnp.dtype(x.dtype).name) == "split":
+                  jnp.dtype(x.dtype).name, rows=total_rows) == "split":
         return split_forward(x, params, opts, branch_scale, out_init)
     lc = block_launch_config(x.shape, x.dtype, params, opts.kernel_size, opts.group_width)
     mode = conv_mode(x.dtype, c, opts.group_width)
-    operands = _prepare_operands(x, params, branch_scale, lc.hidden_chunk, mode)
-    total_rows = n * h * w
+    parts = lc.hidden_parts
+    operands = _prepare_operands(x, params, branch_scale, lc.hidden_chunk * parts, mode)
+    hp = operands[-5].shape[0]  # b1: the padded hidden width, a multiple of HC * parts
+    has_ls = params.get("layer_scale") is not None
     kernel = functools.partial(
         _block_kernel, height=h, width=w, channels=c, total_rows=total_rows, tile=lc.tile,
-        hidden_chunk=lc.hidden_chunk, n_chunks=pl.cdiv(hidden, lc.hidden_chunk),
+        hidden_chunk=lc.hidden_chunk, n_chunks=hp // (lc.hidden_chunk * parts),
         kernel_size=opts.kernel_size, group_width=opts.group_width, norm=opts.norm,
-        activation=opts.activation, eps=float(opts.eps),
-        has_layer_scale=params.get("layer_scale") is not None,
-        has_branch_scale=branch_scale is not None, conv_mode=mode)
+        activation=opts.activation, eps=float(opts.eps), has_layer_scale=has_ls,
+        has_branch_scale=branch_scale is not None, conv_mode=mode, hidden_parts=parts)
     x2 = x.reshape(total_rows, c)  # flattened pixels: free, row-major NHWC
     args = (x2, *operands)  # operands start with xp, the uint32 pair view (or a dummy)
+    grid = (pl.cdiv(total_rows, lc.tile),)
+    out_shape = jax.ShapeDtypeStruct((total_rows, c), x.dtype)
+    init = None if out_init is None else out_init.reshape(total_rows, c)
+    if parts > 1:  # (G * rows, Cp) f32 partial projections, summed after the kernel
+        grid = (*grid, parts)
+        out_shape = jax.ShapeDtypeStruct((parts * total_rows, padded_channels(c)),
+                                         jnp.float32)
+        # out_init given: NaN partials, so a partial the kernel fails to write poisons out
+        init = None if out_init is None else jnp.full(out_shape.shape, jnp.nan, jnp.float32)
     aliases = {}
-    if out_init is not None:
+    if init is not None:
         aliases = {len(args): 0}
-        args = (*args, out_init.reshape(total_rows, c))
+        args = (*args, init)
     out = pl.pallas_call(
         kernel,
-        out_shape=jax.ShapeDtypeStruct((total_rows, c), x.dtype),
-        grid=(pl.cdiv(total_rows, lc.tile),),
+        out_shape=out_shape,
+        grid=grid,
         input_output_aliases=aliases,
         compiler_params=plgpu.CompilerParams(num_warps=lc.num_warps,
                                              num_stages=lc.num_stages),
         interpret=opts.interpret,
         name=f"conv_first_block_k{opts.kernel_size}_gw{opts.group_width}",
     )(*args)
+    if parts > 1:
+        b2, ls, bs = operands[-3:]
+        out = sum_parts_epilogue(out.reshape(parts, total_rows, -1), x2, b2, ls, bs,
+                                 pixels_per_image=h * w, has_layer_scale=has_ls,
+                                 has_branch_scale=branch_scale is not None)
     return out.reshape(x.shape)
 
 

@@ -29,10 +29,12 @@ _F32 = jnp.float32
 
 def mlp_tile(ys: Sequence[jax.Array], w1_ref: Any, b1_ref: Any, w2_ref: Any, *,
              hidden_chunk: int, n_chunks: int, activation: str, compute_dtype: Any,
-             out_split: int = 1) -> tuple[jax.Array, ...]:
+             out_split: int = 1, chunk0: Any = 0) -> tuple[jax.Array, ...]:
     """z (tile, Cp) float32 of one tile of y, as ``out_split`` accumulators of Cp /
     out_split columns each: a loop over ``n_chunks`` hidden chunks of width
-    ``hidden_chunk``, each ``h = act(y @ w1[:, chunk] + b1[chunk])`` (f32) rounded to
+    ``hidden_chunk`` (chunks ``chunk0 .. chunk0 + n_chunks - 1``: one part of a hidden
+    dim split over programs, :attr:`pallas_kernels.tuning.LaunchConfig.hidden_parts`),
+    each ``h = act(y @ w1[:, chunk] + b1[chunk])`` (f32) rounded to
     ``compute_dtype`` and added into ``z += h @ w2[chunk, :]`` (one dot per accumulator,
     all sharing h; the caller runs the epilogue one accumulator at a time).
 
@@ -46,7 +48,8 @@ def mlp_tile(ys: Sequence[jax.Array], w1_ref: Any, b1_ref: Any, w2_ref: Any, *,
     width = w2_ref.shape[1] // out_split
 
     def chunk(j, zs):
-        start = pl.multiple_of(j * hidden_chunk, hidden_chunk)
+        index = j if isinstance(chunk0, int) and chunk0 == 0 else chunk0 + j
+        start = pl.multiple_of(index * hidden_chunk, hidden_chunk)
         h = plgpu.dot(ys[0], w1_ref[0, :, pl.ds(start, hidden_chunk)])
         for p in range(1, len(ys)):
             h = h + plgpu.dot(ys[p], w1_ref[p, :, pl.ds(start, hidden_chunk)])
@@ -85,3 +88,25 @@ def project_epilogue(z: jax.Array, x_ref: Any, b2_ref: Any, ls_ref: Any, bs_ref:
     at = (rows[:, None], cols[None, :])
     residual = plgpu.load(x_ref.at[at], mask=mask, other=0.0).astype(_F32)
     plgpu.store(o_ref.at[at], (residual + z).astype(o_ref.dtype), mask=mask)
+
+
+def sum_parts_epilogue(partials: jax.Array, x2: jax.Array, b2: jax.Array, ls: jax.Array,
+                       bs: jax.Array, *, pixels_per_image: int, has_layer_scale: bool,
+                       has_branch_scale: bool) -> jax.Array:
+    """The project epilogue of a hidden dim split over G programs per tile, in XLA:
+    ``z = partials[0] + partials[1] + ... + partials[G - 1]`` (this fixed order, f32; no
+    atomics, so the result is deterministic), then :func:`project_epilogue`'s ``out = x +
+    bs[n] * ls * (z + b2)`` in the same operation order. ``partials`` (G, rows, Cp) f32,
+    ``x2`` (rows, C), ``b2`` / ``ls`` (Cp,) and ``bs`` (N,) float32 as the kernels get them
+    (:func:`pallas_kernels.operands.mlp_operands`). Returns (rows, C) of ``x2.dtype``."""
+    c = x2.shape[1]
+    z = partials[0]
+    for g in range(1, partials.shape[0]):
+        z = z + partials[g]
+    z = z[:, :c] + b2[None, :c]
+    if has_layer_scale:
+        z = z * ls[None, :c]
+    if has_branch_scale:
+        image = jnp.arange(x2.shape[0], dtype=jnp.int32) // pixels_per_image
+        z = z * bs[image][:, None]
+    return (x2.astype(_F32) + z).astype(x2.dtype)

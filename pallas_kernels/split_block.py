@@ -29,7 +29,9 @@ with y in HBM in the compute dtype, and the MLP runs in one of two forms
   (block_m, block_k) @ (block_k, block_n) dots, software-pipelined (``num_stages``), f32
   accumulator of one output tile. Taken where the fused MLP's (mlp_block_m, C) f32
   accumulator does not fit a wide enough tile (C = 512) or the call has too few pixels to
-  give every SM a program (batch 1).
+  give every SM a program (small batches; depthwise blocks in calls too small for this plan
+  take the fused kernel with its hidden dim split over programs instead:
+  :func:`pallas_kernels.tuning.split_small_call`).
 
 The numerics are the fused kernel's in both forms: y and h are rounded to the compute dtype
 before the dots (f32 accumulation, f32 activation), so only the f32 summation order inside

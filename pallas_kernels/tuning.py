@@ -47,6 +47,18 @@ STAGE_BYTES = 32 * 1024
 # Small inputs (batch 1): the tile is halved (down to MIN_DOT_DIM) until the grid has at least
 # this many programs -- one per SM of a 132-SM H100 plus headroom, so more than one wave.
 MIN_PROGRAMS = 160
+# Small inputs whose 16-pixel tiles still give too few programs split the hidden dim over a
+# second grid axis (LaunchConfig.hidden_parts) until the grid has this many warps: 32
+# resident warps (half the 64 warp slots) on each of the H100's 132 SMs, more than the
+# 16-pixel batch-1 kernels reach in the static H100 model (1-5 CTAs per SM of 8 warps, up to
+# 6 of 4 warps, by registers; ``python -m convfirst_jax.bench static --preset brief --batch
+# 1``), so more than one wave: 528 programs of 8 warps, 1056 of 4.
+HIDDEN_PARTS_MIN_WARPS = 32 * 132
+# Hidden chunks per part at least: with one, the chunk loop is gone and the conv and the MLP
+# are scheduled as one block: 255 registers and spills in the static H100 model (C128 28 x 28
+# k3 affine-SiLU batch 1, 16 parts of one 32-wide chunk: 32 bytes, 1 CTA per SM; two 16-wide
+# chunks: 73 registers, 3 CTAs per SM).
+MIN_PART_CHUNKS = 2
 
 
 @dataclasses.dataclass(frozen=True)
@@ -60,14 +72,24 @@ class LaunchConfig:
         activations is ever live.
       num_warps: Triton warps per program.
       num_stages: Triton software-pipelining depth of the hidden-chunk loop.
+      hidden_parts: G, a power of two: 1 (one program per tile does all hidden chunks and
+        the epilogue) or G > 1 (small calls, :func:`hidden_parts`): a second grid axis of G
+        programs per tile, part g doing the conv + norm of its tile and hidden chunks
+        ``[g * n / G, (g + 1) * n / G)``, writing its f32 partial projection; the partials
+        are summed in a fixed order and the epilogue applied afterwards
+        (:func:`pallas_kernels.mlp_stage.sum_parts_epilogue`).
     """
 
     tile: int
     hidden_chunk: int
     num_warps: int = 4
     num_stages: int = 2
+    hidden_parts: int = 1
 
     def __post_init__(self):
+        if self.hidden_parts < 1 or self.hidden_parts & (self.hidden_parts - 1):
+            raise ValueError(f"LaunchConfig.hidden_parts={self.hidden_parts} must be a power "
+                             "of two >= 1")
         for field in ("tile", "hidden_chunk"):
             v = getattr(self, field)
             if v < MIN_DOT_DIM or v & (v - 1):
@@ -143,7 +165,9 @@ def launch_config(c_padded: int, kernel_size: int, group_width: int, hidden: int
     ``rows`` (optional): the number of output pixels N*H*W of the call. When the chosen tile
     gives fewer than :data:`MIN_PROGRAMS` programs, the tile is halved (not below
     ``MIN_DOT_DIM``) so small batches still spread over the SMs; smaller tiles only lower the
-    register and shared-memory use, so the entry stays valid.
+    register and shared-memory use, so the entry stays valid. Then the hidden dim is split
+    over ``hidden_parts`` programs per tile (:func:`hidden_parts`). Keys of the split plan
+    (:func:`block_plan`) get the default rule here: they run this kernel only for small calls.
     """
     key = (int(c_padded), int(kernel_size), int(group_width), int(hidden), str(dtype_name))
     found = LAUNCH_TABLE.get(key)
@@ -152,9 +176,38 @@ def launch_config(c_padded: int, kernel_size: int, group_width: int, hidden: int
         tile = lc.tile
         while tile > MIN_DOT_DIM and -(-int(rows) // tile) < MIN_PROGRAMS:
             tile //= 2
-        if tile != lc.tile:
-            lc = dataclasses.replace(lc, tile=tile)
+        tiles = -(-int(rows) // tile)
+        parts, chunk = lc.hidden_parts, lc.hidden_chunk
+        # small calls: the tile rule had to go down to the dot minimum (or it was there and
+        # the tiles are still too few)
+        if tile == MIN_DOT_DIM and (tile < lc.tile or tiles < MIN_PROGRAMS):
+            parts, chunk = hidden_parts(tiles, int(hidden), lc.hidden_chunk, lc.num_warps)
+        if (tile, parts, chunk) != (lc.tile, lc.hidden_parts, lc.hidden_chunk):
+            lc = dataclasses.replace(lc, tile=tile, hidden_parts=parts, hidden_chunk=chunk)
     return lc
+
+
+def hidden_parts(tiles: int, hidden: int, hidden_chunk: int,
+                 num_warps: int) -> tuple[int, int]:
+    """``(G, hidden_chunk)`` for a small call's grid of ``tiles`` row tiles of
+    ``MIN_DOT_DIM`` pixels and ``num_warps`` warps per program (:func:`launch_config`): the
+    smallest power of two G with ``tiles * G * num_warps >=`` :data:`HIDDEN_PARTS_MIN_WARPS`
+    (G = 1 when the tiles alone reach it), with the hidden chunk halved (not below
+    ``MIN_DOT_DIM``) while the hidden dim has fewer than :data:`MIN_PART_CHUNKS` chunks per
+    part, and G capped where even 16-wide chunks do not give every part that many. Each part
+    recomputes the conv + norm of its tile (small calls only: batch 1 is a few hundred
+    pixels) and writes an f32 partial projection of (tile, c_padded); a smaller chunk only
+    lowers the shared-memory use of a pipeline stage, so the entry stays valid."""
+    target = -(-HIDDEN_PARTS_MIN_WARPS // num_warps)  # programs
+    parts = 1
+    while tiles * parts < target:
+        if -(-hidden // hidden_chunk) < 2 * MIN_PART_CHUNKS * parts:
+            if hidden_chunk == MIN_DOT_DIM:
+                break
+            hidden_chunk //= 2
+            continue
+        parts *= 2
+    return parts, hidden_chunk
 
 
 # ---------------------------------------------------------------------------- the split plan
@@ -249,16 +302,40 @@ SPLIT_LAUNCH_TABLE: dict[LaunchKey, SplitLaunchConfig] = {}
 
 
 def block_plan(c_padded: int, kernel_size: int, group_width: int, hidden: int,
-               dtype_name: str) -> str:
+               dtype_name: str, rows: int | None = None) -> str:
     """"fused" (one kernel, :data:`LAUNCH_TABLE`) or "split" (a conv + norm kernel, then the
     fused MLP kernel or two GEMMs: :data:`SPLIT_LAUNCH_TABLE`) for one configuration:
     depthwise blocks split from :data:`SPLIT_MIN_CHANNELS` padded channels up, grouped
     (width 8) ones from twice that (at 256 channels the fused grouped kernel still runs
     64-pixel tiles and is modelled faster than the split plan, whose conv + norm kernel
-    alone costs as much)."""
+    alone costs as much).
+
+    ``rows`` (N*H*W of the call; None: a large call): wide blocks in calls too small for the
+    split plan (:func:`split_small_call`) take the fused kernel with its hidden dim split
+    over programs (:func:`hidden_parts`), whose grid fills the SMs where the split plan's
+    conv + norm kernel cannot (a LayerNorm program needs all channels of its pixels).
+    Depthwise blocks only: the fused grouped kernel at 512 channels (32 block-diagonal conv
+    slices) spills with hidden parts (static H100 model, C512 7 x 7 gw8 batch 1, 64 parts:
+    k3 700 bytes and 31 us "overlap" against 2.7 us for the split plan, k7 10.9 KB and
+    806 us), so grouped blocks keep the split plan at every size."""
     del kernel_size, hidden, dtype_name  # the rule only looks at the width
     threshold = SPLIT_MIN_CHANNELS * (1 if group_width == 1 else 2)
-    return "split" if c_padded >= threshold else "fused"
+    if c_padded < threshold or (group_width == 1 and split_small_call(rows)):
+        return "fused"
+    return "split"
+
+
+def split_small_call(rows: int | None) -> bool:
+    """True when a call of ``rows`` pixels is too small for the split plan: its conv + norm
+    kernel has fewer than :data:`MIN_PROGRAMS` programs even at ``MIN_DOT_DIM``-pixel tiles
+    (C256 14 x 14 at batch 1: 13; C512 7 x 7: 4) and its MLP would take the GEMMs for want
+    of programs (the fused MLP kernel below :data:`MLP_MIN_PROGRAMS` programs of
+    ``MIN_GEMM_BLOCK_M`` pixels, implied by the first with the default constants)."""
+    if rows is None:
+        return False
+    rows = int(rows)
+    return (-(-rows // MIN_DOT_DIM) < MIN_PROGRAMS
+            and -(-rows // MIN_GEMM_BLOCK_M) < MLP_MIN_PROGRAMS)
 
 
 def default_split_launch_config(c_padded: int, kernel_size: int, group_width: int,

@@ -394,7 +394,8 @@ def test_small_inputs_get_smaller_tiles():
     big = launch_config(64, 7, 1, 256, "bfloat16")
     assert launch_config(64, 7, 1, 256, "bfloat16", rows=10 ** 7) == big
     small = launch_config(64, 7, 1, 256, "bfloat16", rows=56 * 56)
-    assert small.tile < big.tile and small.hidden_chunk == big.hidden_chunk
+    # the hidden chunk may halve for hidden parts (test_hidden_parts_rule)
+    assert small.tile < big.tile and small.hidden_chunk <= big.hidden_chunk
     assert -(-56 * 56 // small.tile) >= tuning.MIN_PROGRAMS
     assert launch_config(512, 3, 1, 2048, "bfloat16", rows=49).tile == 16  # floor: dot minimum
 
@@ -547,17 +548,20 @@ def test_split_plan_fused_mlp_gradients(monkeypatch):
 def test_wide_blocks_take_the_split_plan(monkeypatch):
     """The default rule: depthwise from 256 padded channels, grouped from 512; with the fused
     MLP kernel (2 kernels) at 256 padded channels in 16-bit dtypes for calls with enough
-    pixels, else the GEMMs (3). A C = 256 block through both forms against the float64
-    reference (programs span both images)."""
+    pixels, else the GEMMs (3); calls too small for the split plan the fused kernel with
+    hidden parts (1). A C = 256 block through the hidden parts and the fused MLP kernel
+    against the float64 reference (programs span both images)."""
     from pallas_kernels import block_kernel_count, tuning
 
     assert [block_kernel_count(c, 7, gw, 4 * c, "bfloat16") for c, gw in
             [(128, 1), (256, 1), (320, 1), (256, 8), (512, 8)]] == [1, 2, 3, 1, 3]
     assert block_kernel_count(256, 3, 1, 1024, "float32") == 3
     assert block_kernel_count(256, 3, 1, 1024, "bfloat16", rows=128 * 196) == 2
-    assert block_kernel_count(256, 3, 1, 1024, "bfloat16", rows=196) == 3  # batch 1
+    assert block_kernel_count(256, 3, 1, 1024, "bfloat16", rows=16 * 196) == 3
+    # batch 1: the fused kernel with hidden parts (tuning.split_small_call)
+    assert block_kernel_count(256, 3, 1, 1024, "bfloat16", rows=196) == 1
     case = Case(3, 256, 4, (3, 5), 2, L, "gelu", "bfloat16", ls=True, bs=True)
-    _check_forward(case, seed=60)  # 30 pixels: the GEMMs
+    _check_forward(case, seed=60)  # 30 pixels: the fused kernel with hidden parts
     monkeypatch.setattr(tuning, "MLP_MIN_PROGRAMS", 1)
     assert block_kernel_count(256, 3, 1, 1024, "bfloat16", rows=30) == 2
     _check_forward(case, seed=60)  # the default rule's fused MLP kernel
@@ -697,6 +701,139 @@ def test_conv_loop_trips_match_the_lowered_kernel(k, gw):
     assert len(trips) == (1 if expected == 1 else 2)  # [conv loop,] MLP loop over chunks
     if expected > 1:
         assert trips[0] == expected
+
+
+# --------------------------------------------------------------------------------------
+# Small calls: the hidden dim split over a second grid axis (LaunchConfig.hidden_parts),
+# f32 partial projections summed in a fixed order and the epilogue after the kernel.
+# --------------------------------------------------------------------------------------
+def test_hidden_parts_rule():
+    """Batch 1 of the brief's blocks gets hidden parts until the grid has
+    HIDDEN_PARTS_MIN_WARPS warps (or every part has MIN_PART_CHUNKS chunks of 16);
+    batch-128 calls and the table rows keep one part."""
+    from pallas_kernels import tuning
+    from pallas_kernels.tuning import (HIDDEN_PARTS_MIN_WARPS, MIN_PART_CHUNKS, block_plan,
+                                       hidden_parts, split_small_call)
+
+    for (cp, hw, gw), want in {(64, 56, 1): 4, (64, 56, 8): 8, (128, 28, 1): 16,
+                               (128, 28, 8): 16, (256, 14, 8): 32, (256, 14, 1): 32,
+                               (512, 7, 1): 64}.items():
+        for k in (3, 7):
+            lc = launch_config(cp, k, gw, 4 * cp, "bfloat16", rows=hw * hw)
+            assert lc.tile == 16 and lc.hidden_parts == want, (cp, k, gw, lc)
+            programs = -(-hw * hw // 16) * lc.hidden_parts
+            chunks = -(-4 * cp // lc.hidden_chunk)
+            assert (programs * lc.num_warps >= HIDDEN_PARTS_MIN_WARPS
+                    or chunks == MIN_PART_CHUNKS * lc.hidden_parts), (cp, k, gw, lc)
+            assert chunks >= MIN_PART_CHUNKS * lc.hidden_parts
+            big = launch_config(cp, k, gw, 4 * cp, "bfloat16", rows=128 * hw * hw)
+            assert big.hidden_parts == 1
+            if (cp, k, gw, 4 * cp, "bfloat16") in LAUNCH_TABLE:
+                assert big == LAUNCH_TABLE[(cp, k, gw, 4 * cp, "bfloat16")]
+    assert launch_config(64, 3, 1, 256, "bfloat16", rows=2 * 56 * 56).hidden_parts == 1
+    assert hidden_parts(196, 256, 64, 8) == (4, 32)  # C64 56 x 56: 4 parts of 2 chunks
+    assert hidden_parts(196, 256, 64, 4) == (8, 16)  # 4 warps: twice the programs
+    assert hidden_parts(600, 256, 64, 8) == (1, 64)  # enough tiles
+    assert hidden_parts(4, 32, 64, 8) == (1, 16)  # 2 chunks of 16: one part
+    assert launch_config(128, 3, 1, 512, "bfloat16").hidden_parts == 1  # no rows: large
+    # wide depthwise blocks: batch 1 takes the fused kernel, grouped ones keep the split plan
+    assert split_small_call(196) and split_small_call(49) and not split_small_call(None)
+    assert not split_small_call(128 * 49) and not split_small_call(16 * tuning.MIN_PROGRAMS)
+    assert block_plan(256, 3, 1, 1024, "bfloat16", rows=196) == "fused"
+    assert block_plan(512, 7, 1, 2048, "bfloat16", rows=49) == "fused"
+    assert block_plan(512, 7, 8, 2048, "bfloat16", rows=49) == "split"
+    assert block_plan(512, 7, 1, 2048, "bfloat16", rows=128 * 49) == "split"
+    with pytest.raises(ValueError, match="hidden_parts"):
+        LaunchConfig(tile=16, hidden_chunk=16, hidden_parts=3)
+
+
+PARTS_CASES = [  # (case, G): forced hidden parts over every conv mode, padding and scale
+    (Case(3, 40, 4, (14, 14), 3, L, "silu", "bfloat16", ls=True), 4),  # Cp 64, 37 tiles
+    (Case(7, 64, 4, (7, 9), 1, A, "silu", "bfloat16", bs=True), 4),  # paired conv
+    (Case(5, 32, 4, (4, 7), 3, L, "gelu_tanh", "float16", gw=8, ls=True, bs=True), 2),
+    (Case(3, 96, 4, (7, 9), 2, L, "gelu", "float32", ls=True, bs=True), 8),  # Cp 128
+    (Case(7, 16, 4, (5, 6), 3, A, "relu", "float32", gw=8), 2),  # direct grouped
+]
+
+
+def _force_parts(monkeypatch, case: Case, parts: int) -> None:
+    """The small-call rule with HIDDEN_PARTS_MIN_WARPS set so that ``case`` gets ``parts``
+    hidden parts (16-pixel tiles: MIN_PROGRAMS above the tile count)."""
+    from pallas_kernels import tuning
+    from pallas_kernels.fused_block import block_launch_config
+
+    rows = case.n * case.hw[0] * case.hw[1]
+    tiles = -(-rows // 16)
+    monkeypatch.setattr(tuning, "MIN_PROGRAMS", 10 ** 6)
+    x = jax.ShapeDtypeStruct((case.n, *case.hw, case.c), jnp.dtype(case.dtype))
+    params = {"w1": jnp.zeros((case.c, case.e * case.c))}
+    warps = block_launch_config(x.shape, x.dtype, params, case.k, case.gw).num_warps
+    monkeypatch.setattr(tuning, "HIDDEN_PARTS_MIN_WARPS", tiles * parts * warps)
+    lc = block_launch_config(x.shape, x.dtype, params, case.k, case.gw)
+    assert lc.tile == 16 and lc.hidden_parts == parts, lc
+
+
+@pytest.mark.parametrize("case,parts", PARTS_CASES,
+                         ids=[f"{cs.id}-G{g}" for cs, g in PARTS_CASES])
+def test_hidden_parts_match_reference(monkeypatch, case, parts):
+    _force_parts(monkeypatch, case, parts)
+    _check_forward(case, seed=110 + PARTS_CASES.index((case, parts)))
+
+
+def test_hidden_parts_poison_catches_unwritten_parts(monkeypatch):
+    """Mutation check: a launch that skips the last hidden part leaves NaN partials, so the
+    output is poisoned everywhere (every pixel sums every part)."""
+    import types
+
+    import pallas_kernels.fused_block as fused_block_module
+
+    case = Case(3, 40, 4, (7, 9), 1, A, "relu", "float32")
+    _force_parts(monkeypatch, case, 2)
+    real = fused_block_module.pl
+    short = types.SimpleNamespace(**{n_: getattr(real, n_) for n_ in dir(real)
+                                     if not n_.startswith("__")})
+    short.pallas_call = lambda kernel, *, grid, **kw: real.pallas_call(
+        kernel, grid=(grid[0], grid[1] - 1), **kw)
+    monkeypatch.setattr(fused_block_module, "pl", short)
+    x, params, _ = random_block_inputs(0, batch=1, height=7, width=9, channels=40, hidden=160,
+                                       kernel_size=3)
+    opts = BlockOptions(kernel_size=3, norm=A, activation="relu", interpret=True)
+    out = np.asarray(fused_forward(x, params, opts, out_init=jnp.full(x.shape, jnp.nan)))
+    assert np.isnan(out).all()
+
+
+def test_hidden_parts_deterministic_and_gradients(monkeypatch):
+    """Forward (bitwise equal over two calls: fixed-order sums, no atomics) and gradients of
+    the public API with hidden parts against the float64 reference and the XLA block."""
+    case = Case(3, 32, 4, (5, 6), 2, L, "gelu", "float32", ls=True, bs=True)
+    _force_parts(monkeypatch, case, 4)
+    x, params, bs = random_block_inputs(9, batch=case.n, height=case.hw[0], width=case.hw[1],
+                                        channels=case.c, hidden=case.e * case.c,
+                                        kernel_size=case.k, layer_scale=True,
+                                        branch_scale=True)
+    kw = dict(kernel_size=case.k, norm=case.norm, activation=case.act)
+    cot = jnp.asarray(np.random.default_rng(5).standard_normal(x.shape).astype(np.float32))
+
+    def loss(block, x_, p_, b_):
+        out = block(x_, p_, branch_scale=b_, **kw)
+        return jnp.sum(out * cot), out
+
+    @jax.jit
+    def grads(x_, p_, b_):
+        return tuple(jax.grad(functools.partial(loss, block), (0, 1, 2), has_aux=True)(
+            x_, p_, b_) for block in (conv_first_block, conv_first_block_reference))
+
+    (gk, out_k), (gr, out_r) = grads(x, params, bs)
+    again = jax.jit(lambda x_, p_, b_: conv_first_block(x_, p_, branch_scale=b_, **kw))(
+        x, params, bs)
+    np.testing.assert_array_equal(np.asarray(again), np.asarray(out_k))
+    want = numpy_block(np.asarray(x), params, k=case.k, gw=1, norm=case.norm, act=case.act,
+                       eps=1e-6, branch_scale=bs)
+    np.testing.assert_allclose(out_k, want, rtol=0, atol=2e-5 * np.abs(want).max())
+    np.testing.assert_allclose(out_k, out_r, rtol=0, atol=2e-5 * np.abs(out_r).max())
+    for a, b in zip(jax.tree.leaves(gk), jax.tree.leaves(gr)):
+        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-4 * np.abs(b).max() + 1e-12)
+
 
 
 # --------------------------------------------------------------------------------------

@@ -199,3 +199,30 @@ def test_every_launch_table_row_exports_for_cuda(verifier, key):
         assert block_launch_config((128, hw, hw, cp), dtype, params, k, gw) == LAUNCH_TABLE[key]
         _export_block(verifier, n=128, hw=(hw, hw), c=cp, k=k, gw=gw, hidden=hidden, norm=norm,
                       act=act, eps=1e-6, ls=ls, bs=False, dtype=dtype, grad=False)
+
+
+@pytest.mark.parametrize("c,hw,k,gw,norm,act,ls,parts", [
+    (128, 28, 3, 1, "affine", "silu", False, 16),  # 49 tiles x 16 hidden parts
+    (64, 56, 7, 8, "affine", "silu", False, 8),  # grouped (block-diagonal conv), 4 warps
+    (256, 14, 7, 1, "layernorm", "gelu", True, 32),  # wide depthwise block at batch 1
+], ids=lambda v: str(v))
+def test_hidden_parts_export_for_cuda(verifier, c, hw, k, gw, norm, act, ls, parts):
+    """Batch 1 with the hidden dim split over a second grid axis lowers for CUDA: one
+    Triton kernel with a (tiles, parts) grid (the partial sums and the epilogue are XLA),
+    forward in bfloat16 and forward + gradient in float32."""
+    from convfirst_jax.bench import static
+    from pallas_kernels import block_kernel_count
+    from pallas_kernels.fused_block import block_launch_config
+
+    params = _params_spec(c, k, gw, 4 * c, ls)
+    lc = block_launch_config((1, hw, hw, c), jnp.bfloat16, params, k, gw)
+    assert lc.tile == 16 and lc.hidden_parts == parts
+    assert block_kernel_count(c, k, gw, 4 * c, jnp.bfloat16, rows=hw * hw) == 1
+    cfg = static.parse_config(f"C={c},HW={hw},k={k},gw={gw},norm={norm},act={act},"
+                              f"ls={int(ls)},N=1")
+    ((_, info),) = static.export_triton_modules(cfg)
+    assert (info["grid_x"], info.get("grid_y", 1)) == (-(-hw * hw // 16), parts)
+    common = dict(n=1, hw=(hw, hw), c=c, k=k, gw=gw, hidden=4 * c, norm=norm, act=act,
+                  eps=1e-6, ls=ls, bs=True)
+    _export_block(verifier, dtype=jnp.bfloat16, grad=False, **common)
+    _export_block(verifier, dtype=jnp.float32, grad=True, **common)
