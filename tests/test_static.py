@@ -216,12 +216,13 @@ def test_static_report_of_the_split_plan(tmp_path):
     ok, why = static.triton_available()
     if not ok:
         pytest.skip(why)
-    (row,) = static.run([static.parse_config("C=256,HW=4,k=3,N=2,norm=affine,act=silu,ls=0")],
+    # 2560 pixels: the smallest call the split plan takes (tuning.split_small_call)
+    (row,) = static.run([static.parse_config("C=256,HW=8,k=3,N=40,norm=affine,act=silu,ls=0")],
                         workdir=str(tmp_path))
     assert "error" not in row, row.get("error")
     assert row["plan"] == "split"
     assert [k["kernel"] for k in row["kernels"]] == ["conv_norm", "expand", "project"]
-    assert row["kernel_names_n1"] == ["conv_norm", "expand", "project"]
+    assert row["kernel_names_n1"] == ["fused"]  # batch 1: the fused kernel, hidden parts
     assert row["model_overlap_us"] == pytest.approx(
         sum(k["model_overlap_us"] for k in row["kernels"]))
     assert all(k["hgmma"] for k in row["kernels"][1:]), "the GEMMs run wgmma"
@@ -230,7 +231,8 @@ def test_static_report_of_the_split_plan(tmp_path):
 
 def test_static_report_of_the_fused_mlp_kernel(tmp_path):
     """Where triton is installed: a C256 call with enough pixels takes the fused MLP kernel
-    (conv + norm, then one MLP kernel); batch 1 would take the GEMMs."""
+    (conv + norm, then one MLP kernel); batch 1 would take the fused kernel with hidden
+    parts."""
     ok, why = static.triton_available()
     if not ok:
         pytest.skip(why)
@@ -238,7 +240,8 @@ def test_static_report_of_the_fused_mlp_kernel(tmp_path):
                         workdir=str(tmp_path))
     assert "error" not in row, row.get("error")
     assert [k["kernel"] for k in row["kernels"]] == ["conv_norm", "mlp"]
-    assert row["kernel_names_n1"] == ["conv_norm", "expand", "project"]
+    assert row["kernel_names_n1"] == ["fused"]
+    assert row["waves_n1"] == pytest.approx(13 * 32 / 132)  # 1 CTA/SM assumed, not compiled
     mlp = row["kernels"][1]
     assert mlp["hgmma"], "the MLP kernel runs wgmma"
     assert [lp["kind"] for lp in mlp["loops"]].count("mlp") == 1  # the hidden-chunk loop
@@ -246,3 +249,47 @@ def test_static_report_of_the_fused_mlp_kernel(tmp_path):
         sum(k["model_overlap_us"] for k in row["kernels"]))
     assert row["model_waves_us"] >= row["model_overlap_us"]
     assert row["launch"].startswith("split: conv") and " mlp m" in row["launch"]
+
+
+def test_parts_reduction():
+    """Hidden parts: the kernel writes G f32 (rows, Cp) partials instead of out, and the XLA
+    reduction reads them and x and writes out, at HBM bandwidth; nothing for G = 1."""
+    hw = static.H100Model()
+    cfg = static.parse_config("C=128,HW=28,k=3,N=1")  # bf16
+    assert static.parts_reduction(cfg, 1, hw) == dict(kernel_extra_bytes=0.0, bytes=0.0,
+                                                      us=0.0)
+    red = static.parts_reduction(cfg, 16, hw)
+    m = 28 * 28
+    assert red["kernel_extra_bytes"] == 16 * m * 128 * 4 - m * 128 * 2
+    assert red["bytes"] == 16 * m * 128 * 4 + 2 * m * 128 * 2
+    assert red["us"] == pytest.approx(red["bytes"] / hw.hbm_bw * 1e6)
+
+
+def test_fused_grid_n1_counts_hidden_parts():
+    """The N=1 grid of the fused kernel is row tiles x hidden parts (tuning.hidden_parts)."""
+    lc, grid = static.fused_grid_n1(static.parse_config("C=128,HW=28,k=3,N=128"))
+    assert (lc.tile, lc.hidden_parts, grid) == (16, 16, 49 * 16)
+    lc, grid = static.fused_grid_n1(static.parse_config("C=512,HW=7,k=7,N=128"))
+    assert (lc.tile, lc.hidden_parts, grid) == (16, 64, 4 * 64)
+    lc, grid = static.fused_grid_n1(static.parse_config("C=64,HW=56,k=3,gw=8,N=128"))
+    assert (lc.num_warps, lc.hidden_parts, grid) == (4, 8, 196 * 8)  # 4 warps: 1056+
+
+
+def test_static_report_of_hidden_parts(tmp_path):
+    """Where triton is installed: a batch-1 call with hidden parts compiles as one kernel
+    with a (tiles, parts) grid; its row charges every part's x reads and the reduction."""
+    ok, why = static.triton_available()
+    if not ok:
+        pytest.skip(why)
+    (row,) = static.run([static.parse_config("C=128,HW=28,k=3,N=1,norm=affine,act=silu,ls=0")],
+                        workdir=str(tmp_path))
+    assert "error" not in row, row.get("error")
+    assert row["plan"] == "fused" and row["hidden_parts"] == 16
+    assert (row["grid_x"], row["grid_y"], row["grid"]) == (49, 16, 784)
+    assert row["grid_n1"] == 784 and row["waves_n1"] == row["waves"] > 1
+    assert row["reduce_us"] > 0 and row["launch"].endswith("x16 parts")
+    assert row["model_overlap_us"] > row["reduce_us"]
+    hw = static.H100Model()
+    x_rows = static.l2_bytes(static.parse_config("C=128,HW=28,k=3,N=1"), 16, 49, 0)
+    assert row["l2_mb"] * 1e6 >= 16 * x_rows  # every part reads its tile's x rows
+    assert row["reduce_mb"] * 1e6 / hw.hbm_bw * 1e6 == pytest.approx(row["reduce_us"])

@@ -21,7 +21,10 @@ Pipeline, per block configuration:
    max. Both ignore latency, so both are optimistic, and both spread the work evenly over
    every SM; ``model_waves_us`` (JSON rows) charges each kernel for whole waves of programs
    (:func:`wave_quantized`). The split plan's kernels (conv + norm, then the fused MLP kernel
-   or two GEMMs) are modelled one by one and summed (:func:`analyse_split`);
+   or two GEMMs) are modelled one by one and summed (:func:`analyse_split`). Small calls
+   whose fused kernel splits the hidden dim over programs (``LaunchConfig.hidden_parts``)
+   are charged each part's conv + norm recompute and x reads, the f32 partials written, and
+   the XLA reduction + epilogue after the kernel at HBM bandwidth (:func:`parts_reduction`);
    ``--sweep-split-mlp`` compares its two MLP forms and the fused MLP kernel's launch
    candidates (:func:`sweep_split_mlp`).
 5. The floors come from the project's cost model (:mod:`convfirst_jax.complexity` layer costs
@@ -544,7 +547,9 @@ def _analyse_fused(cfg: StaticConfig, hw: H100Model, workdir: str, ttir: str,
 
     lc = block_launch_config((cfg.N, cfg.H, cfg.W, cfg.C), cfg.dtype, _param_specs(cfg),
                              cfg.k, cfg.gw)
-    info = dict(info, tile=lc.tile, hidden_chunk=lc.hidden_chunk, plan="fused")
+    parts = lc.hidden_parts
+    info = dict(info, tile=lc.tile, hidden_chunk=lc.hidden_chunk, hidden_parts=parts,
+                plan="fused")
     comp = compile_sm90(ttir, info["num_warps"], info["num_stages"], workdir, tag)
     sass = comp.pop("sass")
     instrs, labels = parse_sass(sass)
@@ -553,30 +558,38 @@ def _analyse_fused(cfg: StaticConfig, hw: H100Model, workdir: str, ttir: str,
     smem = comp["dyn_smem"] + comp["static_smem"]
     occ = occupancy(comp["regs"] or 255, smem, info["num_warps"], hw)
     row.update(occ, grid=grid, smem_kib=smem / 1024, waves=waves(grid, occ["ctas_per_sm"], hw))
-    # batch 1: the launch rule shrinks the tile for small inputs; same CTAs/SM assumed
-    # (a smaller tile needs fewer registers, so this is conservative)
-    tile_n1 = block_launch_config((1, cfg.H, cfg.W, cfg.C), cfg.dtype, _param_specs(cfg),
-                                  cfg.k, cfg.gw).tile
-    grid_n1 = math.ceil(cfg.H * cfg.W / tile_n1)
-    row["tile_n1"] = tile_n1
-    row.update(grid_n1=grid_n1, waves_n1=waves(grid_n1, occ["ctas_per_sm"], hw))
-    row["pix_util"] = cfg.N * cfg.H * cfg.W / (grid * info["tile"])
+    # batch 1: the launch rule shrinks the tile and may split the hidden dim over parts
+    # (fused_grid_n1); this kernel's CTAs/SM assumed (a smaller tile needs fewer registers)
+    lc1, grid_n1 = fused_grid_n1(cfg)
+    row.update(tile_n1=lc1.tile, hidden_parts_n1=lc1.hidden_parts, grid_n1=grid_n1,
+               waves_n1=waves(grid_n1, occ["ctas_per_sm"], hw))
+    row["pix_util"] = cfg.N * cfg.H * cfg.W / (info["grid_x"] * info["tile"])
     cp = padded_channels(cfg.C)
-    hp = math.ceil(cfg.E * cfg.C / info["hidden_chunk"]) * info["hidden_chunk"]
+    hp = math.ceil(cfg.E * cfg.C / (lc.hidden_chunk * parts)) * lc.hidden_chunk * parts
     row.update(floors(cfg, hw))
 
-    counts, loop_info = dynamic_counts(instrs, labels, mlp_trips=hp // info["hidden_chunk"],
+    counts, loop_info = dynamic_counts(instrs, labels,
+                                       mlp_trips=hp // (lc.hidden_chunk * parts),
                                        conv_trips=conv_loop_trips(cfg.k, cfg.gw))
     row["loops"] = loop_info
     warps_total = info["num_warps"] * grid
-    weight_bytes = (2 * cp * hp * cfg.itemsize + cfg.k * cfg.k * cfg.gw * cp * 4
-                    + (5 * cp + hp) * 4)
-    l2_total = l2_bytes(cfg, info["tile"], grid, weight_bytes)
+    # per program: its part's w1 / w2 chunks, the conv weights and the vectors
+    weight_bytes = (2 * cp * (hp // parts) * cfg.itemsize + cfg.k * cfg.k * cfg.gw * cp * 4
+                    + (5 * cp + hp // parts) * 4)
+    # every part reads its tile's x rows (and recomputes the conv + norm)
+    l2_total = parts * l2_bytes(cfg, info["tile"], info["grid_x"], weight_bytes)
     l2 = dict(conv=l2_total - grid * weight_bytes, mlp=grid * weight_bytes)
-    model = pipe_model(counts, warps_total, l2, row["fused_mb"] * 1e6, hw)
-    row.update(l2_mb=l2_total / 1e6, l2_weight_mb=l2["mlp"] / 1e6,
-               model_overlap_us=model["overlap_s"] * 1e6, model_serial_us=model["serial_s"] * 1e6,
-               model_waves_us=wave_quantized(model["overlap_s"] * 1e6, row["waves"]),
+    hbm = row["fused_mb"] * 1e6
+    reduce = parts_reduction(cfg, parts, hw)
+    if parts > 1:  # the kernel writes f32 partials instead of out, XLA sums them
+        hbm += reduce["kernel_extra_bytes"]
+    model = pipe_model(counts, warps_total, l2, hbm, hw)
+    row.update(l2_mb=l2_total / 1e6, l2_weight_mb=l2["mlp"] / 1e6, hbm_mb=hbm / 1e6,
+               reduce_mb=reduce["bytes"] / 1e6, reduce_us=reduce["us"],
+               model_overlap_us=model["overlap_s"] * 1e6 + reduce["us"],
+               model_serial_us=model["serial_s"] * 1e6 + reduce["us"],
+               model_waves_us=wave_quantized(model["overlap_s"] * 1e6, row["waves"])
+               + reduce["us"],
                bottleneck=model["bottleneck"], pipe_us=model["pipe_us"],
                phase_us=model["phase_us"], phase_bound=model["phase_bound"])
     row["pct_floor_overlap"] = row["floor_us"] / row["model_overlap_us"]
@@ -600,8 +613,35 @@ def _analyse_fused(cfg: StaticConfig, hw: H100Model, workdir: str, ttir: str,
         info["tile"] * cfg.k * cfg.k * cfg.gw * cp)
     row["mlp_instr_per_hidden"] = counts["mlp"]["issue"] * lanes / (info["tile"] * hp)
     row["launch"] = (f"{info['tile']}/{info['hidden_chunk']}/{info['num_warps']}/"
-                     f"{info['num_stages']}")
+                     f"{info['num_stages']}" + (f" x{parts} parts" if parts > 1 else ""))
     return row
+
+
+def fused_grid_n1(cfg: StaticConfig) -> tuple[Any, int]:
+    """(launch config, programs) of the fused kernel for ``cfg`` at batch 1: row tiles times
+    hidden parts (:func:`pallas_kernels.tuning.hidden_parts`)."""
+    from pallas_kernels.fused_block import block_launch_config
+
+    lc1 = block_launch_config((1, cfg.H, cfg.W, cfg.C), cfg.dtype, _param_specs(cfg),
+                              cfg.k, cfg.gw)
+    return lc1, math.ceil(cfg.H * cfg.W / lc1.tile) * lc1.hidden_parts
+
+
+def parts_reduction(cfg: StaticConfig, parts: int, hw: H100Model) -> dict[str, float]:
+    """The cost of a hidden dim split over ``parts`` programs per tile
+    (:func:`pallas_kernels.mlp_stage.sum_parts_epilogue`, XLA after the kernel): the kernel
+    writes ``parts`` f32 (rows, Cp) partials instead of out ("kernel_extra_bytes", HBM); the
+    reduction reads them and x and writes out ("bytes"), charged at HBM bandwidth ("us",
+    one fusion, latency ignored). All 0 for ``parts`` = 1."""
+    from pallas_kernels.tuning import padded_channels
+
+    if parts <= 1:
+        return dict(kernel_extra_bytes=0.0, bytes=0.0, us=0.0)
+    m = cfg.N * cfg.H * cfg.W
+    partials = parts * m * padded_channels(cfg.C) * 4
+    red = partials + 2 * m * cfg.C * cfg.itemsize
+    return dict(kernel_extra_bytes=partials - m * cfg.C * cfg.itemsize, bytes=red,
+                us=red / hw.hbm_bw * 1e6)
 
 
 def split_kernel_traffic(cfg: StaticConfig, kernel: str, lc: Any, grid: tuple[int, int],
@@ -663,10 +703,11 @@ def analyse_split(cfg: StaticConfig, hw: H100Model, workdir: str,
     kernels' (the conv + norm kernel is the "conv" phase, the rest the "mlp" phase);
     registers / shared memory are the largest, CTAs per SM and waves the smallest of the
     kernels. Batch 1 ("N=1 waves") takes its own launch parameters, maybe the other MLP
-    form: a kernel of it not compiled here counts 1 CTA per SM."""
+    form or the fused kernel with hidden parts (:func:`pallas_kernels.tuning.block_plan`,
+    :func:`fused_grid_n1`): a kernel of it not compiled here counts 1 CTA per SM."""
     from pallas_kernels.conv_stage import conv_loop_trips
     from pallas_kernels.split_block import split_kernels, split_launch
-    from pallas_kernels.tuning import padded_channels
+    from pallas_kernels.tuning import block_plan, padded_channels
 
     specs = _param_specs(cfg)
     lc = split_launch((cfg.N, cfg.H, cfg.W, cfg.C), cfg.dtype, specs, cfg.k, cfg.gw)
@@ -719,10 +760,17 @@ def analyse_split(cfg: StaticConfig, hw: H100Model, workdir: str,
         kernels[-1]["model_waves_us"] = wave_quantized(kernels[-1]["model_overlap_us"],
                                                        kernels[-1]["waves"])
     ctas = {k["kernel"]: k["ctas_per_sm"] for k in kernels}
+    names_n1 = split_kernels(lc1)
+    fused_n1 = block_plan(cp, cfg.k, cfg.gw, cfg.E * cfg.C, cfg.dtype,
+                          rows=cfg.H * cfg.W) == "fused"
     for k in kernels:
         k["waves_n1"] = (waves(grids_n1[k["kernel"]], k["ctas_per_sm"], hw)
-                         if k["kernel"] in split_kernels(lc1) else None)
-    waves_n1 = min(waves(grids_n1[name], ctas.get(name, 1), hw) for name in split_kernels(lc1))
+                         if k["kernel"] in names_n1 and not fused_n1 else None)
+    if fused_n1:  # batch 1 is too small for the split plan: the fused kernel, hidden parts
+        names_n1 = ("fused",)
+        waves_n1 = waves(fused_grid_n1(cfg)[1], 1, hw)
+    else:
+        waves_n1 = min(waves(grids_n1[name], ctas.get(name, 1), hw) for name in names_n1)
     conv, mlps = kernels[0], kernels[1:]
     pipes = sorted({p for k in kernels for p in k["pipe_us"]})
     if lc.fused_mlp:
@@ -743,7 +791,7 @@ def analyse_split(cfg: StaticConfig, hw: H100Model, workdir: str,
         limiter="/".join(k["limiter"] for k in kernels),
         grid=sum(k["grid"] for k in kernels),
         waves=min(k["waves"] for k in kernels), waves_n1=waves_n1,
-        kernel_names_n1=list(split_kernels(lc1)),
+        kernel_names_n1=list(names_n1),
         l2_mb=sum(k["l2_mb"] for k in kernels),
         hbm_mb=sum(k["hbm_mb"] for k in kernels),
         model_overlap_us=sum(k["model_overlap_us"] for k in kernels),
