@@ -59,6 +59,16 @@ HIDDEN_PARTS_MIN_WARPS = 32 * 132
 # k3 affine-SiLU batch 1, 16 parts of one 32-wide chunk: 32 bytes, 1 CTA per SM; two 16-wide
 # chunks: 73 registers, 3 CTAs per SM).
 MIN_PART_CHUNKS = 2
+# Hidden parts are used only where they pay in the static H100 model charged for whole waves
+# (batch 1, docs/results/static-h100/hidden_parts_n1_{off,on}.json): every part recomputes the
+# conv + norm of its tile, so they need (a) fewer 16-pixel tiles than SMs (C64 56 x 56 has 196
+# tiles: 8.3 -> 10.1 us LN-GELU k3, 12.0 -> 19.5 k7, SMs were not idle) and (b) a conv cheap
+# next to the MLP: k^2 * group_width <= PARTS_MAX_CONV_RATIO * c_padded (conv MACs / MLP MACs
+# = k^2 gw / (8 Cp) <= 2.5 %). Paid: C128 k3 (20.9 -> 11.5, 13.9 -> 8.7 us), C256 / C512
+# depthwise (32.9-78.3 -> 7.9-21.0); not paid: C128 k7 (16.2 -> 22-29), every gw8 block
+# (e.g. C64 k7 20.4 -> 46.9, C256 k7 36.1 -> 79.4).
+PARTS_MAX_TILES = 132
+PARTS_MAX_CONV_RATIO = 0.2
 
 
 @dataclasses.dataclass(frozen=True)
@@ -180,11 +190,20 @@ def launch_config(c_padded: int, kernel_size: int, group_width: int, hidden: int
         parts, chunk = lc.hidden_parts, lc.hidden_chunk
         # small calls: the tile rule had to go down to the dot minimum (or it was there and
         # the tiles are still too few)
-        if tile == MIN_DOT_DIM and (tile < lc.tile or tiles < MIN_PROGRAMS):
+        if (tile == MIN_DOT_DIM and (tile < lc.tile or tiles < MIN_PROGRAMS)
+                and parts_pay(tiles, c_padded, kernel_size, group_width)):
             parts, chunk = hidden_parts(tiles, int(hidden), lc.hidden_chunk, lc.num_warps)
         if (tile, parts, chunk) != (lc.tile, lc.hidden_parts, lc.hidden_chunk):
             lc = dataclasses.replace(lc, tile=tile, hidden_parts=parts, hidden_chunk=chunk)
     return lc
+
+
+def parts_pay(tiles: int, c_padded: int, kernel_size: int, group_width: int) -> bool:
+    """Whether a small call of ``tiles`` 16-pixel tiles splits its hidden dim over programs:
+    fewer tiles than :data:`PARTS_MAX_TILES` and a conv that is cheap to recompute per part
+    (``k^2 * group_width <= PARTS_MAX_CONV_RATIO * c_padded``; see the constants)."""
+    return (tiles < PARTS_MAX_TILES
+            and kernel_size ** 2 * group_width <= PARTS_MAX_CONV_RATIO * c_padded)
 
 
 def hidden_parts(tiles: int, hidden: int, hidden_chunk: int,

@@ -115,8 +115,10 @@ def test_cuda_pallas_export_contains_the_triton_kernel(run):
     assert exported.platforms == ("cuda",)
     spec = model.spec  # one fused kernel per block; wide blocks run the split plan's kernels
     calls = sum(depth * block_kernel_count(cfg.channels, cfg.kernel_size, cfg.group_width,
-                                           cfg.hidden, "float32")
-                for depth, cfg in ((d, spec.block_config(i)) for i, d in enumerate(spec.depths)))
+                                           cfg.hidden, "float32",
+                                           rows=2 * (32 // spec.stem_size // 2 ** i) ** 2)
+                for i, (depth, cfg) in enumerate((d, spec.block_config(i))
+                                                 for i, d in enumerate(spec.depths)))
     assert text.count(export_lib.TRITON_CALL) == calls, "the block kernels of every block"
 
 

@@ -709,27 +709,32 @@ def test_conv_loop_trips_match_the_lowered_kernel(k, gw):
 # --------------------------------------------------------------------------------------
 def test_hidden_parts_rule():
     """Batch 1 of the brief's blocks gets hidden parts until the grid has
-    HIDDEN_PARTS_MIN_WARPS warps (or every part has MIN_PART_CHUNKS chunks of 16);
-    batch-128 calls and the table rows keep one part."""
+    HIDDEN_PARTS_MIN_WARPS warps (or every part has MIN_PART_CHUNKS chunks of 16) where
+    they pay (tuning.parts_pay: fewer tiles than SMs, k^2 gw <= 0.2 Cp); batch-128 calls
+    and the table rows keep one part."""
     from pallas_kernels import tuning
     from pallas_kernels.tuning import (HIDDEN_PARTS_MIN_WARPS, MIN_PART_CHUNKS, block_plan,
-                                       hidden_parts, split_small_call)
+                                       hidden_parts, parts_pay, split_small_call)
 
-    for (cp, hw, gw), want in {(64, 56, 1): 4, (64, 56, 8): 8, (128, 28, 1): 16,
-                               (128, 28, 8): 16, (256, 14, 8): 32, (256, 14, 1): 32,
-                               (512, 7, 1): 64}.items():
-        for k in (3, 7):
-            lc = launch_config(cp, k, gw, 4 * cp, "bfloat16", rows=hw * hw)
-            assert lc.tile == 16 and lc.hidden_parts == want, (cp, k, gw, lc)
-            programs = -(-hw * hw // 16) * lc.hidden_parts
-            chunks = -(-4 * cp // lc.hidden_chunk)
-            assert (programs * lc.num_warps >= HIDDEN_PARTS_MIN_WARPS
-                    or chunks == MIN_PART_CHUNKS * lc.hidden_parts), (cp, k, gw, lc)
-            assert chunks >= MIN_PART_CHUNKS * lc.hidden_parts
-            big = launch_config(cp, k, gw, 4 * cp, "bfloat16", rows=128 * hw * hw)
-            assert big.hidden_parts == 1
-            if (cp, k, gw, 4 * cp, "bfloat16") in LAUNCH_TABLE:
-                assert big == LAUNCH_TABLE[(cp, k, gw, 4 * cp, "bfloat16")]
+    # (cp, hw, gw, k) -> parts at batch 1: C64 56 x 56 has 196 tiles (>= 132 SMs); C128 k7
+    # (49 / 128) and every gw8 block (>= 72 / 256) recompute too much conv per part
+    wanted = {(64, 56, 1, 3): 1, (64, 56, 1, 7): 1, (64, 56, 8, 3): 1, (64, 56, 8, 7): 1,
+              (128, 28, 1, 3): 16, (128, 28, 1, 7): 1, (128, 28, 8, 3): 1, (128, 28, 8, 7): 1,
+              (256, 14, 8, 3): 1, (256, 14, 8, 7): 1, (256, 14, 1, 3): 32, (256, 14, 1, 7): 32,
+              (512, 7, 1, 3): 64, (512, 7, 1, 7): 64}
+    for (cp, hw, gw, k), want in wanted.items():
+        lc = launch_config(cp, k, gw, 4 * cp, "bfloat16", rows=hw * hw)
+        assert lc.tile == 16 and lc.hidden_parts == want, (cp, k, gw, lc)
+        assert parts_pay(-(-hw * hw // 16), cp, k, gw) == (want > 1)
+        programs = -(-hw * hw // 16) * lc.hidden_parts
+        chunks = -(-4 * cp // lc.hidden_chunk)
+        assert want == 1 or (programs * lc.num_warps >= HIDDEN_PARTS_MIN_WARPS
+                             or chunks == MIN_PART_CHUNKS * lc.hidden_parts), (cp, k, gw, lc)
+        assert chunks >= MIN_PART_CHUNKS * lc.hidden_parts
+        big = launch_config(cp, k, gw, 4 * cp, "bfloat16", rows=128 * hw * hw)
+        assert big.hidden_parts == 1
+        if (cp, k, gw, 4 * cp, "bfloat16") in LAUNCH_TABLE:
+            assert big == LAUNCH_TABLE[(cp, k, gw, 4 * cp, "bfloat16")]
     assert launch_config(64, 3, 1, 256, "bfloat16", rows=2 * 56 * 56).hidden_parts == 1
     assert hidden_parts(196, 256, 64, 8) == (4, 32)  # C64 56 x 56: 4 parts of 2 chunks
     assert hidden_parts(196, 256, 64, 4) == (8, 16)  # 4 warps: twice the programs
@@ -765,6 +770,8 @@ def _force_parts(monkeypatch, case: Case, parts: int) -> None:
     rows = case.n * case.hw[0] * case.hw[1]
     tiles = -(-rows // 16)
     monkeypatch.setattr(tuning, "MIN_PROGRAMS", 10 ** 6)
+    monkeypatch.setattr(tuning, "PARTS_MAX_TILES", 10 ** 6)  # parts even where they do not pay
+    monkeypatch.setattr(tuning, "PARTS_MAX_CONV_RATIO", float("inf"))
     x = jax.ShapeDtypeStruct((case.n, *case.hw, case.c), jnp.dtype(case.dtype))
     params = {"w1": jnp.zeros((case.c, case.e * case.c))}
     warps = block_launch_config(x.shape, x.dtype, params, case.k, case.gw).num_warps
