@@ -479,6 +479,28 @@ def _triton_tool(name: str) -> str:
     return os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin", name)
 
 
+def run_ttir_passes(path: str) -> str:
+    """The TTIR passes of Triton's ``make_ttir`` (inliner, canonicalize, combine ops -- e.g.
+    ``acc + dot(a, b)`` into one dot with ``acc`` as accumulator --, reorder broadcast, CSE,
+    symbol DCE, loop unroll) on the TTIR file at ``path``; returns the module text.
+
+    ``triton.compile`` of a ``.ttir`` file starts at the TTGIR stage, but XLA runs these
+    passes on a Pallas kernel's Triton module first (``MakeTTIR`` in
+    xla/backends/gpu/codegen/triton/compilation_pipeline_cuda.cc, "based on make_ttir()"),
+    so the static compile runs them too."""
+    from triton._C.libtriton import ir
+    from triton.backends.compiler import GPUTarget
+    from triton.backends.nvidia.compiler import CUDABackend
+
+    ctx = ir.context()
+    ir.load_dialects(ctx)
+    CUDABackend(GPUTarget("cuda", 90, 32)).load_dialects(ctx)
+    mod = ir.parse_mlir_module(path, ctx)
+    mod.context = ctx
+    CUDABackend.make_ttir(mod, None, None, 90)
+    return str(mod)
+
+
 def compile_sm90(ttir: str, num_warps: int, num_stages: int, workdir: str,
                  tag: str) -> dict[str, Any]:
     """Compiles TTIR for sm_90a with pip triton; ptxas -v and SASS. Needs triton."""
@@ -488,6 +510,7 @@ def compile_sm90(ttir: str, num_warps: int, num_stages: int, workdir: str,
 
     path = os.path.join(workdir, f"{tag}.ttir")
     pathlib.Path(path).write_text(ttir)
+    pathlib.Path(path).write_text(run_ttir_passes(path))
     kernel = triton.compile(path, target=GPUTarget("cuda", 90, 32),
                             options=dict(num_warps=num_warps, num_stages=num_stages))
     for ext in ("ttgir", "ptx"):
