@@ -515,17 +515,17 @@ def test_split_plan_fused_mlp_programs_span_images(monkeypatch, case, mlp_split)
     _check_forward(case, seed=62)
 
 
-def test_split_plan_fused_mlp_gradients(monkeypatch):
-    """Forward and gradient of the public API with the fused MLP kernel against the
-    reference (the backward pass is the XLA recompute)."""
-    case = Case(3, 32, 4, (5, 6), 2, L, "gelu", "float32", ls=True, bs=True)
-    _force_split(monkeypatch, case, True)
-    x, params, bs = random_block_inputs(8, batch=case.n, height=case.hw[0], width=case.hw[1],
-                                        channels=case.c, hidden=case.e * case.c,
-                                        kernel_size=case.k, layer_scale=True,
-                                        branch_scale=True)
+def _check_api_against_references(case: Case, seed: int, cot_seed: int) -> tuple:
+    """Forward and gradient of the public API (as configured by the caller's monkeypatch)
+    against the float64 numpy block and the XLA reference block (the backward pass is the
+    XLA recompute); returns (kernel output, jitted forward, inputs) for further checks."""
+    x, params, bs = random_block_inputs(seed, batch=case.n, height=case.hw[0],
+                                        width=case.hw[1], channels=case.c,
+                                        hidden=case.e * case.c, kernel_size=case.k,
+                                        layer_scale=True, branch_scale=True)
     kw = dict(kernel_size=case.k, norm=case.norm, activation=case.act)
-    cot = jnp.asarray(np.random.default_rng(4).standard_normal(x.shape).astype(np.float32))
+    cot = jnp.asarray(np.random.default_rng(cot_seed).standard_normal(x.shape).astype(
+        np.float32))
 
     def loss(block, x_, p_, b_):
         out = block(x_, p_, branch_scale=b_, **kw)
@@ -543,6 +543,16 @@ def test_split_plan_fused_mlp_gradients(monkeypatch):
     np.testing.assert_allclose(out_k, out_r, rtol=0, atol=2e-5 * np.abs(out_r).max())
     for a, b in zip(jax.tree.leaves(gk), jax.tree.leaves(gr)):
         np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-4 * np.abs(b).max() + 1e-12)
+    forward = jax.jit(lambda x_, p_, b_: conv_first_block(x_, p_, branch_scale=b_, **kw))
+    return out_k, forward, (x, params, bs)
+
+
+def test_split_plan_fused_mlp_gradients(monkeypatch):
+    """Forward and gradient of the public API with the fused MLP kernel against the
+    reference (the backward pass is the XLA recompute)."""
+    case = Case(3, 32, 4, (5, 6), 2, L, "gelu", "float32", ls=True, bs=True)
+    _force_split(monkeypatch, case, True)
+    _check_api_against_references(case, seed=8, cot_seed=4)
 
 
 def test_wide_blocks_take_the_split_plan(monkeypatch):
@@ -814,32 +824,8 @@ def test_hidden_parts_deterministic_and_gradients(monkeypatch):
     the public API with hidden parts against the float64 reference and the XLA block."""
     case = Case(3, 32, 4, (5, 6), 2, L, "gelu", "float32", ls=True, bs=True)
     _force_parts(monkeypatch, case, 4)
-    x, params, bs = random_block_inputs(9, batch=case.n, height=case.hw[0], width=case.hw[1],
-                                        channels=case.c, hidden=case.e * case.c,
-                                        kernel_size=case.k, layer_scale=True,
-                                        branch_scale=True)
-    kw = dict(kernel_size=case.k, norm=case.norm, activation=case.act)
-    cot = jnp.asarray(np.random.default_rng(5).standard_normal(x.shape).astype(np.float32))
-
-    def loss(block, x_, p_, b_):
-        out = block(x_, p_, branch_scale=b_, **kw)
-        return jnp.sum(out * cot), out
-
-    @jax.jit
-    def grads(x_, p_, b_):
-        return tuple(jax.grad(functools.partial(loss, block), (0, 1, 2), has_aux=True)(
-            x_, p_, b_) for block in (conv_first_block, conv_first_block_reference))
-
-    (gk, out_k), (gr, out_r) = grads(x, params, bs)
-    again = jax.jit(lambda x_, p_, b_: conv_first_block(x_, p_, branch_scale=b_, **kw))(
-        x, params, bs)
-    np.testing.assert_array_equal(np.asarray(again), np.asarray(out_k))
-    want = numpy_block(np.asarray(x), params, k=case.k, gw=1, norm=case.norm, act=case.act,
-                       eps=1e-6, branch_scale=bs)
-    np.testing.assert_allclose(out_k, want, rtol=0, atol=2e-5 * np.abs(want).max())
-    np.testing.assert_allclose(out_k, out_r, rtol=0, atol=2e-5 * np.abs(out_r).max())
-    for a, b in zip(jax.tree.leaves(gk), jax.tree.leaves(gr)):
-        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-4 * np.abs(b).max() + 1e-12)
+    out_k, forward, inputs = _check_api_against_references(case, seed=9, cot_seed=5)
+    np.testing.assert_array_equal(np.asarray(forward(*inputs)), np.asarray(out_k))
 
 
 
