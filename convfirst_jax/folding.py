@@ -2,7 +2,7 @@
 
 In eval mode a BatchNorm is the per-channel affine map ``y * s + t`` with
 ``s = gamma / sqrt(var + eps)`` and ``t = beta - mean * s``
-(:func:`convfirst_jax.models.layers.fold_bn`). A BN that follows a conv or a 1x1 (Lavin
+(:func:`convfirst_jax.models.norms.fold_bn`). A BN that follows a conv or a 1x1 (Lavin
 2024, Sec. 3: ConvFirst has BN after the conv, the expand and the project) folds into that
 layer's weights (output channels scaled by ``s``) and bias; each block does this itself
 (:meth:`ConvFirstBlock.kernel_params`, the fused kernel's params format with
@@ -25,7 +25,8 @@ import jax.numpy as jnp
 from flax import nnx
 
 from convfirst_jax.models.blocks import check_block_impl
-from convfirst_jax.models.layers import check_image_input, fold_bn
+from convfirst_jax.models.layers import check_image_input
+from convfirst_jax.models.norms import fold_bn
 from convfirst_jax.models.macro import FourStageNet
 from convfirst_jax.models.resnet import ResNet
 from convfirst_jax.specs import FourStageNetSpec

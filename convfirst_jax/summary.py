@@ -41,7 +41,7 @@ def xla_cost_analysis(name: str, resolution: int, batch_size: int, dtype: str = 
     from flax import nnx
 
     from convfirst_jax import create_model
-    from convfirst_jax.models.layers import conv_impl, depthwise_impl
+    from convfirst_jax.models.cpu_paths import conv_impl, depthwise_impl
 
     model = nnx.eval_shape(lambda: create_model(name, num_classes=num_classes,
                                                 dtype=jnp.dtype(dtype)))

@@ -13,7 +13,7 @@ import pytest
 from flax import nnx
 
 from convfirst_jax import create_model
-from convfirst_jax.models.layers import BatchNorm
+from convfirst_jax.models.norms import BatchNorm
 
 
 @pytest.mark.parametrize("shape", [(2, 1, 1, 3), (2, 3, 4, 5), (1, 2, 2, 3)])

@@ -10,8 +10,8 @@ import pytest
 from flax import nnx
 
 from convfirst_jax import create_model
-from convfirst_jax.models.layers import (block_diagonal_kernel, conv_general_dilated,
-                                         conv_im2col, conv_impl, grouped_conv_im2col)
+from convfirst_jax.models.cpu_paths import (block_diagonal_kernel, conv_general_dilated,
+                                            conv_im2col, conv_impl, grouped_conv_im2col)
 
 
 def _numpy_conv(x, w, stride, pad, groups):
@@ -89,7 +89,7 @@ def test_unknown_impl_is_one_error():
 
 @pytest.mark.parametrize("hw,k", [(8, 7), (4, 3), (9, 3), (2, 7)])  # written-out grads
 def test_depthwise_shift_add_gradient_matches_library_conv(hw, k):
-    from convfirst_jax.models.layers import depthwise_conv_shift_add
+    from convfirst_jax.models.cpu_paths import depthwise_conv_shift_add
 
     rng = np.random.default_rng(2)
     x = jnp.asarray(rng.standard_normal((2, hw, hw, 6)), jnp.float32)
@@ -123,7 +123,7 @@ def _norm_reference(kind, x, scale, bias, eps):
 def test_norm_written_out_gradient_matches_float64_autodiff(kind, shape):
     """The module in train mode (its CPU path): loss, input / scale / bias gradients and the
     new running statistics equal float64 autodiff of the plain formula and the library path."""
-    from convfirst_jax.models.layers import make_norm
+    from convfirst_jax.models.norms import make_norm
 
     rng = np.random.default_rng(3)
     c = shape[-1]
@@ -164,7 +164,7 @@ def test_norm_written_out_gradient_matches_float64_autodiff(kind, shape):
 
 def test_batch_norm_train_gradient_through_mean_and_var():
     """Cotangents of the returned batch mean and variance reach the input (float64)."""
-    from convfirst_jax.models.layers import batch_norm_train
+    from convfirst_jax.models.norms import batch_norm_train
 
     rng = np.random.default_rng(4)
     with jax.enable_x64():

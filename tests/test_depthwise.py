@@ -12,8 +12,8 @@ from flax import nnx
 from jax import lax
 
 from convfirst_jax import create_model
-from convfirst_jax.models.layers import (depthwise_conv_shift_add, depthwise_impl,
-                                         use_shift_add_depthwise)
+from convfirst_jax.models.cpu_paths import (depthwise_conv_shift_add, depthwise_impl,
+                                            use_shift_add_depthwise)
 
 
 def _lax_depthwise(x, w, b):

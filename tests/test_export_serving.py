@@ -23,7 +23,7 @@ sys.path.insert(0, str(pathlib.Path(__file__).parent))
 from fixtures.runs import make_run  # noqa: E402
 
 from convfirst_jax import export as export_lib  # noqa: E402
-from convfirst_jax.models.layers import BatchNorm  # noqa: E402
+from convfirst_jax.models.norms import BatchNorm  # noqa: E402
 from model_fill import random_model  # noqa: E402
 from pallas_kernels import block_kernel_count  # noqa: E402
 from convfirst_jax.specs import ResNetSpec, get_spec  # noqa: E402

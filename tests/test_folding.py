@@ -14,7 +14,7 @@ from flax import nnx
 
 from convfirst_jax import apply_folded, fold_batchnorm, get_spec
 from convfirst_jax.models import ConvFirstBlock
-from convfirst_jax.models.layers import fold_bn
+from convfirst_jax.models.norms import fold_bn
 from convfirst_jax.specs import ConvFirstBlockConfig
 from model_fill import abstract_model, random_fill, random_model
 from pallas_kernels import conv_first_block_reference

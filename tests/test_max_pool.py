@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from convfirst_jax.models.layers import max_pool, max_pool_shifted
+from convfirst_jax.models.cpu_paths import max_pool, max_pool_shifted
 
 
 def _numpy_pool(x, ct, window, stride, pad):
@@ -78,7 +78,7 @@ def test_max_pool_dispatch_under_jit_equals_library():
 
 def test_max_pool_follows_the_conv_impl_scope():
     """The library variant (conv_impl("conv")) traces the library op, "im2col" the slices."""
-    from convfirst_jax.models.layers import conv_impl
+    from convfirst_jax.models.cpu_paths import conv_impl
 
     x = jnp.zeros((1, 8, 8, 2), jnp.float32)
     args = dict(strides=(2, 2), padding=((1, 1), (1, 1)))

@@ -70,11 +70,11 @@ def make_jax_train_step(model: str, *, batch_size: int, resolution: int, num_cla
              "label": jnp.asarray(rng.integers(0, num_classes, batch_size), jnp.int32),
              "valid": jnp.ones((batch_size,), bool)}
     holder = {"state": st}
-    from convfirst_jax.models import layers
+    from convfirst_jax.models import cpu_paths
     with contextlib.ExitStack() as scope:  # the conv paths are chosen at trace time
         if variant == "library":
-            scope.enter_context(layers.conv_impl("conv"))
-            scope.enter_context(layers.depthwise_impl("conv"))
+            scope.enter_context(cpu_paths.conv_impl("conv"))
+            scope.enter_context(cpu_paths.depthwise_impl("conv"))
         compiled = step.lower(st, batch).compile()
 
     def run() -> float:

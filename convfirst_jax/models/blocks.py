@@ -24,9 +24,10 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from convfirst_jax.models.layers import (TRUNC_NORMAL_02, DropPath, conv_general_dilated,
-                                         depthwise_conv_shift_add, fold_bn, make_norm,
-                                         scale_branch, use_shift_add_depthwise)
+from convfirst_jax.models.cpu_paths import (conv_general_dilated, depthwise_conv_shift_add,
+                                            use_shift_add_depthwise)
+from convfirst_jax.models.layers import TRUNC_NORMAL_02, DropPath, scale_branch
+from convfirst_jax.models.norms import fold_bn, make_norm
 from convfirst_jax.specs import ConvFirstBlockConfig
 from pallas_kernels import conv_first_block
 from pallas_kernels.activations import activation_fn

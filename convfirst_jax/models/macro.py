@@ -27,8 +27,9 @@ import jax.numpy as jnp
 from flax import nnx
 
 from convfirst_jax.models.blocks import ConvFirstBlock, check_block_impl
-from convfirst_jax.models.layers import (TRUNC_NORMAL_02, check_image_input,
-                                         conv_general_dilated, drop_path_rates, make_norm)
+from convfirst_jax.models.cpu_paths import conv_general_dilated
+from convfirst_jax.models.layers import TRUNC_NORMAL_02, check_image_input, drop_path_rates
+from convfirst_jax.models.norms import make_norm
 from convfirst_jax.specs import FourStageNetSpec
 
 MIN_RESOLUTION = 32

@@ -15,9 +15,10 @@ import jax.numpy as jnp
 from flax import nnx
 
 from convfirst_jax.models.blocks import check_block_impl
+from convfirst_jax.models.cpu_paths import conv_general_dilated, max_pool
 from convfirst_jax.models.layers import (KAIMING_FAN_OUT, DropPath, check_image_input,
-                                         conv_general_dilated, drop_path_rates, make_norm,
-                                         max_pool, scale_branch)
+                                         drop_path_rates, scale_branch)
+from convfirst_jax.models.norms import make_norm
 from convfirst_jax.specs import ResNetSpec
 
 MIN_RESOLUTION = 32
