@@ -119,22 +119,21 @@ LaunchKey = tuple[int, int, int, int, str]
 # candidate of `scripts/sweep_launch_static.py` (tile x hidden chunk x warps, batch 128,
 # bfloat16; gw1 rows must be spill-free for both the ConvNeXt LN-GELU and the ConvFirst
 # affine-SiLU block, gw8 rows for the affine-SiLU block; comment = modelled "overlap" times,
-# docs/results/static-h100/launch_sweep_gw*.json; the four depthwise C64 / C128 rows from the
-# narrower rerun with 256-pixel tiles after the conv stage's column groups,
-# launch_sweep_gw1_tiles256.json). Keys that take the split plan
+# docs/results/static-h100/launch_sweep_gw*.json, rerun on the v4 kernels with the static
+# compile's TTIR passes and tiles up to 256). Keys that take the split plan
 # (block_plan: C >= 256 depthwise, C >= 512 grouped) have no row here: they use
 # SPLIT_LAUNCH_TABLE / its default rule. Replace them with GPU measurements when a GPU runs.
 LAUNCH_TABLE: dict[LaunchKey, LaunchConfig] = {
-    (64, 3, 1, 256, "bfloat16"): LaunchConfig(256, 64, 8, 2),  # 120, 74 us
-    (64, 3, 8, 256, "bfloat16"): LaunchConfig(128, 64, 4, 2),  # 102 us
-    (64, 7, 1, 256, "bfloat16"): LaunchConfig(256, 64, 8, 2),  # 171, 126 us
-    (64, 7, 8, 256, "bfloat16"): LaunchConfig(128, 64, 4, 2),  # 237 us
-    (128, 3, 1, 512, "bfloat16"): LaunchConfig(128, 128, 8, 2),  # 64, 45 us
-    (128, 3, 8, 512, "bfloat16"): LaunchConfig(128, 32, 8, 2),  # 85 us
-    (128, 7, 1, 512, "bfloat16"): LaunchConfig(128, 128, 8, 2),  # 94, 70 us
-    (128, 7, 8, 512, "bfloat16"): LaunchConfig(64, 32, 4, 2),  # 155 us
-    (256, 3, 8, 1024, "bfloat16"): LaunchConfig(64, 64, 8, 2),  # 89 us
-    (256, 7, 8, 1024, "bfloat16"): LaunchConfig(64, 64, 8, 2),  # 148 us
+    (64, 3, 1, 256, "bfloat16"): LaunchConfig(256, 128, 8, 2),  # 112, 66 us
+    (64, 3, 8, 256, "bfloat16"): LaunchConfig(128, 64, 4, 2),  # 78 us
+    (64, 7, 1, 256, "bfloat16"): LaunchConfig(256, 128, 8, 2),  # 163, 118 us
+    (64, 7, 8, 256, "bfloat16"): LaunchConfig(128, 64, 4, 2),  # 160 us
+    (128, 3, 1, 512, "bfloat16"): LaunchConfig(128, 128, 8, 2),  # 60, 45 us
+    (128, 3, 8, 512, "bfloat16"): LaunchConfig(128, 64, 8, 2),  # 50 us
+    (128, 7, 1, 512, "bfloat16"): LaunchConfig(128, 128, 8, 2),  # 90, 67 us
+    (128, 7, 8, 512, "bfloat16"): LaunchConfig(128, 128, 8, 2),  # 88 us
+    (256, 3, 8, 1024, "bfloat16"): LaunchConfig(64, 32, 8, 2),  # 84 us
+    (256, 7, 8, 1024, "bfloat16"): LaunchConfig(64, 64, 8, 2),  # 110 us
 }
 
 
