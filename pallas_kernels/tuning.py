@@ -34,6 +34,7 @@ meant to be replaced by GPU sweeps (``convfirst_jax.bench``).
 from __future__ import annotations
 
 import dataclasses
+from typing import Any
 
 import jax.numpy as jnp
 import numpy as np
@@ -71,6 +72,30 @@ PARTS_MAX_TILES = 132
 PARTS_MAX_CONV_RATIO = 0.2
 
 
+def check_launch_fields(cfg: Any, *, counts: tuple[str, ...] = (),
+                        dot_dims: tuple[str, ...] = (), warps: tuple[str, ...] = (),
+                        stages: tuple[str, ...] = ()) -> None:
+    """One ValueError naming the first bad field of a launch config: ``counts`` powers of two
+    >= 1, ``dot_dims`` powers of two >= :data:`MIN_DOT_DIM` (Triton dot and block shapes),
+    ``warps`` in 1, 2, 4, 8, 16, ``stages`` >= 1."""
+    name = type(cfg).__name__
+    for field in counts:
+        v = getattr(cfg, field)
+        if v < 1 or v & (v - 1):
+            raise ValueError(f"{name}.{field}={v} must be a power of two >= 1")
+    for field in dot_dims:
+        v = getattr(cfg, field)
+        if v < MIN_DOT_DIM or v & (v - 1):
+            raise ValueError(f"{name}.{field}={v} must be a power of two >= {MIN_DOT_DIM} "
+                             "(Triton dot and block-size constraint)")
+    for field in warps:
+        if getattr(cfg, field) not in (1, 2, 4, 8, 16):
+            raise ValueError(f"{name}.{field}={getattr(cfg, field)} must be 1, 2, 4, 8 or 16")
+    for field in stages:
+        if getattr(cfg, field) < 1:
+            raise ValueError(f"{name}.{field}={getattr(cfg, field)} must be >= 1")
+
+
 @dataclasses.dataclass(frozen=True)
 class LaunchConfig:
     """Launch parameters of one fused-block pallas_call.
@@ -97,19 +122,8 @@ class LaunchConfig:
     hidden_parts: int = 1
 
     def __post_init__(self):
-        if self.hidden_parts < 1 or self.hidden_parts & (self.hidden_parts - 1):
-            raise ValueError(f"LaunchConfig.hidden_parts={self.hidden_parts} must be a power "
-                             "of two >= 1")
-        for field in ("tile", "hidden_chunk"):
-            v = getattr(self, field)
-            if v < MIN_DOT_DIM or v & (v - 1):
-                raise ValueError(
-                    f"LaunchConfig.{field}={v} must be a power of two >= {MIN_DOT_DIM} "
-                    "(Triton dot and block-size constraint)")
-        if self.num_warps not in (1, 2, 4, 8, 16):
-            raise ValueError(f"LaunchConfig.num_warps={self.num_warps} must be 1, 2, 4, 8 or 16")
-        if self.num_stages < 1:
-            raise ValueError(f"LaunchConfig.num_stages={self.num_stages} must be >= 1")
+        check_launch_fields(self, counts=("hidden_parts",), dot_dims=("tile", "hidden_chunk"),
+                            warps=("num_warps",), stages=("num_stages",))
 
 
 LaunchKey = tuple[int, int, int, int, str]
@@ -294,25 +308,11 @@ class SplitLaunchConfig:
     mlp_split: int = 1
 
     def __post_init__(self):
-        for field in ("column_split", "expand_split", "mlp_split"):
-            v = getattr(self, field)
-            if v < 1 or v & (v - 1):
-                raise ValueError(f"SplitLaunchConfig.{field}={v} must be a power of two >= 1")
-        for field in ("conv_tile", "block_m", "block_n", "block_k", "expand_block_n",
-                      "mlp_block_m", "hidden_chunk"):
-            v = getattr(self, field)
-            if v < MIN_DOT_DIM or v & (v - 1):
-                raise ValueError(
-                    f"SplitLaunchConfig.{field}={v} must be a power of two >= {MIN_DOT_DIM} "
-                    "(Triton dot and block-size constraint)")
-        for field in ("conv_warps", "num_warps", "mlp_warps"):
-            if getattr(self, field) not in (1, 2, 4, 8, 16):
-                raise ValueError(f"SplitLaunchConfig.{field}={getattr(self, field)} must be "
-                                 "1, 2, 4, 8 or 16")
-        for field in ("num_stages", "mlp_stages"):
-            if getattr(self, field) < 1:
-                raise ValueError(f"SplitLaunchConfig.{field}={getattr(self, field)} must be "
-                                 ">= 1")
+        check_launch_fields(
+            self, counts=("column_split", "expand_split", "mlp_split"),
+            dot_dims=("conv_tile", "block_m", "block_n", "block_k", "expand_block_n",
+                      "mlp_block_m", "hidden_chunk"),
+            warps=("conv_warps", "num_warps", "mlp_warps"), stages=("num_stages", "mlp_stages"))
 
 
 # Overrides of the split plan's default rule, same key as LAUNCH_TABLE.

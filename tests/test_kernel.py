@@ -607,20 +607,13 @@ def test_split_launch_rule():
     assert -(-8 * 196 // 64) < MLP_MIN_PROGRAMS and not small.fused_mlp
     assert small.mlp_block_m == c256.mlp_block_m
     assert not split_launch_config(256, 3, 1, 1024, "float32", rows=128 * 196).fused_mlp
-    with pytest.raises(ValueError, match="power of two"):
-        SplitLaunchConfig(conv_tile=24)
-    with pytest.raises(ValueError, match="column_split"):
-        SplitLaunchConfig(conv_tile=16, column_split=3)
-    with pytest.raises(ValueError, match="num_warps"):
-        SplitLaunchConfig(conv_tile=16, num_warps=3)
-    with pytest.raises(ValueError, match="hidden_chunk"):
-        SplitLaunchConfig(conv_tile=16, hidden_chunk=48)
-    with pytest.raises(ValueError, match="mlp_warps"):
-        SplitLaunchConfig(conv_tile=16, mlp_warps=3)
-    with pytest.raises(ValueError, match="mlp_stages"):
-        SplitLaunchConfig(conv_tile=16, mlp_stages=0)
-    with pytest.raises(ValueError, match="mlp_split"):
-        SplitLaunchConfig(conv_tile=16, mlp_split=3)
+    bad = [(dict(conv_tile=24), "power of two"), (dict(column_split=3), "column_split"),
+           (dict(num_warps=3), "num_warps"), (dict(hidden_chunk=48), "hidden_chunk"),
+           (dict(mlp_warps=3), "mlp_warps"), (dict(mlp_stages=0), "mlp_stages"),
+           (dict(mlp_split=3), "mlp_split")]
+    for kwargs, match in bad:
+        with pytest.raises(ValueError, match=match):
+            SplitLaunchConfig(**{"conv_tile": 16, **kwargs})
 
 
 def test_eager_calls_trace_the_kernel_once(monkeypatch):

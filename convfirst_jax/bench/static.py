@@ -508,9 +508,10 @@ def compile_sm90(ttir: str, num_warps: int, num_stages: int, workdir: str,
     from triton.backends.compiler import GPUTarget
     from triton.backends.nvidia.compiler import get_ptxas
 
-    path = os.path.join(workdir, f"{tag}.ttir")
-    pathlib.Path(path).write_text(ttir)
-    pathlib.Path(path).write_text(run_ttir_passes(path))
+    raw = os.path.join(workdir, f"{tag}.pallas.ttir")  # as Pallas emitted it
+    pathlib.Path(raw).write_text(ttir)
+    path = os.path.join(workdir, f"{tag}.ttir")  # after the TTIR passes: what is compiled
+    pathlib.Path(path).write_text(run_ttir_passes(raw))
     kernel = triton.compile(path, target=GPUTarget("cuda", 90, 32),
                             options=dict(num_warps=num_warps, num_stages=num_stages))
     for ext in ("ttgir", "ptx"):
