@@ -370,7 +370,7 @@ def default_split_launch_config(c_padded: int, kernel_size: int, group_width: in
     128-pixel project accumulator fits :data:`MLP_ACC_ELEMENTS` (c_padded <= 256): 128
     pixels, 8 warps, hidden chunk 32, 2 stages, the accumulator as 2 x 128 columns. Static
     H100 model, C256 14 x 14 k3 batch 128 bf16 (docs/results/static-h100/split_mlp_sweep.json,
-    ``python -m convfirst_jax.bench static --sweep-split-mlp``): 50.7 / 50.6 us (LN-GELU /
+    ``scripts/sweep_split_mlp_static.py``): 50.7 / 50.6 us (LN-GELU /
     affine-SiLU) against 76.4 / 76.3 us for the GEMMs; every 128-pixel candidate with one
     accumulator spills (276-920 bytes), the 2-accumulator ones at 8 warps do not (252-255
     registers); 64-pixel programs double the weight reads from L2 (88 us); 16 warps cap the

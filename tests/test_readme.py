@@ -1,11 +1,13 @@
-"""The README's promises: two set-up commands at the top, a generated model table."""
+"""The README's promises: two set-up commands at the top, generated model and kernel tables."""
 
+import importlib.util
 import pathlib
 import re
 
 from convfirst_jax.complexity.model_table import model_table_markdown
 
-README = pathlib.Path(__file__).resolve().parents[1] / "README.md"
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+README = ROOT / "README.md"
 
 
 def test_model_table_is_generated_by_summary_command():
@@ -14,6 +16,22 @@ def test_model_table_is_generated_by_summary_command():
     assert region, "README lacks the model-table markers"
     assert region.group(1).strip() == model_table_markdown().strip(), (
         "README model table is stale: run python -m convfirst_jax.summary --update-readme README.md")
+
+
+def test_kernel_table_is_generated_from_the_committed_static_reports():
+    spec = importlib.util.spec_from_file_location("kernel_table", ROOT / "scripts" / "kernel_table.py")
+    kernel_table = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(kernel_table)
+    text = README.read_text()
+    region = re.search(rf"{kernel_table.KERNEL_TABLE_START}\n(.*?){kernel_table.KERNEL_TABLE_END}",
+                       text, re.S)
+    assert region, "README lacks the kernel-table markers"
+    table = kernel_table.table()
+    assert region.group(1).strip() == table.strip(), (
+        "README kernel table is stale: run PYTHONPATH=. python scripts/kernel_table.py "
+        "--update-readme README.md")
+    # One row per configuration of the batch-128 report, every one with batch-1 numbers.
+    assert table.count("\n| C") == 24
 
 
 def test_exactly_two_setup_commands_main_job_and_tests():

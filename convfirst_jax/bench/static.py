@@ -24,9 +24,9 @@ Pipeline, per block configuration:
    or two GEMMs) are modelled one by one and summed (:func:`analyse_split`). Small calls
    whose fused kernel splits the hidden dim over programs (``LaunchConfig.hidden_parts``)
    are charged each part's conv + norm recompute and x reads, the f32 partials written, and
-   the XLA reduction + epilogue after the kernel at HBM bandwidth (:func:`parts_reduction`);
-   ``--sweep-split-mlp`` compares its two MLP forms and the fused MLP kernel's launch
-   candidates (:func:`sweep_split_mlp`).
+   the XLA reduction + epilogue after the kernel at HBM bandwidth (:func:`parts_reduction`).
+   The launch sweeps built on :func:`analyse` live in ``scripts/`` (``sweep_launch_static.py``
+   for LAUNCH_TABLE, ``sweep_split_mlp_static.py`` for the split plan's MLP form).
 5. The floors come from the project's cost model (:mod:`convfirst_jax.complexity` layer costs
    and :mod:`convfirst_jax.complexity.roofline`): fused floor max(2 * MACs / peak, (x + weights
    + out) / bandwidth) and XLA's unfused floor (the waterline: every layer of the block its own
@@ -46,9 +46,7 @@ import math
 import os
 import pathlib
 import re
-import shlex
 import subprocess
-import sys
 import tempfile
 import time
 from collections import Counter
@@ -839,100 +837,6 @@ def analyse_split(cfg: StaticConfig, hw: H100Model, workdir: str,
     return row
 
 
-# ------------------------------------------------------------------------------ split-plan sweep
-#: Fused MLP kernel candidates (mlp_block_m, mlp_warps, hidden_chunk, mlp_stages, mlp_split):
-#: 128-pixel programs need 8 or 16 warps (the (128, 256) f32 accumulator alone is 128
-#: registers per thread at 8 warps).
-SPLIT_MLP_CANDIDATES = tuple((bm, w, hc, st, sp) for bm, w, sp in (
-    (128, 8, 1), (128, 8, 2), (128, 16, 1), (128, 16, 2), (64, 4, 1), (64, 8, 1))
-    for hc in (32, 64, 128) for st in (1, 2, 3))
-
-
-def sweep_split_mlp(configs: Sequence[StaticConfig], hw: H100Model | None = None,
-                    workdir: str | None = None, verbose: bool = False,
-                    candidates: Sequence[tuple[int, ...]] = SPLIT_MLP_CANDIDATES,
-                    ) -> list[dict[str, Any]]:
-    """The split plan's two MLP forms on the static model, per configuration: the two GEMMs
-    (``fused_mlp`` False) and every fused MLP kernel candidate ``(mlp_block_m, mlp_warps,
-    hidden_chunk, mlp_stages, mlp_split)``, each a
-    :data:`pallas_kernels.tuning.SPLIT_LAUNCH_TABLE` row
-    (the default rule with those fields) modelled by :func:`analyse`; ``MLP_MIN_PROGRAMS``
-    is lifted so grids below one program per SM are modelled too (see ``model_waves_us``);
-    candidates over the accumulator budget (``MLP_ACC_ELEMENTS``) are skipped.
-    ``best``: the spill-free candidate with the smallest "overlap" time (ties: "serial")."""
-    import contextlib
-    import dataclasses as dc
-
-    from pallas_kernels import tuning
-
-    ok, why = triton_available()
-    if not ok:
-        raise RuntimeError(why)
-    hw = hw or H100Model()
-    os.environ.setdefault("TRITON_DEFAULT_FP_FUSION", "1")
-    workdir = workdir or tempfile.mkdtemp(prefix="convfirst-split-sweep-")
-
-    @contextlib.contextmanager
-    def table_row(key, lc):
-        shipped, min_programs = tuning.SPLIT_LAUNCH_TABLE.get(key), tuning.MLP_MIN_PROGRAMS
-        tuning.SPLIT_LAUNCH_TABLE[key], tuning.MLP_MIN_PROGRAMS = lc, 1
-        try:
-            yield
-        finally:
-            tuning.MLP_MIN_PROGRAMS = min_programs
-            if shipped is None:
-                tuning.SPLIT_LAUNCH_TABLE.pop(key, None)
-            else:
-                tuning.SPLIT_LAUNCH_TABLE[key] = shipped
-
-    def entry(cfg, key, lc):
-        with table_row(key, lc):
-            try:
-                row = analyse(cfg, hw, workdir)
-            except Exception as e:  # noqa: BLE001 - a candidate that does not compile
-                return dict(ok=False, error=f"{type(e).__name__}: {str(e)[:160]}")
-        mlp = [k for k in row["kernels"] if k["kernel"] != "conv_norm"]
-        spill = row["spill_st"] or row["spill_ld"]
-        return dict(ok=row["ctas_per_sm"] > 0 and not spill, launch=row["launch"],
-                    regs=[k["regs"] for k in mlp], spill_st=row["spill_st"],
-                    smem_kib=[round(k["smem_kib"], 1) for k in mlp],
-                    ctas_per_sm=[k["ctas_per_sm"] for k in mlp],
-                    grid=[k["grid"] for k in mlp], waves=[k["waves"] for k in mlp],
-                    mlp_us=sum(k["model_overlap_us"] for k in mlp),
-                    overlap_us=row["model_overlap_us"], serial_us=row["model_serial_us"],
-                    waves_us=row["model_waves_us"], pct_floor=row["pct_floor_overlap"],
-                    l2_mb=row["l2_mb"], hbm_mb=row["hbm_mb"], bottleneck=row["bottleneck"])
-
-    results = []
-    for cfg in configs:
-        key = (tuning.padded_channels(cfg.C), cfg.k, cfg.gw, cfg.E * cfg.C, cfg.dtype)
-        if tuning.block_plan(*key) != "split":
-            continue
-        base = tuning.default_split_launch_config(*key)
-        gemm = entry(cfg, key, dc.replace(base, fused_mlp=False))
-        tried = []
-        for cand in candidates:
-            bm, w, hc, st, sp = cand
-            if bm * key[0] > tuning.MLP_ACC_ELEMENTS:  # the accumulator's register budget
-                continue
-            e = entry(cfg, key, dc.replace(base, fused_mlp=True, mlp_block_m=bm, mlp_warps=w,
-                                           hidden_chunk=hc, mlp_stages=st, mlp_split=sp))
-            tried.append(dict(e, candidate=cand))
-            if verbose:
-                print(f"  {cfg.name} {cand}: " + (e.get("error", "")[:80] or
-                      f"{e['overlap_us']:.1f} us, regs {e['regs']} spill {e['spill_st']}"),
-                      flush=True)
-        fits = [t for t in tried if t["ok"]]
-        best = min(fits, key=lambda t: (t["overlap_us"], t["serial_us"])) if fits else None
-        results.append(dict(cfg=cfg.name, config=dataclasses.asdict(cfg), key=key, gemm=gemm,
-                            best=best, tried=tried))
-        if verbose:
-            print(f"{cfg.name}: gemm {gemm.get('overlap_us', 0):.1f} us; best "
-                  f"{best and best['candidate']} {best and round(best['overlap_us'], 1)} us",
-                  flush=True)
-    return results
-
-
 # ------------------------------------------------------------------------------ output
 def markdown_table(rows: Sequence[dict[str, Any]]) -> str:
     """The key columns, one row per configuration."""
@@ -990,10 +894,6 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--hbm-tbs", type=float, default=H100Model.hbm_bw / 1e12)
     p.add_argument("--l2-tbs", type=float, default=H100Model.l2_bw / 1e12)
     p.add_argument("--clock-ghz", type=float, default=H100Model.clock / 1e9)
-    p.add_argument("--sweep-split-mlp", action="store_true",
-                   help="instead of the report: for each --config on the split plan, model "
-                        "its two GEMMs and every fused MLP kernel candidate "
-                        "(SPLIT_MLP_CANDIDATES); --json gets every entry")
     return p
 
 
@@ -1038,15 +938,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     os.environ.setdefault("JAX_PLATFORMS", "cpu")
     hw = H100Model(peak_flops=args.peak_tflops * 1e12, hbm_bw=args.hbm_tbs * 1e12,
                    l2_bw=args.l2_tbs * 1e12, clock=args.clock_ghz * 1e9)
-    if args.sweep_split_mlp:
-        results = sweep_split_mlp(configs, hw, args.keep, verbose=True)
-        if args.json:
-            pathlib.Path(args.json).write_text(json.dumps(
-                dict(environment=environment(), hardware=dataclasses.asdict(hw),
-                     command=shlex.join(["python", "-m", "convfirst_jax.bench", "static",
-                                         *(sys.argv[2:] if argv is None else argv)]),
-                     results=results), indent=1, default=str))
-        return 0 if all(r["best"] for r in results) else 1
     rows = run(configs, hw, args.keep, verbose=True)
     env = environment()
     table = markdown_table(rows)

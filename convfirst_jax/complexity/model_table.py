@@ -57,20 +57,22 @@ def model_table_markdown(resolution: int = 224, num_classes: int = 1000) -> str:
     return "\n".join(lines)
 
 
-def update_readme(path: str | pathlib.Path, table: str | None = None) -> bool:
-    """Rewrite the text between the model-table markers of a README; True if it changed.
+def update_readme(path: str | pathlib.Path, table: str | None = None,
+                  start_marker: str = MODEL_TABLE_START, end_marker: str = MODEL_TABLE_END) -> bool:
+    """Rewrite the text between two markers of a README (default: the model table); True if it
+    changed. Other generated tables (``scripts/kernel_table.py``) pass their own markers.
 
     Raises ValueError when the file lacks either marker (or has them out of order).
     """
     path = pathlib.Path(path)
     text = path.read_text()
-    start, end = text.find(MODEL_TABLE_START), text.find(MODEL_TABLE_END)
+    start, end = text.find(start_marker), text.find(end_marker)
     if start < 0 or end < 0 or end < start:
         raise ValueError(
-            f"{path} has no model-table region; add the two lines {MODEL_TABLE_START} and "
-            f"{MODEL_TABLE_END} where the table should go")
+            f"{path} has no generated-table region; add the two lines {start_marker} and "
+            f"{end_marker} where the table should go")
     table = model_table_markdown() if table is None else table
-    head = text[:start + len(MODEL_TABLE_START)]
+    head = text[:start + len(start_marker)]
     new = head + "\n" + table.strip("\n") + "\n" + text[end:]
     if new == text:
         return False

@@ -1,0 +1,152 @@
+"""Split-plan MLP sweep with the static H100 model (no GPU): two GEMMs vs the fused MLP kernel.
+
+For each configuration on the split plan (``pallas_kernels.tuning.block_plan``), the expand and
+project GEMMs (``fused_mlp=False``) and every fused MLP kernel candidate
+(:data:`SPLIT_MLP_CANDIDATES`) are compiled for sm_90 and modelled by
+``convfirst_jax.bench.static``; the result chose the ``fused_mlp`` default of
+``tuning.default_split_launch_config`` (docs/results/static-h100/split_mlp_sweep.json):
+
+    PYTHONPATH=. python scripts/sweep_split_mlp_static.py \
+        --config C=256,HW=14,k=3,gw=1,norm=layernorm,act=gelu,ls=1 \
+        --config C=256,HW=14,k=3,gw=1,norm=affine,act=silu,ls=0 \
+        --config C=512,HW=7,k=3,gw=1,norm=layernorm,act=gelu,ls=1 \
+        --config C=512,HW=7,k=3,gw=1,norm=affine,act=silu,ls=0 \
+        --json docs/results/static-h100/split_mlp_sweep.json
+
+Needs the "static" extra (triton). Static model, not measured: confirm on a GPU.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import dataclasses as dc
+import json
+import os
+import shlex
+import sys
+import tempfile
+from collections.abc import Sequence
+from typing import Any
+
+from convfirst_jax.bench import static
+from pallas_kernels import tuning
+
+#: Fused MLP kernel candidates (mlp_block_m, mlp_warps, hidden_chunk, mlp_stages, mlp_split):
+#: 128-pixel programs need 8 or 16 warps (the (128, 256) f32 accumulator alone is 128
+#: registers per thread at 8 warps).
+SPLIT_MLP_CANDIDATES = tuple((bm, w, hc, st, sp) for bm, w, sp in (
+    (128, 8, 1), (128, 8, 2), (128, 16, 1), (128, 16, 2), (64, 4, 1), (64, 8, 1))
+    for hc in (32, 64, 128) for st in (1, 2, 3))
+
+
+def sweep_split_mlp(configs: Sequence[static.StaticConfig], hw: static.H100Model | None = None,
+                    workdir: str | None = None, verbose: bool = False,
+                    candidates: Sequence[tuple[int, ...]] = SPLIT_MLP_CANDIDATES,
+                    ) -> list[dict[str, Any]]:
+    """The split plan's two MLP forms on the static model, per configuration: the two GEMMs
+    (``fused_mlp`` False) and every fused MLP kernel candidate ``(mlp_block_m, mlp_warps,
+    hidden_chunk, mlp_stages, mlp_split)``, each a
+    :data:`pallas_kernels.tuning.SPLIT_LAUNCH_TABLE` row
+    (the default rule with those fields) modelled by :func:`analyse`; ``MLP_MIN_PROGRAMS``
+    is lifted so grids below one program per SM are modelled too (see ``model_waves_us``);
+    candidates over the accumulator budget (``MLP_ACC_ELEMENTS``) are skipped.
+    ``best``: the spill-free candidate with the smallest "overlap" time (ties: "serial")."""
+    ok, why = static.triton_available()
+    if not ok:
+        raise RuntimeError(why)
+    hw = hw or static.H100Model()
+    os.environ.setdefault("TRITON_DEFAULT_FP_FUSION", "1")
+    workdir = workdir or tempfile.mkdtemp(prefix="convfirst-split-sweep-")
+
+    @contextlib.contextmanager
+    def table_row(key, lc):
+        shipped, min_programs = tuning.SPLIT_LAUNCH_TABLE.get(key), tuning.MLP_MIN_PROGRAMS
+        tuning.SPLIT_LAUNCH_TABLE[key], tuning.MLP_MIN_PROGRAMS = lc, 1
+        try:
+            yield
+        finally:
+            tuning.MLP_MIN_PROGRAMS = min_programs
+            if shipped is None:
+                tuning.SPLIT_LAUNCH_TABLE.pop(key, None)
+            else:
+                tuning.SPLIT_LAUNCH_TABLE[key] = shipped
+
+    def entry(cfg, key, lc):
+        with table_row(key, lc):
+            try:
+                row = static.analyse(cfg, hw, workdir)
+            except Exception as e:  # noqa: BLE001 - a candidate that does not compile
+                return dict(ok=False, error=f"{type(e).__name__}: {str(e)[:160]}")
+        mlp = [k for k in row["kernels"] if k["kernel"] != "conv_norm"]
+        spill = row["spill_st"] or row["spill_ld"]
+        return dict(ok=row["ctas_per_sm"] > 0 and not spill, launch=row["launch"],
+                    regs=[k["regs"] for k in mlp], spill_st=row["spill_st"],
+                    smem_kib=[round(k["smem_kib"], 1) for k in mlp],
+                    ctas_per_sm=[k["ctas_per_sm"] for k in mlp],
+                    grid=[k["grid"] for k in mlp], waves=[k["waves"] for k in mlp],
+                    mlp_us=sum(k["model_overlap_us"] for k in mlp),
+                    overlap_us=row["model_overlap_us"], serial_us=row["model_serial_us"],
+                    waves_us=row["model_waves_us"], pct_floor=row["pct_floor_overlap"],
+                    l2_mb=row["l2_mb"], hbm_mb=row["hbm_mb"], bottleneck=row["bottleneck"])
+
+    results = []
+    for cfg in configs:
+        key = (tuning.padded_channels(cfg.C), cfg.k, cfg.gw, cfg.E * cfg.C, cfg.dtype)
+        if tuning.block_plan(*key) != "split":
+            continue
+        base = tuning.default_split_launch_config(*key)
+        gemm = entry(cfg, key, dc.replace(base, fused_mlp=False))
+        tried = []
+        for cand in candidates:
+            bm, w, hc, st, sp = cand
+            if bm * key[0] > tuning.MLP_ACC_ELEMENTS:  # the accumulator's register budget
+                continue
+            e = entry(cfg, key, dc.replace(base, fused_mlp=True, mlp_block_m=bm, mlp_warps=w,
+                                           hidden_chunk=hc, mlp_stages=st, mlp_split=sp))
+            tried.append(dict(e, candidate=cand))
+            if verbose:
+                print(f"  {cfg.name} {cand}: " + (e.get("error", "")[:80] or
+                      f"{e['overlap_us']:.1f} us, regs {e['regs']} spill {e['spill_st']}"),
+                      flush=True)
+        fits = [t for t in tried if t["ok"]]
+        best = min(fits, key=lambda t: (t["overlap_us"], t["serial_us"])) if fits else None
+        results.append(dict(cfg=cfg.name, config=dc.asdict(cfg), key=key, gemm=gemm,
+                            best=best, tried=tried))
+        if verbose:
+            print(f"{cfg.name}: gemm {gemm.get('overlap_us', 0):.1f} us; best "
+                  f"{best and best['candidate']} {best and round(best['overlap_us'], 1)} us",
+                  flush=True)
+    return results
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--config", action="append", required=True,
+                    help="as for `python -m convfirst_jax.bench static --config` (repeatable)")
+    ap.add_argument("--batch", type=int, default=128, help="N (default 128)")
+    ap.add_argument("--dtype", default="bfloat16", choices=static.DTYPE_NAMES)
+    ap.add_argument("--keep", default=None, help="directory for TTIR/TTGIR/PTX/cubin/SASS")
+    ap.add_argument("--json", default=None, help="write every entry to this JSON file")
+    args = ap.parse_args(argv)
+    try:
+        configs = [static.parse_config(c, N=args.batch, dtype=args.dtype) for c in args.config]
+    except (ValueError, TypeError) as e:
+        raise SystemExit(f"sweep_split_mlp_static: bad --config: {e}") from None
+    ok, why = static.triton_available()
+    if not ok:
+        raise SystemExit(why)
+    os.environ.setdefault("JAX_PLATFORMS", "cpu")
+    hw = static.H100Model()
+    results = sweep_split_mlp(configs, hw, args.keep, verbose=True)
+    if args.json:
+        with open(args.json, "w") as fh:
+            json.dump(dict(environment=static.environment(), hardware=dc.asdict(hw),
+                           command=shlex.join(["python", *sys.argv]), results=results),
+                      fh, indent=1, default=str)
+    return 0 if all(r["best"] for r in results) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
