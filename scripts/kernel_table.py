@@ -15,7 +15,6 @@ differs from what the committed reports give.
 from __future__ import annotations
 
 import argparse
-import ast
 import json
 import pathlib
 import re
@@ -50,24 +49,14 @@ def v1_times(path: pathlib.Path) -> dict[str, tuple[float, float]]:
     return out
 
 
-def _as_dict(value):
-    return ast.literal_eval(value) if isinstance(value, str) else value
-
-
 def limits(row: dict) -> str:
     """What bounds each phase (fused) or each kernel (split) of one configuration."""
     if row.get("plan") == "split":
-        parts = []
-        for kern in _as_dict(row["kernels"]):
-            pipes = {k: v for k, v in kern.items() if k.endswith("_us") and k[:-3] in (
-                "issue", "fp32", "alu", "mufu", "cvt", "l1", "tensor", "l2", "hbm")}
-            bound = kern.get("bottleneck") or max(pipes, key=pipes.get)[:-3]
-            parts.append(f"{kern['kernel']} {kern['model_overlap_us']:.0f} ({bound})")
-        text = "; ".join(parts)
+        text = "; ".join(f"{kern['kernel']} {kern['model_overlap_us']:.0f} ({kern['bottleneck']})"
+                         for kern in row["kernels"])
     else:
-        phase = _as_dict(row["phase_us"])
         text = "; ".join(
-            f"{name} {max(phase[name].values()):.0f} ({row['phase_bound'][name]})"
+            f"{name} {max(row['phase_us'][name].values()):.0f} ({row['phase_bound'][name]})"
             for name in ("conv", "mlp"))
     if row.get("spill_st"):
         text += f"; spills {row['spill_st']} B"

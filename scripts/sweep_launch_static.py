@@ -71,26 +71,22 @@ def sweep(batch: int = 128, dtype: str = "bfloat16", group_widths=(1, 8),
                 continue
             entry = dict(launch=(tile, hc, warps, stages), ok=True, overlap_us=0.0,
                          serial_us=0.0, per_config={})
-            shipped = tuning.LAUNCH_TABLE.get(key)
-            tuning.LAUNCH_TABLE[key] = LaunchConfig(tile, hc, warps, stages)
             try:
-                for cfg in cfgs:
-                    with _quiet_stderr():
-                        row = static.analyse(cfg, hw, workdir)
-                    fits = row["ctas_per_sm"] > 0 and not (row["spill_st"] or row["spill_ld"])
-                    entry["ok"] &= fits
-                    entry["overlap_us"] += row["model_overlap_us"]
-                    entry["serial_us"] += row["model_serial_us"]
-                    entry["per_config"][cfg.name] = dict(
-                        regs=row["regs"], spill=row["spill_st"], ctas_per_sm=row["ctas_per_sm"],
-                        overlap_us=row["model_overlap_us"], serial_us=row["model_serial_us"])
+                with static.launch_row(tuning.LAUNCH_TABLE, key,
+                                       LaunchConfig(tile, hc, warps, stages)):
+                    for cfg in cfgs:
+                        with _quiet_stderr():
+                            row = static.analyse(cfg, hw, workdir)
+                        fits = row["ctas_per_sm"] > 0 and not (row["spill_st"] or row["spill_ld"])
+                        entry["ok"] &= fits
+                        entry["overlap_us"] += row["model_overlap_us"]
+                        entry["serial_us"] += row["model_serial_us"]
+                        entry["per_config"][cfg.name] = dict(
+                            regs=row["regs"], spill=row["spill_st"],
+                            ctas_per_sm=row["ctas_per_sm"], overlap_us=row["model_overlap_us"],
+                            serial_us=row["model_serial_us"])
             except Exception as e:  # noqa: BLE001 - a candidate that does not compile
                 entry.update(ok=False, error=str(e)[:120])
-            finally:  # put back the committed row (or none) for this key
-                if shipped is None:
-                    tuning.LAUNCH_TABLE.pop(key, None)
-                else:
-                    tuning.LAUNCH_TABLE[key] = shipped
             tried.append(entry)
             if entry["ok"] and (best is None or (entry["overlap_us"], entry["serial_us"]) <
                                 (best["overlap_us"], best["serial_us"])):

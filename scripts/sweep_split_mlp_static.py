@@ -61,16 +61,13 @@ def sweep_split_mlp(configs: Sequence[static.StaticConfig], hw: static.H100Model
 
     @contextlib.contextmanager
     def table_row(key, lc):
-        shipped, min_programs = tuning.SPLIT_LAUNCH_TABLE.get(key), tuning.MLP_MIN_PROGRAMS
-        tuning.SPLIT_LAUNCH_TABLE[key], tuning.MLP_MIN_PROGRAMS = lc, 1
+        """The candidate row, with MLP_MIN_PROGRAMS lifted so small grids are modelled too."""
+        min_programs, tuning.MLP_MIN_PROGRAMS = tuning.MLP_MIN_PROGRAMS, 1
         try:
-            yield
+            with static.launch_row(tuning.SPLIT_LAUNCH_TABLE, key, lc):
+                yield
         finally:
             tuning.MLP_MIN_PROGRAMS = min_programs
-            if shipped is None:
-                tuning.SPLIT_LAUNCH_TABLE.pop(key, None)
-            else:
-                tuning.SPLIT_LAUNCH_TABLE[key] = shipped
 
     def entry(cfg, key, lc):
         with table_row(key, lc):

@@ -39,6 +39,7 @@ the Pallas Triton lowering (jax) and, for 2, triton.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import datetime
 import json
@@ -835,6 +836,22 @@ def analyse_split(cfg: StaticConfig, hw: H100Model, workdir: str,
     row["pct_floor_serial"] = row["floor_us"] / row["model_serial_us"]
     row["vs_xla_floor"] = row["model_overlap_us"] / row["xla_floor_us"]
     return row
+
+
+# ------------------------------------------------------------------------------ sweeps
+@contextlib.contextmanager
+def launch_row(table: dict, key: tuple, config: Any):
+    """Within the block, ``table[key]`` is ``config`` (a candidate launch row the launch sweeps
+    in ``scripts/`` model with :func:`analyse`); afterwards the committed row, or none, is back."""
+    shipped = table.get(key)
+    table[key] = config
+    try:
+        yield
+    finally:
+        if shipped is None:
+            table.pop(key, None)
+        else:
+            table[key] = shipped
 
 
 # ------------------------------------------------------------------------------ output
