@@ -380,6 +380,35 @@ def test_disk_full_during_checkpoint_stops_at_once_and_keeps_last_complete(tiny_
     assert len(keys) == len(set(keys)) and ("eval", 40) in keys
 
 
+def test_abandoned_checkpoint_write_is_not_logged_twice():
+    """asyncio logs "Future exception was never retrieved" for orbax's other file writes of a
+    failed save, often after the one error line; those whose traceback passes through orbax
+    (the message names only the OSError) are dropped, any other such record is kept."""
+    import logging
+
+    from train import checkpoint
+
+    def record_of(filename: str) -> logging.LogRecord:
+        namespace: dict = {}
+        exec(compile("def write():\n    raise OSError(27, 'File too large')\n", filename,
+                     "exec"), namespace)
+        try:
+            try:
+                namespace["write"]()
+            except OSError as inner:
+                raise OSError(27, "File too large") from inner
+        except OSError as e:
+            exc_info = (type(e), e, e.__traceback__)
+        return logging.LogRecord("asyncio", logging.ERROR, __file__, 1,
+                                 "Future exception was never retrieved\nfuture: <Future "
+                                 "finished exception=OSError(27, 'File too large')>", None,
+                                 exc_info)
+
+    quiet = checkpoint._QuietAbandonedWrites()
+    assert not quiet.filter(record_of("/site-packages/orbax/checkpoint/_src/path/async_path.py"))
+    assert quiet.filter(record_of("/somewhere/else/user_code.py"))
+
+
 # ----------------------------------------------------------------------------------------------
 # 4, 7. kill -9 before the first checkpoint; orphans; Ctrl-C / SIGTERM
 

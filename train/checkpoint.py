@@ -66,7 +66,28 @@ class _QuietAbandonedWrites(logging.Filter):
 
     def filter(self, record: logging.LogRecord) -> bool:
         msg = record.getMessage()
-        return not ("never retrieved" in msg and ("tensorstore_spec" in msg or "orbax" in msg))
+        if "never retrieved" not in msg:
+            return True
+        return not ("tensorstore_spec" in msg or "orbax" in msg
+                    or _raised_in_checkpoint_code(record.exc_info))
+
+
+def _raised_in_checkpoint_code(exc_info) -> bool:
+    """Whether an exception (or one in its cause / context chain) passed through orbax or
+    tensorstore frames: a failed file write of orbax's thread pool names neither in its
+    message, only in its traceback."""
+    error = exc_info[1] if exc_info else None
+    seen = set()
+    while error is not None and id(error) not in seen:
+        seen.add(id(error))
+        tb = error.__traceback__
+        while tb is not None:
+            filename = tb.tb_frame.f_code.co_filename
+            if "orbax" in filename or "tensorstore" in filename:
+                return True
+            tb = tb.tb_next
+        error = error.__cause__ or error.__context__
+    return False
 
 
 logging.getLogger("asyncio").addFilter(_QuietAbandonedWrites())
