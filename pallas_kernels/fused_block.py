@@ -49,7 +49,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import jax
@@ -60,6 +60,7 @@ from jax.extend import core as jex_core
 from jax.interpreters import batching, mlir
 from jax.experimental.pallas import triton as plgpu
 
+from pallas_kernels.activations import kernel_activation
 from pallas_kernels.conv_stage import conv_mode, conv_norm_tile, prepare_conv_operands, to_parts
 from pallas_kernels.mlp_stage import mlp_tile, project_epilogue, sum_parts_epilogue
 from pallas_kernels.operands import mlp_operands
@@ -74,9 +75,9 @@ from pallas_kernels.tuning import (LaunchConfig, block_plan, launch_config, padd
 def _block_kernel(x_ref, xp_ref, cw_ref, cb_ref, ns_ref, nb_ref, w1_ref, b1_ref, w2_ref,
                   b2_ref, ls_ref, bs_ref, *rest, height: int, width: int, channels: int,
                   total_rows: int, tile: int, hidden_chunk: int, n_chunks: int,
-                  kernel_size: int, group_width: int, norm: str, activation: str,
-                  eps: float, has_layer_scale: bool, has_branch_scale: bool, conv_mode: str,
-                  hidden_parts: int = 1):
+                  kernel_size: int, group_width: int, norm: str,
+                  act: Callable[[jax.Array], jax.Array], eps: float, has_layer_scale: bool,
+                  has_branch_scale: bool, conv_mode: str, hidden_parts: int = 1):
     """Kernel body: one tile of ``tile`` consecutive rows of the flattened (N*H*W, C) pixels
     per program (tiles may span images); see the module docstring. The conv + norm stage is
     :func:`pallas_kernels.conv_stage.conv_norm_tile` (operands in "parts", see
@@ -102,7 +103,7 @@ def _block_kernel(x_ref, xp_ref, cw_ref, cb_ref, ns_ref, nb_ref, w1_ref, b1_ref,
     # P = 2 the expand is two dots over the even / odd rows of w1 (K = Cp / 2 each).
     chunk0 = pl.program_id(1) * n_chunks if hidden_parts > 1 else 0
     (z,) = mlp_tile(ys, w1_ref, b1_ref, w2_ref, hidden_chunk=hidden_chunk, n_chunks=n_chunks,
-                    activation=activation, compute_dtype=compute_dtype, chunk0=chunk0)
+                    act=act, compute_dtype=compute_dtype, chunk0=chunk0)
     if hidden_parts > 1:
         cols = jnp.arange(z.shape[1], dtype=jnp.int32)
         part_rows = pl.program_id(1) * total_rows + rows
@@ -259,7 +260,8 @@ def _pallas_forward(x: jax.Array, params: Mapping[str, Any], opts: BlockOptions,
         _block_kernel, height=h, width=w, channels=c, total_rows=total_rows, tile=lc.tile,
         hidden_chunk=lc.hidden_chunk, n_chunks=hp // (lc.hidden_chunk * parts),
         kernel_size=opts.kernel_size, group_width=opts.group_width, norm=opts.norm,
-        activation=opts.activation, eps=float(opts.eps), has_layer_scale=has_ls,
+        act=kernel_activation(opts.activation, triton=not opts.interpret),
+        eps=float(opts.eps), has_layer_scale=has_ls,
         has_branch_scale=branch_scale is not None, conv_mode=mode, hidden_parts=parts)
     x2 = x.reshape(total_rows, c)  # flattened pixels: free, row-major NHWC
     args = (x2, *operands)  # operands start with xp, the uint32 pair view (or a dummy)

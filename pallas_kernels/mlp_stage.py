@@ -13,7 +13,7 @@ are traced inside a Pallas (Triton) kernel body.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import jax
@@ -22,19 +22,19 @@ from jax import lax
 from jax.experimental import pallas as pl
 from jax.experimental.pallas import triton as plgpu
 
-from pallas_kernels.activations import KERNEL_ACTIVATIONS
 
 _F32 = jnp.float32
 
 
 def mlp_tile(ys: Sequence[jax.Array], w1_ref: Any, b1_ref: Any, w2_ref: Any, *,
-             hidden_chunk: int, n_chunks: int, activation: str, compute_dtype: Any,
-             out_split: int = 1, chunk0: Any = 0) -> tuple[jax.Array, ...]:
+             hidden_chunk: int, n_chunks: int, act: Callable[[jax.Array], jax.Array],
+             compute_dtype: Any, out_split: int = 1, chunk0: Any = 0) -> tuple[jax.Array, ...]:
     """z (tile, Cp) float32 of one tile of y, as ``out_split`` accumulators of Cp /
     out_split columns each: a loop over ``n_chunks`` hidden chunks of width
     ``hidden_chunk`` (chunks ``chunk0 .. chunk0 + n_chunks - 1``: one part of a hidden
     dim split over programs, :attr:`pallas_kernels.tuning.LaunchConfig.hidden_parts`),
-    each ``h = act(y @ w1[:, chunk] + b1[chunk])`` (f32) rounded to
+    each ``h = act(y @ w1[:, chunk] + b1[chunk])`` (f32; ``act`` the kernel form from
+    :func:`pallas_kernels.activations.kernel_activation`) rounded to
     ``compute_dtype`` and added into ``z += h @ w2[chunk, :]`` (one dot per accumulator,
     all sharing h; the caller runs the epilogue one accumulator at a time).
 
@@ -43,7 +43,6 @@ def mlp_tile(ys: Sequence[jax.Array], w1_ref: Any, b1_ref: Any, w2_ref: Any, *,
     w1 in the same parts, so with P = 2 the expand is two dots with K = Cp / 2; ``b1_ref``
     (Hp,) float32, ``w2_ref`` (Hp, Cp).
     """
-    act = KERNEL_ACTIVATIONS[activation]
     tile = ys[0].shape[0]
     width = w2_ref.shape[1] // out_split
 

@@ -41,7 +41,7 @@ the dots differs.
 from __future__ import annotations
 
 import functools
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import jax
@@ -50,7 +50,7 @@ from jax import lax
 from jax.experimental import pallas as pl
 from jax.experimental.pallas import triton as plgpu
 
-from pallas_kernels.activations import KERNEL_ACTIVATIONS
+from pallas_kernels.activations import kernel_activation
 from pallas_kernels.conv_stage import conv_mode, conv_norm_tile, prepare_conv_operands
 from pallas_kernels.mlp_stage import mlp_tile, project_epilogue
 from pallas_kernels.operands import mlp_operands
@@ -96,7 +96,8 @@ def _conv_norm_kernel(x_ref, xp_ref, cw_ref, cb_ref, ns_ref, nb_ref, y_ref, *, h
 
 
 def _gemm_kernel(a_ref, b_ref, bias_ref, *rest, total_rows: int, k_dim: int, block_m: int,
-                 block_n: int, block_k: int, sub_tiles: int, epilogue: str, activation: str,
+                 block_n: int, block_k: int, sub_tiles: int, epilogue: str,
+                 act: Callable[[jax.Array], jax.Array],
                  channels: int, pixels_per_image: int, has_layer_scale: bool,
                  has_branch_scale: bool):
     """One (block_m, block_n) tile of ``a @ b`` (f32 accumulation over a K loop) and its
@@ -136,14 +137,15 @@ def _gemm_kernel(a_ref, b_ref, bias_ref, *rest, total_rows: int, k_dim: int, blo
                              has_branch_scale=has_branch_scale)
             continue
         cols = c0 + jnp.arange(sub_n, dtype=jnp.int32)
-        h = KERNEL_ACTIVATIONS[activation](acc + bias_ref[pl.ds(c0, sub_n)][None, :])
+        h = act(acc + bias_ref[pl.ds(c0, sub_n)][None, :])
         plgpu.store(o_ref.at[rows[:, None], cols[None, :]], h.astype(o_ref.dtype),
                     mask=row_ok[:, None])
 
 
 def _mlp_kernel(y_ref, w1_ref, b1_ref, w2_ref, b2_ref, x_ref, ls_ref, bs_ref, *rest,
                 total_rows: int, block_m: int, hidden_chunk: int, n_chunks: int,
-                out_split: int, activation: str, channels: int, pixels_per_image: int,
+                out_split: int, act: Callable[[jax.Array], jax.Array], channels: int,
+                pixels_per_image: int,
                 has_layer_scale: bool, has_branch_scale: bool):
     """The fused MLP kernel: ``block_m`` rows of y (rows, Cp) with all channels, loaded once;
     :func:`pallas_kernels.mlp_stage.mlp_tile` over the hidden chunks (h on chip; ``w1_ref``
@@ -156,7 +158,7 @@ def _mlp_kernel(y_ref, w1_ref, b1_ref, w2_ref, b2_ref, x_ref, ls_ref, bs_ref, *r
     cols = jnp.arange(y_ref.shape[1], dtype=jnp.int32)
     y = plgpu.load(y_ref.at[rows[:, None], cols[None, :]], mask=row_ok[:, None], other=0.0)
     zs = mlp_tile((y,), w1_ref, b1_ref, w2_ref, hidden_chunk=hidden_chunk, n_chunks=n_chunks,
-                  activation=activation, compute_dtype=y_ref.dtype, out_split=out_split)
+                  act=act, compute_dtype=y_ref.dtype, out_split=out_split)
     for s, z in enumerate(zs):
         project_epilogue(z, x_ref, b2_ref, ls_ref, bs_ref, o_ref, rows=rows, row_ok=row_ok,
                          col0=s * z.shape[1], channels=channels,
@@ -187,6 +189,7 @@ def split_forward(x: jax.Array, params: Mapping[str, Any], opts: BlockOptions,
     compiler = functools.partial(plgpu.CompilerParams, num_stages=lc.num_stages)
     x2 = x.reshape(total_rows, c)
     name = f"k{opts.kernel_size}_gw{opts.group_width}"
+    act = kernel_activation(opts.activation, triton=not opts.interpret)
 
     # 1. y = norm(dwconv(x) + conv_b), (rows, Cp) in x.dtype
     conv_ops = prepare_conv_operands(x, params, mode)
@@ -219,7 +222,7 @@ def split_forward(x: jax.Array, params: Mapping[str, Any], opts: BlockOptions,
                               hidden_chunk=lc.hidden_chunk,
                               n_chunks=w1.shape[1] // lc.hidden_chunk,
                               out_split=max(1, cp // max(MIN_DOT_DIM, cp // lc.mlp_split)),
-                              activation=opts.activation, channels=c,
+                              act=act, channels=c,
                               pixels_per_image=hgt * wid, has_layer_scale=has_ls,
                               has_branch_scale=branch_scale is not None),
             out_shape=jax.ShapeDtypeStruct((total_rows, c), dtype),
@@ -237,7 +240,7 @@ def split_forward(x: jax.Array, params: Mapping[str, Any], opts: BlockOptions,
     project_n = gemm_block_n(lc.block_n, lc.block_m, total_rows, cp)
     gemm = functools.partial(
         _gemm_kernel, total_rows=total_rows, block_m=lc.block_m, block_k=lc.block_k,
-        activation=opts.activation, channels=c, pixels_per_image=hgt * wid,
+        act=act, channels=c, pixels_per_image=hgt * wid,
         has_layer_scale=has_ls, has_branch_scale=branch_scale is not None)
     grid_m = pl.cdiv(total_rows, lc.block_m)
 
