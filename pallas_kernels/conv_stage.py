@@ -131,6 +131,40 @@ def column_block(width: int, tile: int, kernel_size: int, group_width: int,
     return m
 
 
+# Largest row group M of the split plan's conv + norm kernel (:func:`row_groups`). Static
+# H100 model, bf16 batch 128, conv + norm kernel (affine / LayerNorm), against column groups
+# (M = 2 at W = 14, 1 at W = 7): C256 14x14 k7 M = 7 25 -> 21 / 27 -> 26 µs, M = 14 22 / 32
+# (14 LayerNorm reductions of two pixels each cost more than the loads saved); C512 7x7 k7
+# (M = 7 either way) 19 -> 14 / 21 -> 15 µs. k = 3 keeps column groups (C256 LN 9 -> 11 µs
+# with M = 7: three taps per row reuse too little to pay for the per-member norm).
+MAX_ROW_GROUP = 8
+
+
+def uses_row_groups(kernel_size: int, group_width: int) -> bool:
+    """Whether the split plan's conv + norm kernel takes :func:`row_groups` (depthwise, k
+    >= 5) rather than the fused kernel's tiles of :func:`column_block` groups."""
+    return group_width == 1 and kernel_size >= 5
+
+
+def row_groups(width: int, tile: int, max_block: int = MAX_ROW_GROUP) -> tuple[int, int]:
+    """``(M, G)`` of the split plan's depthwise conv + norm kernel (:func:`uses_row_groups`):
+    each program takes ``G`` (a power of two) groups of ``M`` consecutive output pixels of
+    one image row, ``M`` the largest divisor of ``width`` with ``M <= min(max_block, tile /
+    2)`` and ``G`` the largest power of two with ``G M <= tile`` (a program has ``G M <=
+    tile`` pixels in >= 2 groups).
+
+    The kernel stores y one group member at a time (no (tile, C) tensor is formed), so unlike
+    :func:`column_block` ``M`` need not be a power of two: per kernel row a group loads its
+    ``M + k - 1`` input pixels once for its ``M k`` taps (C256 14x14 k7: 13 loads per 49 taps
+    with M = 7 instead of 8 per 14 with the fused kernel's M = 2).
+    """
+    m = max(d for d in range(1, min(max_block, max(1, tile // 2), width) + 1) if width % d == 0)
+    g = 1
+    while 2 * g * m <= tile:
+        g *= 2
+    return m, g
+
+
 def interleave_rows(parts: list[jax.Array]) -> jax.Array:
     """``out[t * M + m] = parts[m][t]`` for M = len(parts) (a power of two) equal-shape 2-D
     arrays: the inverse of taking every M-th row; pairwise stack / transpose / reshape (the
@@ -160,17 +194,45 @@ def conv_norm_tile(x_ref, xp_ref, cw_ref, cb_ref, ns_ref, nb_ref, *, rows: jax.A
     groups are interleaved back into row order before the norm.
     """
     n_parts, cpart = cb_ref.shape
-    pad_channels = n_parts * cpart != channels
-    geometry = dict(rows=rows, row_ok=row_ok, height=height, width=width, channels=channels,
-                    kernel_size=kernel_size, mode=mode, n_parts=n_parts, cpart=cpart)
+    geometry = dict(height=height, width=width, channels=channels, kernel_size=kernel_size,
+                    mode=mode, n_parts=n_parts, cpart=cpart)
     if group_width > 1:
-        groups = [_grouped_conv(x_ref, cw_ref, group_width=group_width, **geometry)]
+        groups = [_grouped_conv(x_ref, cw_ref, rows=rows, row_ok=row_ok,
+                                group_width=group_width, **geometry)]
     else:
-        groups = _depthwise_conv(x_ref, xp_ref, cw_ref, m_block=column_block(
-            width, rows.shape[0], kernel_size, group_width), **geometry)
-
+        m_block = column_block(width, rows.shape[0], kernel_size, group_width)
+        groups = _depthwise_conv(x_ref, xp_ref, cw_ref, start=_every_mth(rows, m_block),
+                                 ok=_every_mth(row_ok, m_block), m_block=m_block, **geometry)
     # back to the tile's row order (group m holds rows m, m + M, ...)
     ys = [interleave_rows([g[p] for g in groups]) for p in range(n_parts)]
+    return bias_norm(ys, cb_ref, ns_ref, nb_ref, channels=channels, norm=norm, eps=eps,
+                     mode=mode, compute_dtype=compute_dtype)
+
+
+def conv_norm_row_groups(x_ref, xp_ref, cw_ref, cb_ref, ns_ref, nb_ref, *, start: jax.Array,
+                         ok: jax.Array, m_block: int, height: int, width: int,
+                         channels: int, kernel_size: int, norm: str, eps: float, mode: str,
+                         compute_dtype: Any) -> list[list[jax.Array]]:
+    """Depthwise ``norm(dwconv(x) + conv_b)`` of ``G`` row groups of ``m_block`` pixels
+    (:func:`row_groups`; the split plan's conv + norm kernel): group g is pixels
+    ``start[g] .. start[g] + M - 1`` of one image row (``ok[g]``: the group exists). Returns
+    per member m (< M) the P parts ``(G, Cp / P)`` of pixels ``start + m``; the same sums in
+    the same order and the same norm as :func:`conv_norm_tile`."""
+    n_parts, cpart = cb_ref.shape
+    accs = _depthwise_conv(x_ref, xp_ref, cw_ref, start=start, ok=ok, height=height,
+                           width=width, channels=channels, kernel_size=kernel_size,
+                           mode=mode, n_parts=n_parts, cpart=cpart, m_block=m_block)
+    return [bias_norm(list(member), cb_ref, ns_ref, nb_ref, channels=channels, norm=norm,
+                      eps=eps, mode=mode, compute_dtype=compute_dtype) for member in accs]
+
+
+def bias_norm(ys: list[jax.Array], cb_ref, ns_ref, nb_ref, *, channels: int, norm: str,
+              eps: float, mode: str, compute_dtype: Any) -> list[jax.Array]:
+    """``norm(y + conv_b)`` of P parts ``(rows, Cp / P)`` f32 of the conv output (one row =
+    one pixel, all channels), rounded to ``compute_dtype``: affine (folded BN) or LayerNorm
+    over the C real channels, then ``* scale + shift`` (padded lanes exactly 0)."""
+    n_parts, cpart = cb_ref.shape
+    pad_channels = n_parts * cpart != channels
     ys = [y + cb_ref[p, :][None, :] for p, y in enumerate(ys)]
     if norm == "layernorm":  # over the C real channels; padded lanes of y are exactly 0
         mean = sum(jnp.sum(y, axis=1) for y in ys) * (1.0 / channels)
@@ -193,16 +255,15 @@ def _every_mth(v: jax.Array, m_block: int) -> jax.Array:
     return jnp.split(v.reshape(v.shape[0] // m_block, m_block), m_block, axis=1)[0].reshape(-1)
 
 
-def _depthwise_conv(x_ref, xp_ref, cw_ref, *, rows, row_ok, height, width, channels,
+def _depthwise_conv(x_ref, xp_ref, cw_ref, *, start, ok, height, width, channels,
                     kernel_size, mode, n_parts, cpart, m_block):
-    """Depthwise k x k conv of the tile as ``M`` column groups (see :func:`column_block`):
-    per group m a tuple of P parts ``(tile / M, Cp / P)`` f32 for rows ``rows[m::M]``. A
-    group is valid or not as a whole (``M`` divides N*H*W)."""
+    """Depthwise k x k conv of groups of ``M`` consecutive output pixels of one image row
+    (``M`` divides W; :func:`column_block`, :func:`row_groups`) starting at pixels
+    ``start`` (G,), ``ok`` (G,) whether each group exists: per member m (< M) a tuple of P
+    parts ``(G, Cp / P)`` f32 for pixels ``start + m``."""
     cp = n_parts * cpart
     pad = kernel_size // 2
-    # group starts (the pixels rows[0::M]) and their image row / column
-    start = _every_mth(rows, m_block)
-    ok = _every_mth(row_ok, m_block)
+    # the group starts' image row / column
     local = lax.rem(start, height * width)
     ph = lax.div(local, width)
     pw = lax.rem(local, width)
@@ -238,7 +299,7 @@ def _depthwise_conv(x_ref, xp_ref, cw_ref, *, rows, row_ok, height, width, chann
                         accs[m][p] = accs[m][p] + xs[p] * w[dx][p]
         return tuple(tuple(a) for a in accs)
 
-    accs = tuple(tuple(jnp.zeros((rows.shape[0] // m_block, cpart), _F32)
+    accs = tuple(tuple(jnp.zeros((start.shape[0], cpart), _F32)
                        for _ in range(n_parts)) for _ in range(m_block))
     if conv_loop_trips(kernel_size, 1) == 1:  # k = 3: every tap statically unrolled
         for dy in range(kernel_size):

@@ -51,7 +51,8 @@ from jax.experimental import pallas as pl
 from jax.experimental.pallas import triton as plgpu
 
 from pallas_kernels.activations import kernel_activation
-from pallas_kernels.conv_stage import conv_mode, conv_norm_tile, prepare_conv_operands
+from pallas_kernels.conv_stage import (conv_mode, conv_norm_row_groups, conv_norm_tile,
+                                       prepare_conv_operands, row_groups, uses_row_groups)
 from pallas_kernels.mlp_stage import mlp_tile, project_epilogue
 from pallas_kernels.operands import mlp_operands
 from pallas_kernels.options import BlockOptions
@@ -71,20 +72,12 @@ def split_kernels(lc: SplitLaunchConfig) -> tuple[str, ...]:
     return FUSED_MLP_KERNELS if lc.fused_mlp else SPLIT_KERNELS
 
 
-def _conv_norm_kernel(x_ref, xp_ref, cw_ref, cb_ref, ns_ref, nb_ref, y_ref, *, height: int,
-                      width: int, channels: int, total_rows: int, tile: int,
-                      kernel_size: int, group_width: int, norm: str, eps: float, mode: str):
-    """y = norm(dwconv(x) + conv_b) of ``tile`` flattened pixels, all ``Cp`` channels, in
-    the compute dtype (padded channels 0). Paired bfloat16 stores channel pairs as uint32
-    (``y_ref`` is then the (rows, Cp / 2) uint32 view of y)."""
-    rows = pl.program_id(0) * tile + jnp.arange(tile, dtype=jnp.int32)
-    row_ok = rows < total_rows
-    ys = conv_norm_tile(x_ref, xp_ref, cw_ref, cb_ref, ns_ref, nb_ref, rows=rows,
-                        row_ok=row_ok, height=height, width=width, channels=channels,
-                        kernel_size=kernel_size, group_width=group_width, norm=norm, eps=eps,
-                        mode=mode, compute_dtype=x_ref.dtype)
-    cpart = cb_ref.shape[1]
-    if mode == "paired":  # even channel in the low half, odd in the high half (as loaded)
+def _store_y(y_ref, ys: list[jax.Array], rows: jax.Array, row_ok: jax.Array, mode: str):
+    """Stores the P parts of y for pixels ``rows``; paired bfloat16 as uint32 channel pairs
+    (even channel in the low half, odd in the high half, as loaded; ``y_ref`` is then the
+    (rows, Cp / 2) uint32 view of y)."""
+    cpart = ys[0].shape[1]
+    if mode == "paired":
         even, odd = (lax.bitcast_convert_type(y, jnp.uint16).astype(jnp.uint32) for y in ys)
         cols = jnp.arange(cpart, dtype=jnp.int32)
         plgpu.store(y_ref.at[rows[:, None], cols[None, :]],
@@ -93,6 +86,44 @@ def _conv_norm_kernel(x_ref, xp_ref, cw_ref, cb_ref, ns_ref, nb_ref, y_ref, *, h
     for p, y in enumerate(ys):  # part p = channels [p * cpart, (p + 1) * cpart)
         cols = p * cpart + jnp.arange(cpart, dtype=jnp.int32)
         plgpu.store(y_ref.at[rows[:, None], cols[None, :]], y, mask=row_ok[:, None])
+
+
+def _conv_norm_kernel(x_ref, xp_ref, cw_ref, cb_ref, ns_ref, nb_ref, y_ref, *, height: int,
+                      width: int, channels: int, total_rows: int, tile: int,
+                      kernel_size: int, group_width: int, norm: str, eps: float, mode: str):
+    """y = norm(dwconv(x) + conv_b), all ``Cp`` channels, in the compute dtype (padded
+    channels 0). Depthwise k >= 5 (:func:`pallas_kernels.conv_stage.uses_row_groups`):
+    ``G`` row groups of ``M`` pixels per program (``row_groups`` of ``tile``), y stored one
+    group member at a time; otherwise ``tile`` consecutive flattened pixels, as in the fused
+    kernel."""
+    if uses_row_groups(kernel_size, group_width):
+        m_block, n_groups = row_groups(width, tile)
+        start = (pl.program_id(0) * n_groups + jnp.arange(n_groups, dtype=jnp.int32)) * m_block
+        ok = start < total_rows  # M divides W, so a group is inside the pixels or past them
+        members = conv_norm_row_groups(
+            x_ref, xp_ref, cw_ref, cb_ref, ns_ref, nb_ref, start=start, ok=ok,
+            m_block=m_block, height=height, width=width, channels=channels,
+            kernel_size=kernel_size, norm=norm, eps=eps, mode=mode, compute_dtype=x_ref.dtype)
+        for m, ys in enumerate(members):
+            _store_y(y_ref, ys, start + m, ok, mode)
+        return
+    rows = pl.program_id(0) * tile + jnp.arange(tile, dtype=jnp.int32)
+    row_ok = rows < total_rows
+    ys = conv_norm_tile(x_ref, xp_ref, cw_ref, cb_ref, ns_ref, nb_ref, rows=rows,
+                        row_ok=row_ok, height=height, width=width, channels=channels,
+                        kernel_size=kernel_size, group_width=group_width, norm=norm, eps=eps,
+                        mode=mode, compute_dtype=x_ref.dtype)
+    _store_y(y_ref, ys, rows, row_ok, mode)
+
+
+def conv_norm_pixels(width: int, conv_tile: int, kernel_size: int, group_width: int) -> int:
+    """Output pixels per program of the split plan's conv + norm kernel: ``G M`` of
+    :func:`pallas_kernels.conv_stage.row_groups` where it takes row groups, else
+    ``conv_tile``."""
+    if not uses_row_groups(kernel_size, group_width):
+        return conv_tile
+    m_block, n_groups = row_groups(width, conv_tile)
+    return m_block * n_groups
 
 
 def _gemm_kernel(a_ref, b_ref, bias_ref, *rest, total_rows: int, k_dim: int, block_m: int,
@@ -201,7 +232,8 @@ def split_forward(x: jax.Array, params: Mapping[str, Any], opts: BlockOptions,
                           kernel_size=opts.kernel_size, group_width=opts.group_width,
                           norm=opts.norm, eps=float(opts.eps), mode=mode),
         out_shape=jax.ShapeDtypeStruct(*y_shape),
-        grid=(pl.cdiv(total_rows, lc.conv_tile),),
+        grid=(pl.cdiv(total_rows, conv_norm_pixels(wid, lc.conv_tile, opts.kernel_size,
+                                                   opts.group_width)),),
         compiler_params=plgpu.CompilerParams(num_warps=lc.conv_warps, num_stages=1),
         interpret=opts.interpret, name=f"conv_first_block_conv_norm_{name}",
     )(x2, *conv_ops)

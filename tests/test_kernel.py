@@ -498,6 +498,48 @@ def test_split_plan_with_column_split_accumulators(monkeypatch):
     _check_forward(case, seed=61)
 
 
+@pytest.mark.parametrize("case,conv_tile,groups", [
+    (Case(7, 64, 4, (5, 14), 3, L, "gelu", "bfloat16", ls=True, bs=True), 32, (7, 4)),  # paired
+    (Case(5, 40, 2, (6, 6), 3, A, "silu", "float32"), 32, (6, 4)),  # direct, Cp = 64
+    (Case(7, 32, 4, (7, 7), 3, A, "silu", "float16", bs=True), 16, (7, 2)),
+], ids=lambda v: v.id if isinstance(v, Case) else str(v))
+def test_split_conv_norm_row_groups(monkeypatch, case, conv_tile, groups):
+    """The split plan's conv + norm kernel for k >= 5 takes G row groups of M pixels (M a
+    divisor of W, not a power of two here; the last program partial: 210 / 28, 108 / 24 and
+    147 / 14 pixels) and stores y one group member at a time."""
+    from pallas_kernels import conv_stage, split_block, tuning
+
+    assert conv_stage.uses_row_groups(case.k, case.gw)
+    assert conv_stage.row_groups(case.hw[1], conv_tile) == groups
+    rows = case.n * case.hw[0] * case.hw[1]
+    assert rows % split_block.conv_norm_pixels(case.hw[1], conv_tile, case.k, case.gw) != 0
+    traced = []
+
+    def spy(*args, m_block, **kw):
+        traced.append(m_block)
+        return conv_stage.conv_norm_row_groups(*args, m_block=m_block, **kw)
+
+    monkeypatch.setattr(split_block, "conv_norm_row_groups", spy)
+    monkeypatch.setattr(tuning, "MIN_PROGRAMS", 1)
+    _force_split(monkeypatch, case, True, conv_tile=conv_tile)
+    _check_forward(case, seed=63)
+    assert traced and set(traced) == {groups[0]}, traced
+
+
+def test_row_groups_rule():
+    """M: the largest divisor of W up to min(MAX_ROW_GROUP, tile / 2); G: the largest power
+    of two with G M <= tile; column groups stay for k = 3 and grouped convs."""
+    from pallas_kernels import conv_stage
+
+    assert conv_stage.row_groups(14, 32) == (7, 4)
+    assert conv_stage.row_groups(7, 16) == (7, 2)
+    assert conv_stage.row_groups(56, 128) == (8, 16)
+    assert conv_stage.row_groups(11, 32) == (1, 32)  # a prime width > 8: no reuse
+    assert conv_stage.row_groups(1, 16) == (1, 16)
+    assert conv_stage.row_groups(6, 8) == (3, 2)  # M <= tile / 2
+    assert not conv_stage.uses_row_groups(3, 1) and not conv_stage.uses_row_groups(7, 8)
+
+
 @pytest.mark.parametrize("case,mlp_split", [
     (Case(7, 64, 4, (9, 11), 2, A, "silu", "bfloat16", ls=True, bs=True), 4),  # 198 rows
     (Case(3, 40, 4, (5, 7), 3, L, "gelu", "float32", ls=True), 2),  # Cp = 64, 105 rows

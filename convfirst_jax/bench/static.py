@@ -679,12 +679,15 @@ def split_kernel_traffic(cfg: StaticConfig, kernel: str, lc: Any, grid: tuple[in
     (Cp x Hp each), plus the residual tiles; HBM y, the weights, x and the output once (h
     stays on chip).
     """
+    from pallas_kernels.split_block import conv_norm_pixels
+
     m = cfg.N * cfg.H * cfg.W
     item = cfg.itemsize
     programs = grid[0] * grid[1]
     if kernel == "conv_norm":
         per_program = cfg.k * cfg.k * cfg.gw * cp * 4 + 3 * cp * 4
-        return (l2_bytes(cfg, lc.conv_tile, programs, per_program),
+        pixels = conv_norm_pixels(cfg.W, lc.conv_tile, cfg.k, cfg.gw)
+        return (l2_bytes(cfg, pixels, programs, per_program),
                 m * cfg.C * item + m * cp * item)
     if kernel == "mlp":
         l2 = programs * (lc.mlp_block_m * cp + 2 * cp * hp) * item + m * cfg.C * item
@@ -704,6 +707,7 @@ def split_grids(cfg: StaticConfig, lc: Any, rows: int) -> tuple[int, int, dict[s
     """(padded hidden of the GEMMs, of the fused MLP kernel, programs per kernel) of the split
     plan with launch parameters ``lc`` for ``rows`` pixels, every kernel either form has."""
     from pallas_kernels.operands import round_up
+    from pallas_kernels.split_block import conv_norm_pixels
     from pallas_kernels.tuning import gemm_block_n, padded_channels
 
     cp = padded_channels(cfg.C)
@@ -713,7 +717,8 @@ def split_grids(cfg: StaticConfig, lc: Any, rows: int) -> tuple[int, int, dict[s
     hp_gemm = round_up(hidden, max(expand_n, lc.block_k))
     grid_m = math.ceil(rows / lc.block_m)
     return hp_gemm, round_up(hidden, lc.hidden_chunk), dict(
-        conv_norm=math.ceil(rows / lc.conv_tile), expand=grid_m * (hp_gemm // expand_n),
+        conv_norm=math.ceil(rows / conv_norm_pixels(cfg.W, lc.conv_tile, cfg.k, cfg.gw)),
+        expand=grid_m * (hp_gemm // expand_n),
         project=grid_m * (cp // project_n), mlp=math.ceil(rows / lc.mlp_block_m))
 
 
