@@ -140,14 +140,9 @@ def column_block(width: int, tile: int, kernel_size: int, group_width: int,
 MAX_ROW_GROUP = 8
 
 
-def uses_row_groups(kernel_size: int, group_width: int) -> bool:
-    """Whether the split plan's conv + norm kernel takes :func:`row_groups` (depthwise, k
-    >= 5) rather than the fused kernel's tiles of :func:`column_block` groups."""
-    return group_width == 1 and kernel_size >= 5
-
-
 def row_groups(width: int, tile: int, max_block: int = MAX_ROW_GROUP) -> tuple[int, int]:
-    """``(M, G)`` of the split plan's depthwise conv + norm kernel (:func:`uses_row_groups`):
+    """``(M, G)`` of the split plan's depthwise conv + norm kernel
+    (:func:`pallas_kernels.tuning.uses_row_groups`):
     each program takes ``G`` (a power of two) groups of ``M`` consecutive output pixels of
     one image row, ``M`` the largest divisor of ``width`` with ``M <= min(max_block, tile /
     2)`` and ``G`` the largest power of two with ``G M <= tile`` (a program has ``G M <=

@@ -52,12 +52,12 @@ from jax.experimental.pallas import triton as plgpu
 
 from pallas_kernels.activations import kernel_activation
 from pallas_kernels.conv_stage import (conv_mode, conv_norm_row_groups, conv_norm_tile,
-                                       prepare_conv_operands, row_groups, uses_row_groups)
+                                       prepare_conv_operands, row_groups)
 from pallas_kernels.mlp_stage import mlp_tile, project_epilogue
 from pallas_kernels.operands import mlp_operands
 from pallas_kernels.options import BlockOptions
 from pallas_kernels.tuning import (MIN_DOT_DIM, SplitLaunchConfig, gemm_block_n,
-                                   padded_channels, split_launch_config)
+                                   padded_channels, split_launch_config, uses_row_groups)
 
 _F32 = jnp.float32
 
@@ -92,7 +92,7 @@ def _conv_norm_kernel(x_ref, xp_ref, cw_ref, cb_ref, ns_ref, nb_ref, y_ref, *, h
                       width: int, channels: int, total_rows: int, tile: int,
                       kernel_size: int, group_width: int, norm: str, eps: float, mode: str):
     """y = norm(dwconv(x) + conv_b), all ``Cp`` channels, in the compute dtype (padded
-    channels 0). Depthwise k >= 5 (:func:`pallas_kernels.conv_stage.uses_row_groups`):
+    channels 0). Depthwise k >= 5 (:func:`pallas_kernels.tuning.uses_row_groups`):
     ``G`` row groups of ``M`` pixels per program (``row_groups`` of ``tile``), y stored one
     group member at a time; otherwise ``tile`` consecutive flattened pixels, as in the fused
     kernel."""

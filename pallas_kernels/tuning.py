@@ -252,6 +252,20 @@ def hidden_parts(tiles: int, hidden: int, hidden_chunk: int,
 SPLIT_MIN_CHANNELS = 256
 # The conv + norm kernel holds one (tile, c_padded) f32 accumulator.
 SPLIT_CONV_ELEMENTS = 8192
+# ... twice that with row groups (uses_row_groups), at 8 warps: each program loads a kernel
+# row's k weight vectors once for all its groups, so larger programs pay. Static H100 model,
+# bf16 batch 128, conv + norm kernel affine / LayerNorm: C256 14x14 k7 tile 32 -> 64 21.4 ->
+# 18.1 / 26.1 -> 20.2 µs (4 warps at tile 32: 19.8 / 21.9); C512 7x7 k7 16 -> 32 13.8 -> 10.0
+# / 15.4 -> 11.4 µs (64 is halved back to 32 by MIN_PROGRAMS); 183-190 registers, no spills.
+ROW_GROUP_CONV_ELEMENTS = 2 * SPLIT_CONV_ELEMENTS
+
+
+def uses_row_groups(kernel_size: int, group_width: int) -> bool:
+    """Whether the split plan's conv + norm kernel takes row groups
+    (:func:`pallas_kernels.conv_stage.row_groups`: depthwise, k >= 5) rather than the fused
+    kernel's tiles of column groups (:func:`pallas_kernels.conv_stage.column_block`)."""
+    return group_width == 1 and kernel_size >= 5
+
 MIN_GEMM_BLOCK_M = 64  # one Hopper warpgroup MMA is 64 rows
 # The fused MLP kernel holds its (block_m, c_padded) f32 project accumulator in registers for
 # the whole program: 128 registers per thread at 8 warps.
@@ -359,7 +373,7 @@ def split_small_call(rows: int | None) -> bool:
 def default_split_launch_config(c_padded: int, kernel_size: int, group_width: int,
                                 hidden: int, dtype_name: str) -> SplitLaunchConfig:
     """Default rule of the split plan: the conv tile fills :data:`SPLIT_CONV_ELEMENTS`,
-    8 warps above 4096 elements; the GEMMs 8 warps, 3 stages, block_m 128, block_k 64; the
+    8 warps above 4096 elements (row groups: :data:`ROW_GROUP_CONV_ELEMENTS`, 8 warps); the GEMMs 8 warps, 3 stages, block_m 128, block_k 64; the
     project 256 columns as two 128-column accumulators, the expand 128 columns (each capped
     by :func:`gemm_block_n`). Static H100 model (sm_90a): a 128 x 256 tile cuts the modelled
     L2 traffic by a quarter against 128 x 128; as one accumulator it spills registers in
@@ -381,14 +395,16 @@ def default_split_launch_config(c_padded: int, kernel_size: int, group_width: in
     7 x 7 (fewer than the SMs, :data:`MLP_MIN_PROGRAMS`), each reading all 4 MB of w1 + w2,
     and every candidate spills (620-9404 bytes) for no modelled gain (>= 81.4 / 82.9 us
     against 80.2 / 81.8 us for the GEMMs), so the GEMMs stay."""
-    del kernel_size, group_width  # the rule budgets registers / shared memory
-    conv_tile = int(np.clip(SPLIT_CONV_ELEMENTS // c_padded, MIN_DOT_DIM, 128))
+    row_groups = uses_row_groups(kernel_size, group_width)
+    conv_elements = ROW_GROUP_CONV_ELEMENTS if row_groups else SPLIT_CONV_ELEMENTS
+    conv_tile = int(np.clip(conv_elements // c_padded, MIN_DOT_DIM, 128))
     block_k = min(64, next_power_of_2(hidden), c_padded)
     mlp_block_m = 128
     fused_mlp = (np.dtype(jnp.dtype(dtype_name)).itemsize == 2
                  and mlp_block_m * c_padded <= MLP_ACC_ELEMENTS)
     return SplitLaunchConfig(conv_tile=conv_tile,
-                             conv_warps=4 if conv_tile * c_padded <= 4096 else 8,
+                             conv_warps=4 if conv_tile * c_padded <= 4096 and not row_groups
+                             else 8,
                              block_n=256, column_split=2, expand_block_n=128,
                              block_k=max(MIN_DOT_DIM, block_k),
                              fused_mlp=fused_mlp,

@@ -509,7 +509,7 @@ def test_split_conv_norm_row_groups(monkeypatch, case, conv_tile, groups):
     147 / 14 pixels) and stores y one group member at a time."""
     from pallas_kernels import conv_stage, split_block, tuning
 
-    assert conv_stage.uses_row_groups(case.k, case.gw)
+    assert tuning.uses_row_groups(case.k, case.gw)
     assert conv_stage.row_groups(case.hw[1], conv_tile) == groups
     rows = case.n * case.hw[0] * case.hw[1]
     assert rows % split_block.conv_norm_pixels(case.hw[1], conv_tile, case.k, case.gw) != 0
@@ -529,7 +529,7 @@ def test_split_conv_norm_row_groups(monkeypatch, case, conv_tile, groups):
 def test_row_groups_rule():
     """M: the largest divisor of W up to min(MAX_ROW_GROUP, tile / 2); G: the largest power
     of two with G M <= tile; column groups stay for k = 3 and grouped convs."""
-    from pallas_kernels import conv_stage
+    from pallas_kernels import conv_stage, tuning
 
     assert conv_stage.row_groups(14, 32) == (7, 4)
     assert conv_stage.row_groups(7, 16) == (7, 2)
@@ -537,7 +537,7 @@ def test_row_groups_rule():
     assert conv_stage.row_groups(11, 32) == (1, 32)  # a prime width > 8: no reuse
     assert conv_stage.row_groups(1, 16) == (1, 16)
     assert conv_stage.row_groups(6, 8) == (3, 2)  # M <= tile / 2
-    assert not conv_stage.uses_row_groups(3, 1) and not conv_stage.uses_row_groups(7, 8)
+    assert not tuning.uses_row_groups(3, 1) and not tuning.uses_row_groups(7, 8)
 
 
 @pytest.mark.parametrize("case,mlp_split", [
@@ -626,6 +626,12 @@ def test_split_launch_rule():
     big = split_launch_config(512, 3, 1, 2048, "bfloat16", rows=128 * 49)
     assert big == split_launch_config(512, 3, 1, 2048, "bfloat16")  # batch 128: no shrinking
     assert big.conv_tile * 512 <= 8192 and big.block_m == 128 and not big.fused_mlp
+    # k >= 5 depthwise (row groups): twice the conv tile, 8 warps; C512 64 -> 32 for
+    # MIN_PROGRAMS (6272 / 64 = 98 programs)
+    k7 = split_launch_config(512, 7, 1, 2048, "bfloat16", rows=128 * 49)
+    assert (k7.conv_tile, k7.conv_warps) == (32, 8)
+    k7 = split_launch_config(256, 7, 1, 1024, "bfloat16", rows=128 * 196)
+    assert (k7.conv_tile, k7.conv_warps) == (64, 8)
     # expand: 49 x 16 programs of 128 columns; project: 256 columns would be 49 x 2 programs,
     # fewer than MIN_PROGRAMS, so 128 (49 x 4)
     assert gemm_block_n(big.expand_block_n, big.block_m, 128 * 49, 2048) == 128
