@@ -131,13 +131,15 @@ def column_block(width: int, tile: int, kernel_size: int, group_width: int,
     return m
 
 
-# Largest row group M of the split plan's conv + norm kernel (:func:`row_groups`). Static
-# H100 model, bf16 batch 128, conv + norm kernel (affine / LayerNorm), against column groups
-# (M = 2 at W = 14, 1 at W = 7): C256 14x14 k7 M = 7 25 -> 21 / 27 -> 26 µs, M = 14 22 / 32
-# (14 LayerNorm reductions of two pixels each cost more than the loads saved); C512 7x7 k7
-# (M = 7 either way) 19 -> 14 / 21 -> 15 µs. k = 3 keeps column groups (C256 LN 9 -> 11 µs
-# with M = 7: three taps per row reuse too little to pay for the per-member norm).
-MAX_ROW_GROUP = 8
+# Largest row group M of the split plan's conv + norm kernel (:func:`row_groups`). 16 takes
+# whole image rows at W = 14 / 7 (C256 / C512), whose column masks are static (see
+# :func:`_depthwise_conv`). Static H100 model, bf16 batch 128, conv + norm kernel affine /
+# LayerNorm at the default tiles (tuning.ROW_GROUP_CONV_ELEMENTS), against the fused
+# kernel's column groups (M = 2 at W = 14, 1 at W = 7): C256 14x14 k7 M = 14 25 -> 14 / 27 ->
+# 16 µs (M = 7 at 64-pixel programs: 18 / 20); C512 7x7 k7 M = 7 19 -> 7.5 / 21 -> 8.7 µs.
+# k = 3 keeps column groups (C256 LN 9 -> 11 µs with M = 7, 32-pixel programs: three taps
+# per row reuse too little to pay for the per-member norm).
+MAX_ROW_GROUP = 16
 
 
 def row_groups(width: int, tile: int, max_block: int = MAX_ROW_GROUP) -> tuple[int, int]:
@@ -150,8 +152,9 @@ def row_groups(width: int, tile: int, max_block: int = MAX_ROW_GROUP) -> tuple[i
 
     The kernel stores y one group member at a time (no (tile, C) tensor is formed), so unlike
     :func:`column_block` ``M`` need not be a power of two: per kernel row a group loads its
-    ``M + k - 1`` input pixels once for its ``M k`` taps (C256 14x14 k7: 13 loads per 49 taps
-    with M = 7 instead of 8 per 14 with the fused kernel's M = 2).
+    ``M + k - 1`` input pixels once for its ``M k`` taps, and a group of a whole row (M = W)
+    only the row's W pixels, for its in-image taps (C256 14x14 k7: 14 loads per 86 taps with
+    M = 14 instead of 8 per 14 with the fused kernel's M = 2).
     """
     m = max(d for d in range(1, min(max_block, max(1, tile // 2), width) + 1) if width % d == 0)
     g = 1
@@ -265,6 +268,10 @@ def _depthwise_conv(x_ref, xp_ref, cw_ref, *, start, ok, height, width, channels
     n_in = m_block + kernel_size - 1
     # input column u of a group is pixel start + u - pad: in the group's image row iff
     col_ok = [(pw >= pad - u) & (pw < width + pad - u) for u in range(n_in)]
+    # a group that is a whole image row (M = W, pw = 0) knows that statically: the inputs
+    # left and right of the row are padding, neither loaded nor multiplied (their terms are
+    # exact zeros, so every sum is the same)
+    whole_row = m_block == width
     ch = jnp.arange(cp, dtype=jnp.int32)
     pad_channels = cp != channels
     ch_ok = (ch < channels)[None, :]
@@ -285,7 +292,9 @@ def _depthwise_conv(x_ref, xp_ref, cw_ref, *, start, ok, height, width, channels
              for dx in range(kernel_size)]
         accs = [list(a) for a in accs]
         for u in range(n_in):
-            xs = load(dy, u, row_valid & col_ok[u])
+            if whole_row and not 0 <= u - pad < width:
+                continue
+            xs = load(dy, u, row_valid if whole_row else row_valid & col_ok[u])
             # outputs m = u - dx, dx ascending: each output gets its taps in dx order
             for dx in range(kernel_size):
                 m = u - dx

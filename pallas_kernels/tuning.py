@@ -252,12 +252,13 @@ def hidden_parts(tiles: int, hidden: int, hidden_chunk: int,
 SPLIT_MIN_CHANNELS = 256
 # The conv + norm kernel holds one (tile, c_padded) f32 accumulator.
 SPLIT_CONV_ELEMENTS = 8192
-# ... twice that with row groups (uses_row_groups), at 8 warps: each program loads a kernel
-# row's k weight vectors once for all its groups, so larger programs pay. Static H100 model,
-# bf16 batch 128, conv + norm kernel affine / LayerNorm: C256 14x14 k7 tile 32 -> 64 21.4 ->
-# 18.1 / 26.1 -> 20.2 µs (4 warps at tile 32: 19.8 / 21.9); C512 7x7 k7 16 -> 32 13.8 -> 10.0
-# / 15.4 -> 11.4 µs (64 is halved back to 32 by MIN_PROGRAMS); 183-190 registers, no spills.
-ROW_GROUP_CONV_ELEMENTS = 2 * SPLIT_CONV_ELEMENTS
+# ... four times that with row groups (uses_row_groups), at 8 warps: each program loads a
+# kernel row's k weight vectors once for all its groups, so larger programs pay. Static H100
+# model, bf16 batch 128, conv + norm kernel affine / LayerNorm (whole-row groups): C256 14x14
+# k7 tile 32 / 64 / 128 at 8 warps 18.5 / 15.0 / 13.6 and 27.4 / 19.6 / 15.7 µs (4 warps at
+# 128: 1020-1112 B of spills); C512 7x7 k7 takes 32 (64 would leave 112 programs, fewer than
+# MIN_PROGRAMS): 7.5 / 8.7 µs; 162-243 registers, no spills.
+ROW_GROUP_CONV_ELEMENTS = 4 * SPLIT_CONV_ELEMENTS
 
 
 def uses_row_groups(kernel_size: int, group_width: int) -> bool:

@@ -499,14 +499,16 @@ def test_split_plan_with_column_split_accumulators(monkeypatch):
 
 
 @pytest.mark.parametrize("case,conv_tile,groups", [
-    (Case(7, 64, 4, (5, 14), 3, L, "gelu", "bfloat16", ls=True, bs=True), 32, (7, 4)),  # paired
+    (Case(7, 64, 4, (5, 14), 3, L, "gelu", "bfloat16", ls=True, bs=True), 32, (14, 2)),  # paired
     (Case(5, 40, 2, (6, 6), 3, A, "silu", "float32"), 32, (6, 4)),  # direct, Cp = 64
     (Case(7, 32, 4, (7, 7), 3, A, "silu", "float16", bs=True), 16, (7, 2)),
+    (Case(7, 32, 2, (3, 20), 3, L, "gelu", "bfloat16"), 64, (10, 4)),  # half rows
 ], ids=lambda v: v.id if isinstance(v, Case) else str(v))
 def test_split_conv_norm_row_groups(monkeypatch, case, conv_tile, groups):
     """The split plan's conv + norm kernel for k >= 5 takes G row groups of M pixels (M a
-    divisor of W, not a power of two here; the last program partial: 210 / 28, 108 / 24 and
-    147 / 14 pixels) and stores y one group member at a time."""
+    divisor of W, not a power of two here; whole image rows, static column masks, in the
+    first three; the last program partial: 210 / 28, 108 / 24, 147 / 14 and 180 / 40
+    pixels) and stores y one group member at a time."""
     from pallas_kernels import conv_stage, split_block, tuning
 
     assert tuning.uses_row_groups(case.k, case.gw)
@@ -531,10 +533,10 @@ def test_row_groups_rule():
     of two with G M <= tile; column groups stay for k = 3 and grouped convs."""
     from pallas_kernels import conv_stage, tuning
 
-    assert conv_stage.row_groups(14, 32) == (7, 4)
-    assert conv_stage.row_groups(7, 16) == (7, 2)
-    assert conv_stage.row_groups(56, 128) == (8, 16)
-    assert conv_stage.row_groups(11, 32) == (1, 32)  # a prime width > 8: no reuse
+    assert conv_stage.row_groups(14, 128) == (14, 8)  # C256 14x14: whole rows
+    assert conv_stage.row_groups(7, 32) == (7, 4)
+    assert conv_stage.row_groups(56, 128) == (14, 8)
+    assert conv_stage.row_groups(17, 64) == (1, 64)  # a prime width > 16: no reuse
     assert conv_stage.row_groups(1, 16) == (1, 16)
     assert conv_stage.row_groups(6, 8) == (3, 2)  # M <= tile / 2
     assert not tuning.uses_row_groups(3, 1) and not tuning.uses_row_groups(7, 8)
@@ -626,12 +628,12 @@ def test_split_launch_rule():
     big = split_launch_config(512, 3, 1, 2048, "bfloat16", rows=128 * 49)
     assert big == split_launch_config(512, 3, 1, 2048, "bfloat16")  # batch 128: no shrinking
     assert big.conv_tile * 512 <= 8192 and big.block_m == 128 and not big.fused_mlp
-    # k >= 5 depthwise (row groups): twice the conv tile, 8 warps; C512 64 -> 32 for
+    # k >= 5 depthwise (row groups): four times the conv tile, 8 warps; C512 64 -> 32 for
     # MIN_PROGRAMS (6272 / 64 = 98 programs)
     k7 = split_launch_config(512, 7, 1, 2048, "bfloat16", rows=128 * 49)
     assert (k7.conv_tile, k7.conv_warps) == (32, 8)
     k7 = split_launch_config(256, 7, 1, 1024, "bfloat16", rows=128 * 196)
-    assert (k7.conv_tile, k7.conv_warps) == (64, 8)
+    assert (k7.conv_tile, k7.conv_warps) == (128, 8)
     # expand: 49 x 16 programs of 128 columns; project: 256 columns would be 49 x 2 programs,
     # fewer than MIN_PROGRAMS, so 128 (49 x 4)
     assert gemm_block_n(big.expand_block_n, big.block_m, 128 * 49, 2048) == 128
