@@ -133,19 +133,20 @@ LaunchKey = tuple[int, int, int, int, str]
 # candidate of `scripts/sweep_launch_static.py` (tile x hidden chunk x warps, batch 128,
 # bfloat16; gw1 rows must be spill-free for both the ConvNeXt LN-GELU and the ConvFirst
 # affine-SiLU block, gw8 rows for the affine-SiLU block; comment = modelled "overlap" times,
-# docs/results/static-h100/launch_sweep_gw*.json, rerun on the v4 kernels with the static
-# compile's TTIR passes and tiles up to 256). Keys that take the split plan
+# docs/results/static-h100/launch_sweep_gw*.json, rerun on the v5 kernels with the static
+# compile's TTIR passes and tiles up to 256; v5 moved the C64 gw8 rows from 128-pixel tiles
+# at 4 warps to 256 at 8: k3 66.9 -> 65.6 us, k7 150 -> 147). Keys that take the split plan
 # (block_plan: C >= 256 depthwise, C >= 512 grouped) have no row here: they use
 # SPLIT_LAUNCH_TABLE / its default rule. Replace them with GPU measurements when a GPU runs.
 LAUNCH_TABLE: dict[LaunchKey, LaunchConfig] = {
-    (64, 3, 1, 256, "bfloat16"): LaunchConfig(256, 128, 8, 2),  # 112, 66 us
-    (64, 3, 8, 256, "bfloat16"): LaunchConfig(128, 64, 4, 2),  # 78 us
-    (64, 7, 1, 256, "bfloat16"): LaunchConfig(256, 128, 8, 2),  # 163, 118 us
-    (64, 7, 8, 256, "bfloat16"): LaunchConfig(128, 64, 4, 2),  # 160 us
-    (128, 3, 1, 512, "bfloat16"): LaunchConfig(128, 128, 8, 2),  # 60, 45 us
+    (64, 3, 1, 256, "bfloat16"): LaunchConfig(256, 128, 8, 2),  # 90, 55 us
+    (64, 3, 8, 256, "bfloat16"): LaunchConfig(256, 64, 8, 2),  # 66 us
+    (64, 7, 1, 256, "bfloat16"): LaunchConfig(256, 128, 8, 2),  # 142, 104 us
+    (64, 7, 8, 256, "bfloat16"): LaunchConfig(256, 64, 8, 2),  # 147 us
+    (128, 3, 1, 512, "bfloat16"): LaunchConfig(128, 128, 8, 2),  # 49, 45 us
     (128, 3, 8, 512, "bfloat16"): LaunchConfig(128, 64, 8, 2),  # 50 us
-    (128, 7, 1, 512, "bfloat16"): LaunchConfig(128, 128, 8, 2),  # 90, 67 us
-    (128, 7, 8, 512, "bfloat16"): LaunchConfig(128, 128, 8, 2),  # 88 us
+    (128, 7, 1, 512, "bfloat16"): LaunchConfig(128, 128, 8, 2),  # 80, 60 us
+    (128, 7, 8, 512, "bfloat16"): LaunchConfig(128, 128, 8, 2),  # 86 us
     (256, 3, 8, 1024, "bfloat16"): LaunchConfig(64, 32, 8, 2),  # 84 us
     (256, 7, 8, 1024, "bfloat16"): LaunchConfig(64, 64, 8, 2),  # 110 us
 }
@@ -267,6 +268,7 @@ def uses_row_groups(kernel_size: int, group_width: int) -> bool:
     kernel's tiles of column groups (:func:`pallas_kernels.conv_stage.column_block`)."""
     return group_width == 1 and kernel_size >= 5
 
+
 MIN_GEMM_BLOCK_M = 64  # one Hopper warpgroup MMA is 64 rows
 # The fused MLP kernel holds its (block_m, c_padded) f32 project accumulator in registers for
 # the whole program: 128 registers per thread at 8 warps.
@@ -373,13 +375,14 @@ def split_small_call(rows: int | None) -> bool:
 
 def default_split_launch_config(c_padded: int, kernel_size: int, group_width: int,
                                 hidden: int, dtype_name: str) -> SplitLaunchConfig:
-    """Default rule of the split plan: the conv tile fills :data:`SPLIT_CONV_ELEMENTS`,
-    8 warps above 4096 elements (row groups: :data:`ROW_GROUP_CONV_ELEMENTS`, 8 warps); the GEMMs 8 warps, 3 stages, block_m 128, block_k 64; the
-    project 256 columns as two 128-column accumulators, the expand 128 columns (each capped
-    by :func:`gemm_block_n`). Static H100 model (sm_90a): a 128 x 256 tile cuts the modelled
-    L2 traffic by a quarter against 128 x 128; as one accumulator it spills registers in
-    both epilogues, as two the project is spill-free but the expand's activation epilogue
-    still spills (4 accumulators: 8 bytes), so the expand keeps 128 columns.
+    """Default rule of the split plan: the conv tile fills :data:`SPLIT_CONV_ELEMENTS`, 8 warps
+    above 4096 elements (row groups: :data:`ROW_GROUP_CONV_ELEMENTS`, 8 warps); the GEMMs 8
+    warps, 3 stages, block_m 128, block_k 64; the project 256 columns as two 128-column
+    accumulators, the expand 128 columns (each capped by :func:`gemm_block_n`). Static H100
+    model (sm_90a): a 128 x 256 tile cuts the modelled L2 traffic by a quarter against 128 x
+    128; as one accumulator it spills registers in both epilogues, as two the project is
+    spill-free but the expand's activation epilogue still spills (4 accumulators: 8 bytes), so
+    the expand keeps 128 columns.
 
     The fused MLP kernel instead of the GEMMs (``fused_mlp``) for 16-bit dtypes where a
     128-pixel project accumulator fits :data:`MLP_ACC_ELEMENTS` (c_padded <= 256): 128
