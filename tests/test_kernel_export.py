@@ -203,7 +203,7 @@ def test_every_launch_table_row_exports_for_cuda(verifier, key):
 
 @pytest.mark.parametrize("c,hw,k,gw,norm,act,ls,parts", [
     (128, 28, 3, 1, "affine", "silu", False, 16),  # 49 tiles x 16 hidden parts
-    (64, 56, 7, 8, "affine", "silu", False, 8),  # grouped (block-diagonal conv), 4 warps
+    (64, 56, 7, 8, "affine", "silu", False, 4),  # grouped (block-diagonal conv), 8 warps
     (256, 14, 7, 1, "layernorm", "gelu", True, 32),  # wide depthwise block at batch 1
 ], ids=lambda v: str(v))
 def test_hidden_parts_export_for_cuda(monkeypatch, verifier, c, hw, k, gw, norm, act, ls,

@@ -272,7 +272,7 @@ def test_fused_grid_n1_counts_hidden_parts():
     lc, grid = static.fused_grid_n1(static.parse_config("C=512,HW=7,k=7,N=128"))
     assert (lc.tile, lc.hidden_parts, grid) == (16, 64, 4 * 64)
     lc, grid = static.fused_grid_n1(static.parse_config("C=64,HW=56,k=3,gw=8,N=128"))
-    assert (lc.num_warps, lc.hidden_parts, grid) == (4, 1, 196)  # parts do not pay here
+    assert (lc.num_warps, lc.hidden_parts, grid) == (8, 1, 196)  # parts do not pay here
 
 
 def test_static_report_of_hidden_parts(tmp_path):
