@@ -499,15 +499,15 @@ def test_split_plan_with_column_split_accumulators(monkeypatch):
 
 
 @pytest.mark.parametrize("case,conv_tile,groups", [
-    (Case(7, 64, 4, (5, 14), 3, L, "gelu", "bfloat16", ls=True, bs=True), 32, (14, 2)),  # paired
+    (Case(7, 64, 4, (5, 14), 1, L, "gelu", "bfloat16", ls=True, bs=True), 32, (14, 2)),  # paired
     (Case(5, 40, 2, (6, 6), 3, A, "silu", "float32"), 32, (6, 4)),  # direct, Cp = 64
     (Case(7, 32, 4, (7, 7), 3, A, "silu", "float16", bs=True), 16, (7, 2)),
-    (Case(7, 32, 2, (3, 20), 3, L, "gelu", "bfloat16"), 64, (10, 4)),  # half rows
+    (Case(7, 32, 2, (3, 20), 1, L, "gelu", "bfloat16"), 64, (10, 4)),  # half rows
 ], ids=lambda v: v.id if isinstance(v, Case) else str(v))
 def test_split_conv_norm_row_groups(monkeypatch, case, conv_tile, groups):
     """The split plan's conv + norm kernel for k >= 5 takes G row groups of M pixels (M a
     divisor of W, not a power of two here; whole image rows, static column masks, in the
-    first three; the last program partial: 210 / 28, 108 / 24, 147 / 14 and 180 / 40
+    first three; the last program partial: 70 / 28, 108 / 24, 147 / 14 and 60 / 40
     pixels) and stores y one group member at a time."""
     from pallas_kernels import conv_stage, split_block, tuning
 
