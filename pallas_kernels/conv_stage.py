@@ -266,12 +266,13 @@ def _depthwise_conv(x_ref, xp_ref, cw_ref, *, start, ok, height, width, channels
     ph = lax.div(local, width)
     pw = lax.rem(local, width)
     n_in = m_block + kernel_size - 1
-    # input column u of a group is pixel start + u - pad: in the group's image row iff
-    col_ok = [(pw >= pad - u) & (pw < width + pad - u) for u in range(n_in)]
-    # a group that is a whole image row (M = W, pw = 0) knows that statically: the inputs
-    # left and right of the row are padding, neither loaded nor multiplied (their terms are
-    # exact zeros, so every sum is the same)
+    # a group that is a whole image row (M = W, pw = 0) knows its column masks statically:
+    # the inputs left and right of the row are padding, neither loaded nor multiplied (their
+    # terms are exact zeros, so every sum is the same)
     whole_row = m_block == width
+    # otherwise input column u of a group is pixel start + u - pad: in its image row iff
+    col_ok = None if whole_row else [(pw >= pad - u) & (pw < width + pad - u)
+                                     for u in range(n_in)]
     ch = jnp.arange(cp, dtype=jnp.int32)
     pad_channels = cp != channels
     ch_ok = (ch < channels)[None, :]
