@@ -44,10 +44,12 @@ STATE, META = "state", "meta"
 
 
 class _QuietOrbax(logging.Filter):
-    """Drop two orbax warnings that are expected here: saves without metrics between evals
-    ("Requested `tracked_metric`") and the wait for the previous async save."""
+    """Drop three orbax warnings that are expected here: saves without metrics between evals
+    ("Requested `tracked_metric`"), the wait for the previous async save, and the one-time
+    replacement of the jax.Array writer (:func:`_use_single_writer_arrays`)."""
 
-    _NOISE = ("Requested `tracked_metric`", "Waiting for previous save to complete")
+    _NOISE = ("Requested `tracked_metric`", "Waiting for previous save to complete",
+              "Type handler registry type")
 
     def filter(self, record: logging.LogRecord) -> bool:
         if record.levelno >= logging.ERROR and "orbax" in record.pathname:
@@ -110,6 +112,28 @@ def _quiet_unraisablehook(unraisable) -> None:
 sys.unraisablehook = _quiet_unraisablehook
 
 
+def _use_single_writer_arrays() -> None:
+    """Write each replicated array from one device when this is a single-process run.
+
+    orbax's default on CPU is "replica-parallel" writing: every array replicated over R
+    devices is sliced R ways and each device writes its slice. That pays off when R hosts
+    share the writing; in one process it only costs R eager slice programs per array (one
+    compile each on first use: ~4 s per save of a 2 M-parameter model on 2 CPU devices).
+    """
+    current = ocp.type_handlers.get_type_handler(jax.Array)
+    if jax.process_count() == 1 and getattr(current, "_use_replica_parallel", False):
+        ocp.type_handlers.register_type_handler(
+            jax.Array, ocp.type_handlers.ArrayHandler(use_replica_parallel=False),
+            override=True)
+
+
+@jax.jit
+def _snapshot(tree: Any) -> Any:
+    """A private device copy of ``tree``, all leaves in one program (one dispatch, not one
+    per leaf); shardings are kept."""
+    return jax.tree.map(jnp.copy, tree)
+
+
 def _is_key(x: Any) -> bool:
     return hasattr(x, "dtype") and jax.dtypes.issubdtype(x.dtype, jax.dtypes.prng_key)
 
@@ -163,6 +187,7 @@ class Checkpointer:
         if keep < 1:
             raise ValueError(f"keep_checkpoints must be >= 1, got {keep}")
         self.directory = pathlib.Path(directory).absolute()
+        _use_single_writer_arrays()
         policy = ocm.AnyPreservationPolicy([
             ocm.LatestN(n=keep),
             ocm.BestN(get_metric_fn=lambda m: m["top1"], reverse=False, n=1,
@@ -216,7 +241,7 @@ class Checkpointer:
         self.check()
         # A private copy: the train step donates the live state's buffers, and a background
         # write must never read memory that the next step reuses.
-        snapshot = jax.tree.map(jnp.copy, _keys_to_data(state))
+        snapshot = _snapshot(_keys_to_data(state))
         args = ocp.args.Composite(**{
             STATE: ocp.args.StandardSave(snapshot),
             META: ocp.args.JsonSave(dict(meta)),
