@@ -3,8 +3,8 @@ FLOPs-to-target bookkeeping.
 
 Tiny everything: a 4-class synthetic set generated into tmp (32 px crops), batch 8. The
 in-process tests of the loop's bookkeeping and sharding use a 1-conv BatchNorm model (compiles
-in seconds); the command-line runs (loss falls, kill -9 + resume) train convfirst_atto, the
-smallest ConvFirst, on 4 simulated devices, sharing one persistent compilation cache.
+in seconds). Command-line runs on 2 simulated devices: loss falls with convfirst_atto, the
+smallest ConvFirst; kill -9 + resume == uninterrupted with the 1-conv model (tests/tiny_cli.py).
 """
 
 from __future__ import annotations
@@ -256,8 +256,23 @@ def _jsonl(path):
 CLI_STEPS = 30
 
 
-def _cli(workdir: pathlib.Path, data_dir: pathlib.Path, env: dict) -> subprocess.Popen:
-    cmd = [sys.executable, "-m", "train", "--config", "configs/cpu_small.py:convfirst_atto",
+def _cli_env(tmp: pathlib.Path, **extra) -> dict:
+    """2 simulated devices (sharded data parallel) and one persistent compile cache."""
+    env = dict(os.environ)
+    env.update(XLA_FLAGS="--xla_force_host_platform_device_count=2", JAX_PLATFORMS="cpu",
+               JAX_COMPILATION_CACHE_DIR=str(tmp / "jax_cache"),
+               JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0",
+               JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES="0", **extra)
+    return env
+
+
+def _cli(workdir: pathlib.Path, data_dir: pathlib.Path, env: dict, *,
+         tiny: bool = False) -> subprocess.Popen:
+    """``python -m train`` on convfirst_atto, or (``tiny``) the same command line with the
+    1-conv BatchNorm model of tests/tiny_cli.py."""
+    entry = ([str(REPO / "tests" / "tiny_cli.py"), "--config", "configs/default.py"] if tiny
+             else ["-m", "train", "--config", "configs/cpu_small.py:convfirst_atto"])
+    cmd = [sys.executable, *entry,
            "--workdir", str(workdir), f"--config.data_dir={data_dir}", "--config.image_size=32",
            "--config.batch_size=16", "--config.eval_batch_size=8", "--config.num_workers=0",
            f"--config.max_steps={CLI_STEPS}", "--config.eval_every_steps=10",
@@ -276,18 +291,20 @@ def _finish(proc: subprocess.Popen, timeout: float = 300) -> str:
 
 @pytest.fixture(scope="module")
 def cli_runs(tiny_data, tmp_path_factory):
-    """Run A: uninterrupted. Run B: kill -9 right after its first checkpoint, then the same
-    command again (resumes). All on 2 simulated devices (sharded data parallel), with one
-    persistent compile cache."""
+    """Command-line runs on 2 simulated devices (sharded data parallel):
+
+    * "real": one uninterrupted run of convfirst_atto (its cold compile is ~25 s, so it runs
+      in the background while the others go on);
+    * the same command line with the 1-conv model of tests/tiny_cli.py (the resume logic does
+      not depend on the model): "straight" uninterrupted, and "killed": kill -9 right after
+      its first checkpoint, then the same command again (resumes).
+    """
     tmp = tmp_path_factory.mktemp("cli")
-    env = dict(os.environ)
-    env.update(XLA_FLAGS="--xla_force_host_platform_device_count=2", JAX_PLATFORMS="cpu",
-               JAX_COMPILATION_CACHE_DIR=str(tmp / "jax_cache"),
-               JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0",
-               JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES="0")
+    real_proc = _cli(tmp / "real", tiny_data, _cli_env(tmp / "real_cache"))
     straight, killed = tmp / "straight", tmp / "killed"
 
-    proc = _cli(killed, tiny_data, env)
+    # 50 ms per step (outside the step) so that the kill lands between checkpoints 10 and 20.
+    proc = _cli(killed, tiny_data, _cli_env(tmp, TINY_STEP_SLEEP="0.05"), tiny=True)
     ckpts = killed / "checkpoints"
     deadline = time.time() + 300
     while time.time() < deadline and proc.poll() is None:
@@ -302,16 +319,18 @@ def cli_runs(tiny_data, tmp_path_factory):
     assert not (killed / "summary.json").exists(), "killed too late: the run had finished"
 
     # The resumed run and the uninterrupted reference run side by side (compile cache warm).
-    resumed_proc = _cli(killed, tiny_data, env)
-    straight_proc = _cli(straight, tiny_data, env)
+    env = _cli_env(tmp)
+    resumed_proc = _cli(killed, tiny_data, env, tiny=True)
+    straight_proc = _cli(straight, tiny_data, env, tiny=True)
     resumed_out = _finish(resumed_proc)
     straight_out = _finish(straight_proc)
-    return {"straight": straight, "killed": killed, "first_out": first_out,
-            "resumed_out": resumed_out, "straight_out": straight_out}
+    _finish(real_proc)
+    return {"real": tmp / "real", "straight": straight, "killed": killed,
+            "first_out": first_out, "resumed_out": resumed_out, "straight_out": straight_out}
 
 
 def test_loss_falls_over_30_steps(cli_runs):
-    records = _jsonl(cli_runs["straight"] / "metrics.jsonl")
+    records = _jsonl(cli_runs["real"] / "metrics.jsonl")
     train = [r for r in records if r["split"] == "train"]
     evals = [r for r in records if r["split"] == "eval"]
     assert [r["step"] for r in train][-1] == CLI_STEPS and len(train) == CLI_STEPS // 2
@@ -323,7 +342,7 @@ def test_loss_falls_over_30_steps(cli_runs):
     # Held-out: 4 classes, chance is top-1 0.25 and cross-entropy ln 4 = 1.39.
     assert evals[-1]["loss"] < 0.8 * math.log(4), evals
     assert evals[-1]["top1"] > 0.5, evals
-    summary = json.loads((cli_runs["straight"] / "summary.json").read_text())
+    summary = json.loads((cli_runs["real"] / "summary.json").read_text())
     assert summary["devices"] == 2 and summary["model"] == "convfirst_atto"
     assert summary["train_step_flops_xla"] > 0 and summary["macs_per_image"] > 0
     # XLA's FLOPs of a train step vs 3 x analytic forward FLOPs: same order of magnitude.
@@ -335,6 +354,7 @@ def test_resume_after_kill_9_equals_uninterrupted(cli_runs):
     assert "resumed" not in cli_runs["straight_out"]
     a = json.loads((cli_runs["straight"] / "summary.json").read_text())
     b = json.loads((cli_runs["killed"] / "summary.json").read_text())
+    assert a["devices"] == b["devices"] == 2
     for key in ("top1", "top5", "loss", "train_loss"):
         assert b["final"][key] == pytest.approx(a["final"][key], rel=1e-5, abs=1e-6), key
     assert [h["top1"] for h in b["history"]] == pytest.approx([h["top1"] for h in a["history"]])
