@@ -300,7 +300,8 @@ def cli_runs(tiny_data, tmp_path_factory):
       its first checkpoint, then the same command again (resumes).
     """
     tmp = tmp_path_factory.mktemp("cli")
-    real_proc = _cli(tmp / "real", tiny_data, _cli_env(tmp / "real_cache"))
+    env = _cli_env(tmp)
+    real_proc = _cli(tmp / "real", tiny_data, env)
     straight, killed = tmp / "straight", tmp / "killed"
 
     # 50 ms per step (outside the step) so that the kill lands between checkpoints 10 and 20.
@@ -319,7 +320,6 @@ def cli_runs(tiny_data, tmp_path_factory):
     assert not (killed / "summary.json").exists(), "killed too late: the run had finished"
 
     # The resumed run and the uninterrupted reference run side by side (compile cache warm).
-    env = _cli_env(tmp)
     resumed_proc = _cli(killed, tiny_data, env, tiny=True)
     straight_proc = _cli(straight, tiny_data, env, tiny=True)
     resumed_out = _finish(resumed_proc)

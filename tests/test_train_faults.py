@@ -500,7 +500,11 @@ def test_checkpoint_of_replicated_state_compiles_one_program(tmp_path):
     state = {f"w{i}": jax.device_put(jnp.arange(64.0 * (i + 1)).reshape(8, -1), replicated)
              for i in range(24)}
     compiles = []
-    listener = lambda event, secs, **kw: compiles.append(event) if "backend_compile" in event else None  # noqa: E731
+
+    def listener(event, secs, **kwargs):
+        if "backend_compile" in event:
+            compiles.append(event)
+
     jax.monitoring.register_event_duration_secs_listener(listener)
     try:
         ckpt = Checkpointer(tmp_path / "ckpt", async_save=False)
