@@ -56,10 +56,25 @@ def test_time_callable_measures_known_latency_and_rotates_buffers():
     assert seen[:6] == [0, 1, 2, 0, 1, 2]
 
 
-def test_time_callable_calibrates_calls_per_sample():
-    t = timing.time_callable(lambda i: time.sleep(0.001), sync=lambda _: None, warmup=0,
-                             repeats=2, min_sample_s=0.02, max_number=50)
-    assert 5 <= t.number <= 20
+def test_time_callable_calibrates_calls_per_sample(monkeypatch):
+    """On a fake clock every call takes exactly 2^-10 s (binary-exact, so no rounding in the
+    ceil): 20 calls make the 20 * 2^-10 s minimum sample. A real sleep is not used, because
+    under load the calibration call can take several times its nominal length."""
+    import types
+
+    step = 2.0 ** -10
+    now = [0.0]
+
+    def call(i):
+        now[0] += step
+
+    monkeypatch.setattr(timing, "time", types.SimpleNamespace(perf_counter=lambda: now[0]))
+    t = timing.time_callable(call, sync=lambda _: None, warmup=0, repeats=2,
+                             min_sample_s=20 * step, max_number=50)
+    assert t.number == 20 and t.samples_s == (step, step)
+    capped = timing.time_callable(call, sync=lambda _: None, warmup=0, repeats=1,
+                                  min_sample_s=80 * step, max_number=50)
+    assert capped.number == 50
 
 
 def test_time_jax_first_output_is_returned_for_cross_checks():
