@@ -1,19 +1,38 @@
 """Activation functions of the conv-first block, in reference and in kernel form.
 
 The reference forms are jax.nn's. The kernel forms use only primitives the Pallas Triton
-lowering supports (it has no ``erf``) and no division: each reciprocal is one ``reciprocal``
-argument, which is :func:`reciprocal_mufu` (one ``MUFU.RCP``, PTX ``rcp.approx.ftz.f32``,
-<= 1 ulp) in the Triton kernel and :func:`reciprocal_exact` (a correctly rounded f32
-division) in the Pallas interpreter, which cannot run PTX. Everything else is the same code
-on both, so the CPU interpret tests check the device's math up to that one ulp per
-reciprocal. :func:`kernel_activation` picks the pair.
+lowering supports (it has no ``erf``) and no division, in two families chosen by the block's
+dtype (:func:`kernel_activation`):
+
+- float32 / float16 blocks (:data:`KERNEL_ACTIVATIONS`): the functions themselves, exact GELU
+  included (A&S 7.1.26, |error of Phi| <= 7.5e-8), from exp2 and one ``reciprocal`` argument:
+  :func:`reciprocal_mufu` (one ``MUFU.RCP``, PTX ``rcp.approx.ftz.f32``, <= 1 ulp) in the
+  Triton kernel and :func:`reciprocal_exact` (a correctly rounded f32 division) in the Pallas
+  interpreter, which cannot run PTX. 2 MUFU operations per hidden element (EX2, RCP).
+- bfloat16 blocks (:data:`BF16_KERNEL_ACTIVATIONS`): every sigmoid-shaped activation as
+  ``x/2 + x/2 tanh(u)``, one ``tanh`` argument: :func:`tanh_mufu` (one ``MUFU.TANH``, PTX
+  ``tanh.approx.f32``, relative error <= 2^-11) in the Triton kernel, :func:`tanh_exact` in the
+  interpreter. 1 MUFU operation per hidden element. "gelu" is then the logistic form of Phi
+  (Bowling et al. 2009), |error of Phi| <= 1.42e-4; "silu" and "gelu_tanh" are exact
+  identities. Why only bfloat16: the kernel rounds h = act(.) to the block's dtype before
+  the project GEMM, and under bfloat16's 2^-9 relative rounding these errors do not show
+  (numpy emulation, ``docs/results/static-h100/activation_probe_c64/precision.py``: rms error
+  of h against the float64 exact GELU 2.31e-3 exact, 2.32e-3 logistic, 2.38e-3 with the
+  worst systematic ``tanh.approx`` error), while under float16's 2^-12 they would (rms 2.9e-4
+  exact vs 6.3e-4 worst case).
+
+Everything else is the same code in the Triton kernel and the interpreter, so the CPU interpret
+tests check the device's math up to one ulp per reciprocal (float32 / float16) or
+``tanh.approx``'s 2^-11 (bfloat16).
 
 Static H100 model, bf16 batch 128 (``python -m convfirst_jax.bench static``): the MUFU.RCP
 form replaced ``rsqrt(v)**2`` and a Newton step (MUFU.RSQ + 3 FMA-pipe ops) and the exp2
 argument cap that step needed: SiLU 12.2 -> 8.2 instructions per hidden element of the MLP
 loop, exact GELU 23.3 -> 17.2 (with the folded constants and no select, below); C64 56x56 k3
-affine-SiLU 66 -> 55 µs, LN-GELU 112 -> 91 µs.
+affine-SiLU 66 -> 55 µs, LN-GELU 112 -> 91 µs. The bfloat16 tanh forms: see
+``docs/results/static-h100/README.md`` (v6).
 """
+
 
 from __future__ import annotations
 
@@ -33,7 +52,19 @@ _AS_A = (0.254829592, -0.284496736, 1.421413741, -1.453152027, 1.061405429)
 
 _LOG2E = math.log2(math.e)
 
+# Bowling, Khasawneh, Kaewkuekool & Cho (2009), "A logistic approximation to the cumulative
+# normal distribution": Phi(x) ~= 1 / (1 + exp(-(1.5976 x + 0.07056 x^3))), max |error|
+# 1.42e-4 (1.414e-4 at |x| = 1.476 on a 1e-5 grid of [-12, 12]); in tanh form
+# Phi(x) ~= (1 + tanh(x (0.7988 + 0.03528 x^2))) / 2.
+_BOWLING_A = 1.5976 / 2.0
+_BOWLING_B = 0.07056 / 2.0
+#: max |Phi_logistic(x) - Phi(x)|, so |gelu_logistic(x) - GELU(x)| <= this * |x|.
+LOGISTIC_PHI_ERROR = 1.42e-4
+
+_SQRT_2_OVER_PI = math.sqrt(2.0 / math.pi)
+
 Reciprocal = Callable[[jax.Array], jax.Array]
+Tanh = Callable[[jax.Array], jax.Array]
 
 
 def reciprocal_exact(v: jax.Array) -> jax.Array:
@@ -55,6 +86,25 @@ def reciprocal_mufu(v: jax.Array) -> jax.Array:
         "rcp.approx.ftz.f32 $0, $1;", args=[v], constraints="=f,f", pack=1,
         result_shape_dtypes=[jax.ShapeDtypeStruct(v.shape, v.dtype)])
     return r
+
+
+def tanh_exact(v: jax.Array) -> jax.Array:
+    """tanh(v) as XLA computes it: the interpreter's form of :func:`tanh_mufu`."""
+    return jnp.tanh(v)
+
+
+def tanh_mufu(v: jax.Array) -> jax.Array:
+    """tanh(v) of float32 ``v`` as one ``MUFU.TANH`` (inline PTX ``tanh.approx.f32``, sm_75+:
+    maximum relative error 2^-11 by the PTX ISA; tanh(+-inf) = +-1).
+
+    Only for a Triton-lowered kernel body (the interpreter cannot run PTX). Triton would
+    otherwise call libdevice's ``tanhf`` (a correctly rounded software tanh: ~20 FP32
+    instructions and an EX2 + RCP per element).
+    """
+    [t] = plgpu.elementwise_inline_asm(
+        "tanh.approx.f32 $0, $1;", args=[v], constraints="=f,f", pack=1,
+        result_shape_dtypes=[jax.ShapeDtypeStruct(v.shape, v.dtype)])
+    return t
 
 
 def _sigmoid_kernel(x: jax.Array, reciprocal: Reciprocal) -> jax.Array:
@@ -112,9 +162,59 @@ KERNEL_ACTIVATIONS: dict[str, Callable[[jax.Array, Reciprocal], jax.Array]] = {
 }
 
 
-def kernel_activation(name: str, *, triton: bool) -> Callable[[jax.Array], jax.Array]:
-    """The kernel form of activation ``name`` for a body lowered by Triton (``triton=True``:
-    :func:`reciprocal_mufu`) or run by the Pallas interpreter (:func:`reciprocal_exact`)."""
+def _half_x_one_plus_tanh(x: jax.Array, u: jax.Array, tanh: Tanh) -> jax.Array:
+    """x (1 + tanh(u)) / 2 as x/2 + x/2 tanh(u): one tanh and one FMA (u -> -inf: tanh = -1
+    and the result exactly 0; u -> +inf: x)."""
+    half_x = 0.5 * x
+    return half_x + half_x * tanh(u)
+
+
+def gelu_logistic(x: jax.Array, tanh: Tanh = tanh_exact) -> jax.Array:
+    """GELU x Phi(x) with the logistic Phi of Bowling et al. (2009), the bfloat16 kernel form
+    of "gelu": |result - GELU(x)| <= :data:`LOGISTIC_PHI_ERROR` |x| (plus the tanh's error
+    times |x| / 2). One tanh and 5 FP32 operations per element."""
+    return _half_x_one_plus_tanh(x, x * (_BOWLING_A + _BOWLING_B * (x * x)), tanh)
+
+
+def gelu_tanh_bf16(x: jax.Array, tanh: Tanh = tanh_exact) -> jax.Array:
+    """tanh-approximated GELU (Hendrycks & Gimpel 2016), 0.5 x (1 + tanh(sqrt(2/pi)
+    (x + 0.044715 x^3))), with one tanh: the bfloat16 kernel form of "gelu_tanh"."""
+    inner = x * _SQRT_2_OVER_PI + (_SQRT_2_OVER_PI * 0.044715) * (x * x * x)
+    return _half_x_one_plus_tanh(x, inner, tanh)
+
+
+def silu_bf16(x: jax.Array, tanh: Tanh = tanh_exact) -> jax.Array:
+    """x sigmoid(x) = x/2 + x/2 tanh(x/2) (Elfwing et al. 2018), one tanh: the bfloat16
+    kernel form of "silu"."""
+    return _half_x_one_plus_tanh(x, 0.5 * x, tanh)
+
+
+def relu_bf16(x: jax.Array, tanh: Tanh = tanh_exact) -> jax.Array:
+    del tanh
+    return jnp.maximum(x, 0.0)
+
+
+#: The bfloat16 kernel forms, each ``f(x, tanh)`` (see the module docstring for why only
+#: bfloat16).
+BF16_KERNEL_ACTIVATIONS: dict[str, Callable[[jax.Array, Tanh], jax.Array]] = {
+    "relu": relu_bf16,
+    "silu": silu_bf16,
+    "gelu": gelu_logistic,
+    "gelu_tanh": gelu_tanh_bf16,
+}
+
+
+def kernel_activation(name: str, *, triton: bool,
+                      dtype: jnp.dtype | type | str = jnp.float32
+                      ) -> Callable[[jax.Array], jax.Array]:
+    """The kernel form of activation ``name`` for a block of activation dtype ``dtype`` whose
+    body is lowered by Triton (``triton=True``: :func:`reciprocal_mufu` /
+    :func:`tanh_mufu`) or run by the Pallas interpreter (:func:`reciprocal_exact` /
+    :func:`tanh_exact`): :data:`BF16_KERNEL_ACTIVATIONS` for bfloat16,
+    :data:`KERNEL_ACTIVATIONS` otherwise."""
+    if jnp.dtype(dtype) == jnp.bfloat16:
+        return functools.partial(BF16_KERNEL_ACTIVATIONS[name],
+                                 tanh=tanh_mufu if triton else tanh_exact)
     return functools.partial(KERNEL_ACTIVATIONS[name],
                              reciprocal=reciprocal_mufu if triton else reciprocal_exact)
 

@@ -260,7 +260,7 @@ def _pallas_forward(x: jax.Array, params: Mapping[str, Any], opts: BlockOptions,
         _block_kernel, height=h, width=w, channels=c, total_rows=total_rows, tile=lc.tile,
         hidden_chunk=lc.hidden_chunk, n_chunks=hp // (lc.hidden_chunk * parts),
         kernel_size=opts.kernel_size, group_width=opts.group_width, norm=opts.norm,
-        act=kernel_activation(opts.activation, triton=not opts.interpret),
+        act=kernel_activation(opts.activation, triton=not opts.interpret, dtype=x.dtype),
         eps=float(opts.eps), has_layer_scale=has_ls,
         has_branch_scale=branch_scale is not None, conv_mode=mode, hidden_parts=parts)
     x2 = x.reshape(total_rows, c)  # flattened pixels: free, row-major NHWC
@@ -364,7 +364,10 @@ def conv_first_block(
       kernel_size: 3, 5 or 7 ("SAME" zero padding k//2).
       norm: "affine" (``y * norm_scale + norm_shift``; folded BatchNorm) or "layernorm"
         (per pixel over C, then ``* norm_scale + norm_shift``).
-      activation: "relu", "silu", "gelu" (exact erf form) or "gelu_tanh".
+      activation: "relu", "silu", "gelu" (exact erf) or "gelu_tanh". In a bfloat16 block
+        the kernel computes each as x/2 + x/2 tanh(u) (one MUFU.TANH; "gelu" with the
+        logistic Phi, within 1.42e-4 |x| of the erf form): the difference hides under the
+        bfloat16 rounding of h (:mod:`pallas_kernels.activations`). float32 / float16: exact.
       group_width: 1 (depthwise) or 8 (channels per conv group).
       eps: LayerNorm epsilon.
       branch_scale: optional (N,) per-sample multiplier of the residual branch (drop path).

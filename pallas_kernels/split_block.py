@@ -220,7 +220,7 @@ def split_forward(x: jax.Array, params: Mapping[str, Any], opts: BlockOptions,
     compiler = functools.partial(plgpu.CompilerParams, num_stages=lc.num_stages)
     x2 = x.reshape(total_rows, c)
     name = f"k{opts.kernel_size}_gw{opts.group_width}"
-    act = kernel_activation(opts.activation, triton=not opts.interpret)
+    act = kernel_activation(opts.activation, triton=not opts.interpret, dtype=dtype)
 
     # 1. y = norm(dwconv(x) + conv_b), (rows, Cp) in x.dtype
     conv_ops = prepare_conv_operands(x, params, mode)
