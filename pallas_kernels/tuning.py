@@ -133,22 +133,26 @@ LaunchKey = tuple[int, int, int, int, str]
 # candidate of `scripts/sweep_launch_static.py` (tile x hidden chunk x warps, batch 128,
 # bfloat16; gw1 rows must be spill-free for both the ConvNeXt LN-GELU and the ConvFirst
 # affine-SiLU block, gw8 rows for the affine-SiLU block; comment = modelled "overlap" times,
-# docs/results/static-h100/launch_sweep_gw*.json, rerun on the v5 kernels with the static
-# compile's TTIR passes and tiles up to 256; v5 moved the C64 gw8 rows from 128-pixel tiles
-# at 4 warps to 256 at 8: k3 66.9 -> 65.6 us, k7 150 -> 147). Keys that take the split plan
+# docs/results/static-h100/launch_sweep_gw*.json, rerun on the v6 kernels (bf16 activations
+# with one MUFU.TANH) with the static compile's TTIR passes and tiles up to 256; v5 moved the
+# C64 gw8 rows from 128-pixel tiles at 4 warps to 256 at 8: k3 66.9 -> 65.6 us, k7 150 -> 147;
+# v6 moved C64 k3 to hidden chunks of 64, since at 128 the affine-SiLU block now spills 4 B at
+# 255 registers, and C128 k3 to chunks of 32: the same 45.5 us overlap, 0.5 us less serial
+# time summed over both blocks, the sweep's tie-break; C64 k7 gw8 back to 128-pixel tiles,
+# 142 -> 130 us, and C256 k7 gw8 to chunks of 32, a tie). Keys that take the split plan
 # (block_plan: C >= 256 depthwise, C >= 512 grouped) have no row here: they use
 # SPLIT_LAUNCH_TABLE / its default rule. Replace them with GPU measurements when a GPU runs.
 LAUNCH_TABLE: dict[LaunchKey, LaunchConfig] = {
-    (64, 3, 1, 256, "bfloat16"): LaunchConfig(256, 128, 8, 2),  # 90, 55 us
-    (64, 3, 8, 256, "bfloat16"): LaunchConfig(256, 64, 8, 2),  # 66 us
-    (64, 7, 1, 256, "bfloat16"): LaunchConfig(256, 128, 8, 2),  # 142, 104 us
-    (64, 7, 8, 256, "bfloat16"): LaunchConfig(256, 64, 8, 2),  # 147 us
-    (128, 3, 1, 512, "bfloat16"): LaunchConfig(128, 128, 8, 2),  # 49, 45 us
+    (64, 3, 1, 256, "bfloat16"): LaunchConfig(256, 64, 8, 2),  # 64, 46 us
+    (64, 3, 8, 256, "bfloat16"): LaunchConfig(256, 128, 8, 2),  # 58 us
+    (64, 7, 1, 256, "bfloat16"): LaunchConfig(256, 128, 8, 2),  # 115, 97 us
+    (64, 7, 8, 256, "bfloat16"): LaunchConfig(128, 64, 8, 2),  # 130 us
+    (128, 3, 1, 512, "bfloat16"): LaunchConfig(128, 32, 8, 2),  # 45, 45 us
     (128, 3, 8, 512, "bfloat16"): LaunchConfig(128, 64, 8, 2),  # 50 us
-    (128, 7, 1, 512, "bfloat16"): LaunchConfig(128, 128, 8, 2),  # 80, 60 us
+    (128, 7, 1, 512, "bfloat16"): LaunchConfig(128, 128, 8, 2),  # 66, 56 us
     (128, 7, 8, 512, "bfloat16"): LaunchConfig(128, 128, 8, 2),  # 86 us
     (256, 3, 8, 1024, "bfloat16"): LaunchConfig(64, 32, 8, 2),  # 84 us
-    (256, 7, 8, 1024, "bfloat16"): LaunchConfig(64, 64, 8, 2),  # 110 us
+    (256, 7, 8, 1024, "bfloat16"): LaunchConfig(64, 32, 8, 2),  # 110 us
 }
 
 

@@ -231,3 +231,21 @@ def test_hidden_parts_export_for_cuda(monkeypatch, verifier, c, hw, k, gw, norm,
                   eps=1e-6, ls=ls, bs=True)
     _export_block(verifier, dtype=jnp.bfloat16, grad=False, **common)
     _export_block(verifier, dtype=jnp.float32, grad=True, **common)
+
+
+@pytest.mark.parametrize("dtype,act,asm", [
+    ("bfloat16", "gelu", "tanh.approx.f32"), ("bfloat16", "silu", "tanh.approx.f32"),
+    ("float16", "gelu", "rcp.approx.ftz.f32"), ("float32", "silu", "rcp.approx.ftz.f32"),
+])
+def test_lowered_activation_is_the_dtypes_mufu_form(dtype, act, asm):
+    """The Triton kernel carries its dtype's activation family (pallas_kernels/activations.py):
+    one tanh.approx per hidden element in bfloat16 and no reciprocal; rcp.approx and no
+    tanh.approx in float16 / float32. Read from the TTIR lowered for CUDA on this CPU."""
+    from convfirst_jax.bench import static
+
+    cfg = static.parse_config(f"C=64,HW=16,k=3,gw=1,norm=layernorm,act={act},N=2,"
+                              f"dtype={dtype}")
+    ((ttir, _),) = static.export_triton_modules(cfg)
+    other = {"tanh.approx.f32": "rcp.approx.ftz.f32",
+             "rcp.approx.ftz.f32": "tanh.approx.f32"}[asm]
+    assert asm in ttir and other not in ttir
