@@ -147,8 +147,10 @@ def silu(x: jax.Array, reciprocal: Reciprocal = reciprocal_exact) -> jax.Array:
     return x * _sigmoid_kernel(x, reciprocal)
 
 
-def relu(x: jax.Array, reciprocal: Reciprocal = reciprocal_exact) -> jax.Array:
-    del reciprocal
+def relu(x: jax.Array, **approximations: Callable[[jax.Array], jax.Array]) -> jax.Array:
+    """max(x, 0), the kernel form in every dtype: nothing to approximate, so the
+    ``reciprocal`` / ``tanh`` :func:`kernel_activation` passes is ignored."""
+    del approximations
     return jnp.maximum(x, 0.0)
 
 
@@ -189,15 +191,10 @@ def silu_bf16(x: jax.Array, tanh: Tanh = tanh_exact) -> jax.Array:
     return _half_x_one_plus_tanh(x, 0.5 * x, tanh)
 
 
-def relu_bf16(x: jax.Array, tanh: Tanh = tanh_exact) -> jax.Array:
-    del tanh
-    return jnp.maximum(x, 0.0)
-
-
 #: The bfloat16 kernel forms, each ``f(x, tanh)`` (see the module docstring for why only
 #: bfloat16).
 BF16_KERNEL_ACTIVATIONS: dict[str, Callable[[jax.Array, Tanh], jax.Array]] = {
-    "relu": relu_bf16,
+    "relu": relu,
     "silu": silu_bf16,
     "gelu": gelu_logistic,
     "gelu_tanh": gelu_tanh_bf16,
