@@ -33,7 +33,6 @@ affine-SiLU 66 -> 55 µs, LN-GELU 112 -> 91 µs. The bfloat16 tanh forms: see
 ``docs/results/static-h100/README.md`` (v6).
 """
 
-
 from __future__ import annotations
 
 import functools
@@ -180,8 +179,9 @@ def gelu_logistic(x: jax.Array, tanh: Tanh = tanh_exact) -> jax.Array:
 
 def gelu_tanh_bf16(x: jax.Array, tanh: Tanh = tanh_exact) -> jax.Array:
     """tanh-approximated GELU (Hendrycks & Gimpel 2016), 0.5 x (1 + tanh(sqrt(2/pi)
-    (x + 0.044715 x^3))), with one tanh: the bfloat16 kernel form of "gelu_tanh"."""
-    inner = x * _SQRT_2_OVER_PI + (_SQRT_2_OVER_PI * 0.044715) * (x * x * x)
+    (x + 0.044715 x^3))), with one tanh: the bfloat16 kernel form of "gelu_tanh". u as
+    x (a + b x^2): 3 FP32 operations."""
+    inner = x * (_SQRT_2_OVER_PI + (_SQRT_2_OVER_PI * 0.044715) * (x * x))
     return _half_x_one_plus_tanh(x, inner, tanh)
 
 
