@@ -10,7 +10,7 @@ dtype (:func:`kernel_activation`):
   Triton kernel and :func:`reciprocal_exact` (a correctly rounded f32 division) in the Pallas
   interpreter, which cannot run PTX. 2 MUFU operations per hidden element (EX2, RCP).
 - bfloat16 blocks (:data:`BF16_KERNEL_ACTIVATIONS`): every sigmoid-shaped activation as
-  ``x/2 + x/2 tanh(u)``, one ``tanh`` argument: :func:`tanh_mufu` (one ``MUFU.TANH``, PTX
+  ``x (1 + tanh(u)) / 2``, one ``tanh`` argument: :func:`tanh_mufu` (one ``MUFU.TANH``, PTX
   ``tanh.approx.f32``, relative error <= 2^-11) in the Triton kernel, :func:`tanh_exact` in the
   interpreter. 1 MUFU operation per hidden element. "gelu" is then the logistic form of Phi
   (Bowling et al. 2009), |error of Phi| <= 1.42e-4; "silu" and "gelu_tanh" are exact
@@ -19,7 +19,9 @@ dtype (:func:`kernel_activation`):
   (numpy emulation, ``docs/results/static-h100/activation_probe_c64/precision.py``: rms error
   of h against the float64 exact GELU 2.31e-3 exact, 2.32e-3 logistic, 2.38e-3 with the
   worst systematic ``tanh.approx`` error), while under float16's 2^-12 they would (rms 2.9e-4
-  exact vs 6.3e-4 worst case).
+  exact vs 6.3e-4 worst case). The GELU forms return twice the GELU, ``x + x tanh(u)``
+  (:func:`kernel_hidden_scale`): the kernels divide w2 by 2 instead, which changes no bit of
+  ``h @ w2`` and saves a multiply per hidden element.
 
 Everything else is the same code in the Triton kernel and the interpreter, so the CPU interpret
 tests check the device's math up to one ulp per reciprocal (float32 / float16) or
@@ -163,6 +165,12 @@ KERNEL_ACTIVATIONS: dict[str, Callable[[jax.Array, Reciprocal], jax.Array]] = {
 }
 
 
+def _x_one_plus_tanh(x: jax.Array, u: jax.Array, tanh: Tanh) -> jax.Array:
+    """x (1 + tanh(u)) as x + x tanh(u): one tanh and one FMA (u -> -inf: the result is
+    exactly 0; u -> +inf: 2 x)."""
+    return x + x * tanh(u)
+
+
 def _half_x_one_plus_tanh(x: jax.Array, u: jax.Array, tanh: Tanh) -> jax.Array:
     """x (1 + tanh(u)) / 2 as x/2 + x/2 tanh(u): one tanh and one FMA (u -> -inf: tanh = -1
     and the result exactly 0; u -> +inf: x)."""
@@ -171,18 +179,19 @@ def _half_x_one_plus_tanh(x: jax.Array, u: jax.Array, tanh: Tanh) -> jax.Array:
 
 
 def gelu_logistic(x: jax.Array, tanh: Tanh = tanh_exact) -> jax.Array:
-    """GELU x Phi(x) with the logistic Phi of Bowling et al. (2009), the bfloat16 kernel form
-    of "gelu": |result - GELU(x)| <= :data:`LOGISTIC_PHI_ERROR` |x| (plus the tanh's error
-    times |x| / 2). One tanh and 5 FP32 operations per element."""
-    return _half_x_one_plus_tanh(x, x * (_BOWLING_A + _BOWLING_B * (x * x)), tanh)
+    """2 x Phi(x), twice the GELU with the logistic Phi of Bowling et al. (2009): the
+    bfloat16 kernel form of "gelu" (:func:`kernel_hidden_scale` 2): |result / 2 - GELU(x)|
+    <= :data:`LOGISTIC_PHI_ERROR` |x| (plus the tanh's error times |x| / 2). One tanh and 4
+    FP32 operations per element."""
+    return _x_one_plus_tanh(x, x * (_BOWLING_A + _BOWLING_B * (x * x)), tanh)
 
 
 def gelu_tanh_bf16(x: jax.Array, tanh: Tanh = tanh_exact) -> jax.Array:
-    """tanh-approximated GELU (Hendrycks & Gimpel 2016), 0.5 x (1 + tanh(sqrt(2/pi)
-    (x + 0.044715 x^3))), with one tanh: the bfloat16 kernel form of "gelu_tanh". u as
-    x (a + b x^2): 3 FP32 operations."""
+    """Twice the tanh-approximated GELU (Hendrycks & Gimpel 2016), x (1 + tanh(sqrt(2/pi)
+    (x + 0.044715 x^3))), with one tanh: the bfloat16 kernel form of "gelu_tanh"
+    (:func:`kernel_hidden_scale` 2). u as x (a + b x^2): 3 FP32 operations."""
     inner = x * (_SQRT_2_OVER_PI + (_SQRT_2_OVER_PI * 0.044715) * (x * x))
-    return _half_x_one_plus_tanh(x, inner, tanh)
+    return _x_one_plus_tanh(x, inner, tanh)
 
 
 def silu_bf16(x: jax.Array, tanh: Tanh = tanh_exact) -> jax.Array:
@@ -192,13 +201,29 @@ def silu_bf16(x: jax.Array, tanh: Tanh = tanh_exact) -> jax.Array:
 
 
 #: The bfloat16 kernel forms, each ``f(x, tanh)`` (see the module docstring for why only
-#: bfloat16).
+#: bfloat16); "gelu" / "gelu_tanh" return twice the activation (:func:`kernel_hidden_scale`).
 BF16_KERNEL_ACTIVATIONS: dict[str, Callable[[jax.Array, Tanh], jax.Array]] = {
     "relu": relu,
     "silu": silu_bf16,
     "gelu": gelu_logistic,
     "gelu_tanh": gelu_tanh_bf16,
 }
+
+
+# Activations whose bfloat16 kernel form returns twice the activation: x (1 + tanh u) instead
+# of x/2 + x/2 tanh u drops the multiply by 1/2 (SiLU needs x/2 as its tanh argument anyway).
+# Static H100 model, C64 56x56 k3 LN-GELU bf16 batch 128: 9.6 -> 8.6 instructions per hidden
+# element, 63.6 -> 60.2 µs (docs/results/static-h100/activation_probe_c64/).
+_DOUBLED_BF16 = frozenset({"gelu", "gelu_tanh"})
+
+
+def kernel_hidden_scale(name: str, dtype: jnp.dtype | type | str) -> float:
+    """s such that the kernel form of ``name`` (:func:`kernel_activation`) computes s times the
+    activation: 2 for the bfloat16 GELUs, else 1. The kernels multiply w2 by 1 / s
+    (:func:`pallas_kernels.operands.mlp_operands`): scaling by a power of two is exact in f32
+    and in bfloat16 (w2 and h normal, no overflow), so ``(s h) @ (w2 / s)`` equals ``h @ w2``
+    bit for bit, and so do the roundings of h and of every partial sum."""
+    return 2.0 if jnp.dtype(dtype) == jnp.bfloat16 and name in _DOUBLED_BF16 else 1.0
 
 
 def kernel_activation(name: str, *, triton: bool,

@@ -60,7 +60,7 @@ from jax.extend import core as jex_core
 from jax.interpreters import batching, mlir
 from jax.experimental.pallas import triton as plgpu
 
-from pallas_kernels.activations import kernel_activation
+from pallas_kernels.activations import kernel_activation, kernel_hidden_scale
 from pallas_kernels.conv_stage import conv_mode, conv_norm_tile, prepare_conv_operands, to_parts
 from pallas_kernels.mlp_stage import mlp_tile, project_epilogue, sum_parts_epilogue
 from pallas_kernels.operands import mlp_operands
@@ -115,13 +115,16 @@ def _block_kernel(x_ref, xp_ref, cw_ref, cb_ref, ns_ref, nb_ref, w1_ref, b1_ref,
 
 
 def _prepare_operands(x: jax.Array, params: Mapping[str, Any], branch_scale: jax.Array | None,
-                      hidden_multiple: int, mode: str) -> tuple[jax.Array, ...]:
+                      hidden_multiple: int, mode: str,
+                      hidden_scale: float = 1.0) -> tuple[jax.Array, ...]:
     """Operands of :func:`_block_kernel` after x: the conv stage's
     (:func:`pallas_kernels.conv_stage.prepare_conv_operands`), then :func:`mlp_operands`
-    (hidden dim padded to ``hidden_multiple``: the chunk width times the hidden parts) with
-    the rows of w1 split in the conv stage's parts."""
+    (hidden dim padded to ``hidden_multiple``: the chunk width times the hidden parts; w2
+    divided by the activation's ``hidden_scale``) with the rows of w1 split in the conv
+    stage's parts."""
     xp, *conv = prepare_conv_operands(x, params, mode)
-    w1, b1, w2, b2, ls, bs = mlp_operands(x, params, branch_scale, hidden_multiple)
+    w1, b1, w2, b2, ls, bs = mlp_operands(x, params, branch_scale, hidden_multiple,
+                                          hidden_scale)
     # (Cp, Hp) -> (P, Cp / P, Hp): the expand's K dim in the conv stage's parts
     w1 = jnp.moveaxis(to_parts(w1.T, mode), 0, -1)
     return (xp, *conv, w1, b1, w2, b2, ls, bs)
@@ -253,7 +256,8 @@ def _pallas_forward(x: jax.Array, params: Mapping[str, Any], opts: BlockOptions,
     lc = block_launch_config(x.shape, x.dtype, params, opts.kernel_size, opts.group_width)
     mode = conv_mode(x.dtype, c, opts.group_width)
     parts = lc.hidden_parts
-    operands = _prepare_operands(x, params, branch_scale, lc.hidden_chunk * parts, mode)
+    operands = _prepare_operands(x, params, branch_scale, lc.hidden_chunk * parts, mode,
+                                 kernel_hidden_scale(opts.activation, x.dtype))
     hp = operands[-5].shape[0]  # b1: the padded hidden width, a multiple of HC * parts
     has_ls = params.get("layer_scale") is not None
     kernel = functools.partial(

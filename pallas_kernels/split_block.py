@@ -50,7 +50,7 @@ from jax import lax
 from jax.experimental import pallas as pl
 from jax.experimental.pallas import triton as plgpu
 
-from pallas_kernels.activations import kernel_activation
+from pallas_kernels.activations import kernel_activation, kernel_hidden_scale
 from pallas_kernels.conv_stage import (conv_mode, conv_norm_row_groups, conv_norm_tile,
                                        prepare_conv_operands, row_groups)
 from pallas_kernels.mlp_stage import mlp_tile, project_epilogue
@@ -221,6 +221,7 @@ def split_forward(x: jax.Array, params: Mapping[str, Any], opts: BlockOptions,
     x2 = x.reshape(total_rows, c)
     name = f"k{opts.kernel_size}_gw{opts.group_width}"
     act = kernel_activation(opts.activation, triton=not opts.interpret, dtype=dtype)
+    hidden_scale = kernel_hidden_scale(opts.activation, dtype)  # act = hidden_scale * activation
 
     # 1. y = norm(dwconv(x) + conv_b), (rows, Cp) in x.dtype
     conv_ops = prepare_conv_operands(x, params, mode)
@@ -243,7 +244,8 @@ def split_forward(x: jax.Array, params: Mapping[str, Any], opts: BlockOptions,
     hidden = params["w1"].shape[1]
     has_ls = params.get("layer_scale") is not None
     if lc.fused_mlp:  # 2. out = x + bs * ls * (MLP(y) + b2), one kernel, h on chip
-        w1, b1, w2, b2, ls, bs = mlp_operands(x, params, branch_scale, lc.hidden_chunk)
+        w1, b1, w2, b2, ls, bs = mlp_operands(x, params, branch_scale, lc.hidden_chunk,
+                                              hidden_scale)
         args = (y, w1[None], b1, w2, b2, x2, ls, bs)
         aliases = {}
         if out_init is not None:
@@ -267,7 +269,8 @@ def split_forward(x: jax.Array, params: Mapping[str, Any], opts: BlockOptions,
         return out.reshape(x.shape)
 
     expand_n = gemm_block_n(lc.expand_block_n, lc.block_m, total_rows, hidden)
-    w1, b1, w2, b2, ls, bs = mlp_operands(x, params, branch_scale, max(expand_n, lc.block_k))
+    w1, b1, w2, b2, ls, bs = mlp_operands(x, params, branch_scale, max(expand_n, lc.block_k),
+                                          hidden_scale)
     hp = w1.shape[1]
     project_n = gemm_block_n(lc.block_n, lc.block_m, total_rows, cp)
     gemm = functools.partial(

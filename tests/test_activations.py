@@ -40,7 +40,7 @@ def test_interpreter_form_matches_float64(name, dtype):
     """f32 evaluation of each dtype's form (the kernel applies it to the f32 accumulator and
     rounds afterwards); the bfloat16 "gelu" is the logistic Phi, 1.42e-4 from the erf's."""
     got = np.asarray(activations.kernel_activation(name, triton=False, dtype=dtype)(
-        jnp.asarray(X)), np.float64)
+        jnp.asarray(X)), np.float64) / activations.kernel_hidden_scale(name, dtype)
     bound = F32_ROUNDINGS * np.maximum(1.0, np.abs(XD))
     if name == "gelu":
         phi_error = (activations.LOGISTIC_PHI_ERROR if dtype == jnp.bfloat16
@@ -57,7 +57,7 @@ def test_interpreter_form_matches_float64(name, dtype):
 def test_limits_at_infinity(name, dtype):
     fn = activations.kernel_activation(name, triton=False, dtype=dtype)
     big = jnp.asarray([-1e30, -100.0, 100.0, 1e30], jnp.float32)
-    got = np.asarray(fn(big))
+    got = np.asarray(fn(big)) / activations.kernel_hidden_scale(name, dtype)
     assert got[0] == 0.0 and abs(got[1]) < 1e-30, got
     np.testing.assert_allclose(got[2:], [100.0, 1e30], rtol=1e-7)
 
@@ -98,6 +98,7 @@ def test_bf16_forms_hide_under_the_rounding_of_h(name, sign):
     exact = REFERENCE_FNS[name](xd)
     form = activations.BF16_KERNEL_ACTIVATIONS[name]
     h = np.asarray(form(jnp.asarray(x), _relative_tanh(sign)), np.float32)
+    h = h / np.float32(activations.kernel_hidden_scale(name, jnp.bfloat16))  # exact
 
     def rounded_error(v):
         return v.astype(ml_dtypes.bfloat16).astype(np.float64) - exact
@@ -106,3 +107,11 @@ def test_bf16_forms_hide_under_the_rounding_of_h(name, sign):
     err = rounded_error(h)
     assert np.sqrt(np.mean(err ** 2)) <= 1.05 * rms_exact
     assert abs(err.mean()) <= 0.2 * rms_exact
+
+
+def test_hidden_scale_is_two_for_the_bf16_gelus_only():
+    scale = activations.kernel_hidden_scale
+    assert scale("gelu", jnp.bfloat16) == scale("gelu_tanh", "bfloat16") == 2.0
+    assert scale("silu", jnp.bfloat16) == scale("relu", jnp.bfloat16) == 1.0
+    assert all(scale(n, d) == 1.0 for n in activations.KERNEL_ACTIVATIONS
+               for d in (jnp.float32, jnp.float16))

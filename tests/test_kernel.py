@@ -899,3 +899,38 @@ TAP_CHUNK_CASES = [
 @pytest.mark.parametrize("case", TAP_CHUNK_CASES, ids=lambda cs: cs.id)
 def test_grouped_conv_tap_chunks_match_reference(case):
     _check_forward(case, seed=120 + TAP_CHUNK_CASES.index(case))
+
+
+# --------------------------------------------------------------------------------------
+# The bfloat16 GELUs return twice the activation and the kernels halve w2
+# (pallas_kernels.activations.kernel_hidden_scale): the block's output must be bit for bit
+# the one of the plain form (activation / 2, w2 as is), on the fused kernel, the split plan's
+# fused MLP kernel and its GEMMs.
+# --------------------------------------------------------------------------------------
+@pytest.mark.parametrize("c,hw,k,act,kernels", [
+    (64, (6, 8), 3, "gelu", 1), (32, (5, 6), 7, "gelu_tanh", 1),
+    (256, (5, 7), 7, "gelu", 2), (512, (3, 7), 3, "gelu", 3),
+], ids=["fused-gelu", "fused-gelu_tanh", "split-mlp", "split-gemms"])
+def test_doubled_bf16_gelu_changes_no_bit(monkeypatch, c, hw, k, act, kernels):
+    from pallas_kernels import activations, block_kernel_count, tuning
+
+    monkeypatch.setattr(tuning, "MIN_PROGRAMS", 1)  # the split plan at these small sizes
+    monkeypatch.setattr(tuning, "MLP_MIN_PROGRAMS", 1)
+    n = 1
+    assert block_kernel_count(c, k, 1, 4 * c, jnp.bfloat16, rows=n * hw[0] * hw[1]) == kernels
+    x, params, _ = random_block_inputs(7, batch=n, height=hw[0], width=hw[1], channels=c,
+                                       hidden=4 * c, kernel_size=k, dtype=jnp.bfloat16)
+
+    def run():  # a fresh jit each time: the patched activation is traced
+        return np.asarray(jax.jit(lambda x_, p_: conv_first_block(
+            x_, p_, kernel_size=k, norm="layernorm", activation=act, interpret=True))(
+                x, params).astype(jnp.float32))
+
+    doubled = run()
+    assert activations.kernel_hidden_scale(act, jnp.bfloat16) == 2.0
+    form = activations.BF16_KERNEL_ACTIVATIONS[act]
+    monkeypatch.setitem(activations.BF16_KERNEL_ACTIVATIONS, act,
+                        lambda v, tanh: 0.5 * form(v, tanh))
+    monkeypatch.setattr(activations, "_DOUBLED_BF16", frozenset())
+    plain = run()
+    np.testing.assert_array_equal(doubled, plain)
