@@ -200,21 +200,18 @@ def silu_bf16(x: jax.Array, tanh: Tanh = tanh_exact) -> jax.Array:
     return _half_x_one_plus_tanh(x, 0.5 * x, tanh)
 
 
-#: The bfloat16 kernel forms, each ``f(x, tanh)`` (see the module docstring for why only
-#: bfloat16); "gelu" / "gelu_tanh" return twice the activation (:func:`kernel_hidden_scale`).
-BF16_KERNEL_ACTIVATIONS: dict[str, Callable[[jax.Array, Tanh], jax.Array]] = {
-    "relu": relu,
-    "silu": silu_bf16,
-    "gelu": gelu_logistic,
-    "gelu_tanh": gelu_tanh_bf16,
+#: The bfloat16 kernel forms (see the module docstring for why only bfloat16): per name
+#: ``(f(x, tanh), s)``, f computing s times the activation (:func:`kernel_hidden_scale`). The
+#: GELUs take s = 2: x (1 + tanh u) instead of x/2 + x/2 tanh u drops the multiply by 1/2
+#: (SiLU needs x/2 as its tanh argument anyway). Static H100 model, C64 56x56 k3 LN-GELU bf16
+#: batch 128: 9.6 -> 8.6 instructions per hidden element, 63.6 -> 60.2 µs
+#: (docs/results/static-h100/activation_probe_c64/).
+BF16_KERNEL_ACTIVATIONS: dict[str, tuple[Callable[[jax.Array, Tanh], jax.Array], float]] = {
+    "relu": (relu, 1.0),
+    "silu": (silu_bf16, 1.0),
+    "gelu": (gelu_logistic, 2.0),
+    "gelu_tanh": (gelu_tanh_bf16, 2.0),
 }
-
-
-# Activations whose bfloat16 kernel form returns twice the activation: x (1 + tanh u) instead
-# of x/2 + x/2 tanh u drops the multiply by 1/2 (SiLU needs x/2 as its tanh argument anyway).
-# Static H100 model, C64 56x56 k3 LN-GELU bf16 batch 128: 9.6 -> 8.6 instructions per hidden
-# element, 63.6 -> 60.2 µs (docs/results/static-h100/activation_probe_c64/).
-_DOUBLED_BF16 = frozenset({"gelu", "gelu_tanh"})
 
 
 def kernel_hidden_scale(name: str, dtype: jnp.dtype | type | str) -> float:
@@ -223,7 +220,9 @@ def kernel_hidden_scale(name: str, dtype: jnp.dtype | type | str) -> float:
     (:func:`pallas_kernels.operands.mlp_operands`): scaling by a power of two is exact in f32
     and in bfloat16 (w2 and h normal, no overflow), so ``(s h) @ (w2 / s)`` equals ``h @ w2``
     bit for bit, and so do the roundings of h and of every partial sum."""
-    return 2.0 if jnp.dtype(dtype) == jnp.bfloat16 and name in _DOUBLED_BF16 else 1.0
+    if jnp.dtype(dtype) == jnp.bfloat16:
+        return BF16_KERNEL_ACTIVATIONS[name][1]
+    return 1.0
 
 
 def kernel_activation(name: str, *, triton: bool,
@@ -235,7 +234,7 @@ def kernel_activation(name: str, *, triton: bool,
     :func:`tanh_exact`): :data:`BF16_KERNEL_ACTIVATIONS` for bfloat16,
     :data:`KERNEL_ACTIVATIONS` otherwise."""
     if jnp.dtype(dtype) == jnp.bfloat16:
-        return functools.partial(BF16_KERNEL_ACTIVATIONS[name],
+        return functools.partial(BF16_KERNEL_ACTIVATIONS[name][0],
                                  tanh=tanh_mufu if triton else tanh_exact)
     return functools.partial(KERNEL_ACTIVATIONS[name],
                              reciprocal=reciprocal_mufu if triton else reciprocal_exact)
