@@ -31,8 +31,9 @@ DEFAULT_MODELS = ("convfirst_atto", "convfirst_atto_gw8", "convnext_atto", "resn
 
 
 #: JAX variants: "fast" = this project's CPU paths (shift-add depthwise, im2col convs,
-#: written-out norm gradients); "library" = every conv as ``lax.conv_general_dilated``, the
-#: library max pool and autodiff of the norms (the state before those paths).
+#: written-out norm gradients, 2-d dense dots); "library" = every conv as
+#: ``lax.conv_general_dilated``, the library max pool, autodiff of the norms and N-d dense
+#: dots (the state before those paths).
 JAX_VARIANTS = ("fast", "library")
 
 
@@ -177,10 +178,10 @@ def markdown(records: Sequence[dict[str, Any]], env: dict[str, Any]) -> str:
              f"{records[0]['resolution'] if records else '-'} px, AdamW, float32; medians "
              "over interleaved rounds; ratio = JAX img/s / PyTorch img/s per round (median).",
              "'JAX library convs' is the same step with every conv as "
-             "lax.conv_general_dilated, the library max pool and autodiff norm gradients "
-             "(before the CPU paths). 'best' = the fastest single step of each framework "
-             "over all rounds and their ratio (on a shared, loaded machine the nearest to "
-             "each one's speed with the cores to itself).",
+             "lax.conv_general_dilated, the library max pool, autodiff norm gradients and "
+             "N-d dense dots (before the CPU paths). 'best' = the fastest single step of each "
+             "framework over all rounds and their ratio (on a shared, loaded machine the "
+             "nearest to each one's speed with the cores to itself).",
              "", "| model | JAX img/s | JAX library convs img/s | PyTorch model | "
              "PyTorch img/s | JAX / PyTorch | JAX best | PyTorch best | best ratio | "
              "load (1 min) |", "|---|---|---|---|---|---|---|---|---|---|"]

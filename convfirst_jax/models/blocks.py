@@ -25,7 +25,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from convfirst_jax.models.cpu_paths import (conv_general_dilated, depthwise_conv_shift_add,
-                                            use_shift_add_depthwise)
+                                            dot_general, use_shift_add_depthwise)
 from convfirst_jax.models.layers import TRUNC_NORMAL_02, DropPath, scale_branch
 from convfirst_jax.models.norms import fold_bn, make_norm
 from convfirst_jax.specs import ConvFirstBlockConfig
@@ -81,10 +81,10 @@ class ConvFirstBlock(nnx.Module):
         self.norm = make_norm(config.norm, c, **norm_kw)
         self.fc1 = nnx.Linear(c, config.hidden, use_bias=config.mlp_bias,
                               kernel_init=TRUNC_NORMAL_02, dtype=dtype,
-                              param_dtype=param_dtype, rngs=rngs)
+                              param_dtype=param_dtype, dot_general=dot_general, rngs=rngs)
         self.fc2 = nnx.Linear(config.hidden, c, use_bias=config.mlp_bias,
                               kernel_init=TRUNC_NORMAL_02, dtype=dtype,
-                              param_dtype=param_dtype, rngs=rngs)
+                              param_dtype=param_dtype, dot_general=dot_general, rngs=rngs)
         if config.norm == "batchnorm":
             self.fc1_norm = make_norm("batchnorm", config.hidden, **norm_kw)
             # Without a layer scale, zero-init the last BN gamma so each block starts as the

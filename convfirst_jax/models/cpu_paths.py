@@ -5,7 +5,8 @@ the CPU backend only) and the forms XLA's CPU backend runs fast: depthwise convs
 slices (:func:`depthwise_conv_shift_add`), dense convs as im2col matmuls (:func:`conv_im2col`),
 grouped convs as block-diagonal dense convs or one batched matmul
 (:func:`block_diagonal_kernel`, :func:`grouped_conv_im2col`), all dispatched by
-:func:`conv_general_dilated`, and max pools as the max of strided slices
+:func:`conv_general_dilated`, dense layers on N-d inputs as 2-d dots (:func:`dot_general`),
+and max pools as the max of strided slices
 (:func:`max_pool_shifted`). Every form computes the library op's values.
 """
 
@@ -149,7 +150,8 @@ def conv_impl(impl: str) -> contextlib.AbstractContextManager[None]:
     :func:`conv_im2col` where it applies (ungrouped, undilated, NHWC/HWIO, explicit padding).
     Both compute the same sums (float rounding aside). ResNet's max pool follows the same
     choice (:func:`max_pool`: strided slices where im2col would be used, else the library op),
-    and so do the norms' written-out gradients (:func:`use_norm_gradients`).
+    and so do the norms' written-out gradients (:func:`use_norm_gradients`) and the 2-d form
+    of dense layers (:func:`dot_general`).
     """
     return _scoped_choice(_CONV_IMPL, impl, CONV_IMPLS, "conv")
 
@@ -289,6 +291,31 @@ def conv_general_dilated(lhs: Array, rhs: Array, window_strides, padding, lhs_di
         lhs, rhs, window_strides, padding, lhs_dilation=lhs_dilation,
         rhs_dilation=rhs_dilation, dimension_numbers=dimension_numbers,
         feature_group_count=feature_group_count, precision=precision, **kwargs)
+
+
+def dot_general(lhs: Array, rhs: Array, dimension_numbers, precision=None,
+                preferred_element_type=None, **kwargs) -> Array:
+    """``lax.dot_general`` for ``nnx.Linear(dot_general=)``, with a CPU fast path.
+
+    On the CPU paths (:func:`conv_impl` "auto" on the CPU, or "im2col"), a dense layer on an
+    N-d input (contracting its last axis with the kernel's first, no batch axes) runs as a
+    2-d ``(N * H * W, C_in) x (C_in, C_out)`` dot between two reshapes: the same products
+    and sums. Autodiff of the N-d dot gives a kernel gradient contracting three axes, which
+    XLA's CPU backend lays out as an elementwise loop writing the cotangent transposed (about
+    7x slower than a copy) ahead of the dot; the 2-d form contracts one major axis with no
+    transpose: a conv-first block's 1x1 layers forward + backward 25.5 -> 6.4 ms (batch 64,
+    16x16, 32 -> 128 channels, 2 cores).
+    """
+    (lc, rc), (lb, rb) = dimension_numbers
+    if (lhs.ndim > 2 and rhs.ndim == 2 and tuple(lc) == (lhs.ndim - 1,) and tuple(rc) == (0,)
+            and not lb and not rb and kwargs.get("out_sharding") is None
+            and use_cpu_paths(_CONV_IMPL.get(), "im2col")):
+        y = jax.lax.dot_general(lhs.reshape(-1, lhs.shape[-1]), rhs, (((1,), (0,)), ((), ())),
+                                precision=precision,
+                                preferred_element_type=preferred_element_type)
+        return y.reshape(*lhs.shape[:-1], rhs.shape[1])
+    return jax.lax.dot_general(lhs, rhs, dimension_numbers, precision=precision,
+                               preferred_element_type=preferred_element_type, **kwargs)
 
 
 def max_pool(x: Array, window: tuple[int, int], *, strides: tuple[int, int],
