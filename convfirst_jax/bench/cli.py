@@ -144,7 +144,9 @@ def build_parser() -> argparse.ArgumentParser:
         description="Latency lab (Lavin 2024, Sec. 2): efficiency gap and waterline of "
                     "conv-first blocks, whole models and single layers.",
         epilog="On CPU only XLA paths are timed (the Pallas interpreter is not a performance "
-               "measurement).")
+               "measurement). Three more commands take their own options (see their --help): "
+               "static (the kernels' static H100 report), train-compare (CPU train steps, JAX "
+               "vs PyTorch) and train-profile (where a CPU train step's time goes).")
     sub = parser.add_subparsers(dest="suite", required=True, metavar="{blocks,models,layers}")
 
     b = sub.add_parser("blocks", parents=[common], help="one conv-first block: xla vs pallas "
@@ -353,6 +355,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     if argv[:1] == ["train-compare"]:  # CPU train steps vs PyTorch/timm: own options
         from convfirst_jax.bench.train_compare import main as train_compare_main
         return train_compare_main(argv[1:])
+    if argv[:1] == ["train-profile"]:  # where a CPU train step's time goes: own options
+        from convfirst_jax.bench.train_profile import main as train_profile_main
+        return train_profile_main(argv[1:])
     opts = parse_options(argv)
     return run_lab(opts, argv)
 
