@@ -10,8 +10,10 @@ Each op is named after its instruction in the optimised HLO, whose metadata carr
 operation it came from (``op_name``); the report sums the op time per (op kind, phase, JAX
 operation), where the phase is "backward" for operations under autodiff's transpose,
 "forward" for the rest of the differentiated function and "update" for the optimiser, loss
-and metrics. It also gives the step's wall time without the profiler, the profiled span, the
-op time summed over threads and their ratio (how many of the cores were busy on average).
+and metrics ("?" for ops XLA created without metadata). It also gives the step's wall time
+without the profiler, the profiled span, the op time summed over threads and their ratio
+(how many of the cores were busy on average), and a matmul rate before and after (how fast
+the shared machine was).
 
 Limits: the attribution reads the CPU runtime's op events (XLA:CPU thunks); on a GPU the
 trace's device events are kernels, most of which do not carry an HLO name, so use the
@@ -58,14 +60,15 @@ def hlo_op_metadata(hlo_text: str) -> dict[str, tuple[str, str]]:
 
 
 def phase_and_source(op_name: str) -> tuple[str, str]:
-    """("forward" | "backward" | "update", the JAX operation) of an HLO ``op_name``.
+    """("forward" | "backward" | "update", the JAX operation) of an HLO ``op_name``; ("?", "?")
+    for an op without one.
 
     ``jit(train_step)/transpose(jvp(ric,rjc->cij))/dot_general`` -> ("backward",
     "ric,rjc->cij dot_general"); ``jit(train_step)/jvp()/mul`` -> ("forward", "mul");
     ``jit(train_step)/add`` -> ("update", "add").
     """
-    if not op_name:
-        return "update", "?"
+    if not op_name:  # an op XLA made without metadata (e.g. a rewritten convolution)
+        return "?", "?"
     path = op_name.split("/")
     if path and path[0].startswith("jit("):
         path = path[1:]
@@ -136,15 +139,28 @@ def read_trace(trace_dir: str) -> dict[str, Any]:
         return json.load(f)
 
 
+def machine_matmul_gflops(n: int = 1024, repeats: int = 10) -> float:
+    """Median f32 rate of an n x n matmul in GFLOP/s: how fast the (shared) machine is now."""
+    import jax.numpy as jnp
+    import numpy as np
+
+    from convfirst_jax.bench.timing import time_jax
+
+    rng = np.random.default_rng(0)
+    a = jnp.asarray(rng.standard_normal((n, n), np.float32))
+    b = jnp.asarray(rng.standard_normal((n, n), np.float32))
+    t = time_jax(lambda a, b: a @ b, [(a, b), (b, a)], warmup=2, repeats=repeats)
+    return 2.0 * n ** 3 / t.median_s / 1e9
+
+
 def profile_model(model: str, *, batch_size: int, resolution: int, num_classes: int,
                   steps: int, warmup: int = 3) -> dict[str, Any]:
     """Profile ``steps`` train steps of ``model``: wall time, busy threads and the op table."""
     import jax
 
-    from convfirst_jax.bench.ceilings import measure_ceilings
     from convfirst_jax.bench.train_compare import make_jax_train_step
 
-    machine = measure_ceilings("float32", repeats=5)  # how fast the (shared) machine is now
+    machine_before = machine_matmul_gflops()
     run = make_jax_train_step(model, batch_size=batch_size, resolution=resolution,
                               num_classes=num_classes)
     for _ in range(warmup):
@@ -159,6 +175,7 @@ def profile_model(model: str, *, batch_size: int, resolution: int, num_classes: 
             for _ in range(steps):
                 run()
         events = op_events(read_trace(d))
+    machine_after = machine_matmul_gflops()
     if not events:
         raise RuntimeError("the trace has no XLA op events (is this the CPU backend?)")
     meta = hlo_op_metadata(run.compiled.as_text())
@@ -174,8 +191,7 @@ def profile_model(model: str, *, batch_size: int, resolution: int, num_classes: 
             "busy_ms_per_step": busy_union_us(events) / steps / 1e3,
             "op_ms_per_step": op_us / steps / 1e3,
             "threads": len({(e.get("pid"), e.get("tid")) for e in events}),
-            "machine_matmul_gflops": machine.peak_flops / 1e9,
-            "machine_bandwidth_gbs": machine.bandwidth / 1e9,
+            "machine_matmul_gflops": [machine_before, machine_after],
             "phase_ms_per_step": dict(phases), "rows": rows}
 
 
@@ -187,9 +203,9 @@ def markdown(profile: dict[str, Any], env: dict[str, Any], top: int = 30) -> str
              f"jax {env['jax']}, {env['cpu_count']} CPUs, backend {env['backend']}; batch "
              f"{p['batch_size']}, {p['resolution']} px, AdamW, float32; {p['steps']} steps.",
              f"Command: `{env['command']}`", "",
-             f"- machine check before the step: f32 matmul {p['machine_matmul_gflops']:.0f} "
-             f"GFLOP/s, copy {p['machine_bandwidth_gbs']:.0f} GB/s (the lab's ceilings; on a "
-             "shared host both drop when its other tenants are busy)",
+             "- machine check, median f32 1024x1024 matmul before / after: "
+             + " / ".join(f"{g:.0f}" for g in p["machine_matmul_gflops"]) + " GFLOP/s (on a "
+             "shared host it drops when the other tenants are busy)",
              f"- wall time per step (no profiler, median): {p['wall_ms_per_step']:.0f} ms "
              f"({p['batch_size'] / p['wall_ms_per_step'] * 1e3:.0f} images/s)",
              f"- profiled span per step: {p['profiled_span_ms_per_step']:.0f} ms; some op "
