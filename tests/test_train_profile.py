@@ -106,7 +106,7 @@ def test_command_profiles_a_small_step(tmp_path, capsys):
 def test_bad_arguments(tmp_path, capsys):
     with pytest.raises(SystemExit):
         tp.main(["--out", str(tmp_path), "--steps", "0"])
-    assert "--steps must be >= 1" in capsys.readouterr().err
+    assert "--steps: 0 is not positive" in capsys.readouterr().err
     with pytest.raises(SystemExit):
         tp.main(["--out", str(tmp_path), "--resolution", "16"])
     assert "use at least 32" in capsys.readouterr().err

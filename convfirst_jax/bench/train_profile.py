@@ -30,10 +30,8 @@ import json
 import os
 import pathlib
 import re
-import statistics
 import sys
 import tempfile
-import time
 from collections.abc import Iterable, Sequence
 from typing import Any
 
@@ -158,18 +156,14 @@ def profile_model(model: str, *, batch_size: int, resolution: int, num_classes: 
     """Profile ``steps`` train steps of ``model``: wall time, busy threads and the op table."""
     import jax
 
-    from convfirst_jax.bench.train_compare import make_jax_train_step
+    from convfirst_jax.bench.train_compare import make_jax_train_step, time_steps
 
     machine_before = machine_matmul_gflops()
     run = make_jax_train_step(model, batch_size=batch_size, resolution=resolution,
                               num_classes=num_classes)
     for _ in range(warmup):
         run()
-    walls = []
-    for _ in range(steps):
-        t0 = time.perf_counter()
-        run()
-        walls.append(time.perf_counter() - t0)
+    wall_s, _ = time_steps(run, steps)
     with tempfile.TemporaryDirectory() as d:
         with jax.profiler.trace(d, create_perfetto_trace=True):
             for _ in range(steps):
@@ -186,7 +180,7 @@ def profile_model(model: str, *, batch_size: int, resolution: int, num_classes: 
     for r in rows:
         phases[r["phase"]] += r["ms_per_step"]
     return {"model": model, "batch_size": batch_size, "resolution": resolution,
-            "steps": steps, "wall_ms_per_step": statistics.median(walls) * 1e3,
+            "steps": steps, "wall_ms_per_step": wall_s * 1e3,
             "profiled_span_ms_per_step": span / steps / 1e3,
             "busy_ms_per_step": busy_union_us(events) / steps / 1e3,
             "op_ms_per_step": op_us / steps / 1e3,
@@ -200,9 +194,10 @@ def markdown(profile: dict[str, Any], env: dict[str, Any], top: int = 30) -> str
     p = profile
     busy = p["op_ms_per_step"] / max(p["profiled_span_ms_per_step"], 1e-9)
     lines = [f"# Where {p['model']}'s CPU train step goes ({env['date']})", "",
-             f"jax {env['jax']}, {env['cpu_count']} CPUs, backend {env['backend']}; batch "
+             f"jax {env['jax_version']}, {env['cpu_count']} CPUs ({env['processor']}), "
+             f"device {env['device_kind']}; batch "
              f"{p['batch_size']}, {p['resolution']} px, AdamW, float32; {p['steps']} steps.",
-             f"Command: `{env['command']}`", "",
+             f"Command: `{env['command_line']}`", "",
              "- machine check, median f32 1024x1024 matmul before / after: "
              + " / ".join(f"{g:.0f}" for g in p["machine_matmul_gflops"]) + " GFLOP/s (on a "
              "shared host it drops when the other tenants are busy)",
@@ -234,6 +229,8 @@ def markdown(profile: dict[str, Any], env: dict[str, Any], top: int = 30) -> str
 
 def main(argv: Sequence[str] | None = None) -> int:
     """``python -m convfirst_jax.bench train-profile``."""
+    from convfirst_jax.bench.cli import _positive_int
+    from convfirst_jax.bench.common import environment
     from convfirst_jax.specs import list_models
 
     p = argparse.ArgumentParser(prog="python -m convfirst_jax.bench train-profile",
@@ -242,23 +239,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--models", nargs="+", default=["convnext_atto"], choices=list_models(),
                    metavar="MODEL", help="registry names (default convnext_atto)")
     p.add_argument("--out", type=pathlib.Path, required=True)
-    p.add_argument("--batch-size", type=int, default=64)
-    p.add_argument("--resolution", type=int, default=64)
-    p.add_argument("--num-classes", type=int, default=10)
-    p.add_argument("--steps", type=int, default=4, help="profiled (and timed) steps")
-    p.add_argument("--top", type=int, default=30, help="rows in the markdown table")
+    p.add_argument("--batch-size", type=_positive_int, default=64)
+    p.add_argument("--resolution", type=_positive_int, default=64)
+    p.add_argument("--num-classes", type=_positive_int, default=10)
+    p.add_argument("--steps", type=_positive_int, default=4, help="profiled (and timed) steps")
+    p.add_argument("--top", type=_positive_int, default=30, help="rows in the markdown table")
     argv = list(sys.argv[1:] if argv is None else argv)
     a = p.parse_args(argv)
-    for flag in ("batch_size", "resolution", "num_classes", "steps", "top"):
-        if getattr(a, flag) < 1:
-            p.error(f"--{flag.replace('_', '-')} must be >= 1, got {getattr(a, flag)}")
     if a.resolution < 32:
         p.error(f"--resolution {a.resolution}: the models downsample 32x; use at least 32")
-    import jax
-
-    env = {"date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "jax": jax.__version__,
-           "cpu_count": os.cpu_count(), "backend": jax.default_backend(),
-           "command": "python -m convfirst_jax.bench train-profile " + " ".join(argv)}
+    env = {**environment(["train-profile", *argv]), "cpu_count": os.cpu_count()}
     a.out.mkdir(parents=True, exist_ok=True)
     for model in a.models:
         print(f"profiling {model} ...", file=sys.stderr, flush=True)
