@@ -11,8 +11,8 @@ from flax import nnx
 
 from convfirst_jax import create_model
 from convfirst_jax.models.cpu_paths import (block_diagonal_kernel, conv_general_dilated,
-                                            conv_im2col, conv_impl, dot_general,
-                                            grouped_conv_im2col)
+                                            conv_im2col, conv_impl, conv_matmul_kernel_grad,
+                                            dot_general, grouped_conv_im2col)
 
 
 def _numpy_conv(x, w, stride, pad, groups):
@@ -224,3 +224,57 @@ def test_batch_norm_train_gradient_through_mean_and_var():
         for a, r in zip(jax.grad(written, argnums=(0, 1, 2))(x, s, b),
                         jax.grad(plain, argnums=(0, 1, 2))(x, s, b)):
             np.testing.assert_allclose(np.asarray(a), np.asarray(r), rtol=1e-10, atol=1e-12)
+
+
+@pytest.mark.parametrize("case", [  # (hw, cin, cout, k, stride, padding): stems and 3x3 convs
+    (16, 3, 8, 7, 2, ((3, 3), (3, 3))), (12, 3, 8, 4, 4, ((0, 0), (0, 0))),
+    (6, 8, 8, 3, 1, ((1, 1), (1, 1))), (7, 4, 6, 3, 2, ((0, 1), (1, 0)))])
+def test_matmul_kernel_grad_matches_float64_loops(case):
+    """conv_matmul_kernel_grad: forward and input gradient are the library conv's, and the
+    kernel gradient of sum(y * r) equals the float64 loop sum over n, i, j of
+    x_pad[n, s*i + dy, s*j + dx, ci] * r[n, i, j, co]."""
+    hw, cin, cout, k, s, pad = case
+    rng = np.random.default_rng(3)
+    x = rng.standard_normal((2, hw, hw, cin)).astype(np.float32)
+    w = rng.standard_normal((k, k, cin, cout)).astype(np.float32)
+    y_ref = _numpy_conv(x.astype(np.float64), w.astype(np.float64), s, pad, 1)
+    r = rng.standard_normal(y_ref.shape).astype(np.float32)
+    got = conv_matmul_kernel_grad(jnp.asarray(x), jnp.asarray(w), (s, s), pad)
+    np.testing.assert_allclose(np.asarray(got), y_ref, rtol=1e-5, atol=1e-4)
+
+    xp = np.pad(x.astype(np.float64), ((0, 0), pad[0], pad[1], (0, 0)))
+    ho, wo = y_ref.shape[1:3]
+    dw_ref = np.zeros((k, k, cin, cout))
+    for dy in range(k):
+        for dx in range(k):
+            tap = xp[:, dy:dy + s * (ho - 1) + 1:s, dx:dx + s * (wo - 1) + 1:s]
+            dw_ref[dy, dx] = np.einsum("nijc,nijo->co", tap, r.astype(np.float64))
+
+    def loss(conv):
+        return jax.jit(jax.grad(lambda x, w: jnp.sum(conv(x, w) * r), argnums=(0, 1)))(
+            jnp.asarray(x), jnp.asarray(w))
+
+    dx, dw = loss(lambda x, w: conv_matmul_kernel_grad(x, w, (s, s), pad))
+    dx_lib, _ = loss(lambda x, w: jax.lax.conv_general_dilated(
+        x, w, (s, s), pad, dimension_numbers=("NHWC", "HWIO", "NHWC")))
+    np.testing.assert_allclose(np.asarray(dw), dw_ref, rtol=1e-5, atol=1e-4)
+    np.testing.assert_array_equal(np.asarray(dx), np.asarray(dx_lib))
+
+
+def test_auto_conv_takes_the_matmul_kernel_gradient_for_rgb_stems():
+    """On the CPU the RGB stem's kernel gradient is a dot per tap, no backward convolution
+    (the library conv's autodiff compiles one with an Ho x Wo window: slow on XLA:CPU)."""
+    x = jnp.zeros((2, 32, 32, 3), jnp.float32)
+    w = jnp.zeros((7, 7, 3, 16), jnp.float32)
+
+    def grad_hlo(impl):
+        def f(w):
+            with conv_impl(impl):
+                y = conv_general_dilated(x, w, (2, 2), ((3, 3), (3, 3)),
+                                         dimension_numbers=("NHWC", "HWIO", "NHWC"))
+            return jnp.sum(y * y)
+        return jax.jit(jax.grad(f)).lower(w).as_text()
+
+    auto, library = grad_hlo("auto"), grad_hlo("conv")
+    assert auto.count("stablehlo.convolution") == 1 and "stablehlo.dot_general" in auto
+    assert library.count("stablehlo.convolution") == 2
