@@ -200,14 +200,15 @@ def _library_conv(x: Array, kernel: Array, strides: tuple[int, int],
 @functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3))
 def conv_matmul_kernel_grad(x: Array, kernel: Array, strides: tuple[int, int],
                             padding: tuple[tuple[int, int], tuple[int, int]]) -> Array:
-    """The library NHWC x HWIO conv, whose kernel gradient is k*k 2-d matmuls.
+    """The library NHWC x HWIO conv, whose kernel gradient is 2-d matmuls.
 
     Forward and input gradient are ``lax.conv_general_dilated``'s. The kernel gradient
     dW[dy, dx] = X(dy, dx)^T G, with X(dy, dx) the (N*Ho*Wo, C_in) strided slice of the padded
     input that tap (dy, dx) reads and G the (N*Ho*Wo, C_out) output cotangent, is one dot per
-    tap. XLA's CPU backend compiles the library conv's kernel gradient as a convolution with an
-    Ho x Wo window, which runs at a fraction of its matmul rate (2 cores: the 7x7 RGB stem of
-    ResNet-18 at 64 px 224 -> 89 ms, its 3x3 64-channel convs at 16x16 83 -> 75 ms).
+    tap. XLA's CPU backend compiles the library conv's kernel gradient as a convolution with
+    an Ho x Wo window, far below its matmul rate (2 cores, batch 64: ResNet-18's 7x7 RGB stem
+    at 64 px 281 -> 102-116 ms; ``docs/results/cpu-imagenette-64px/kernel_grad_isolation.md``, by
+    ``scripts/kernel_grad_isolation.py``, also the other layouts tried).
     """
     return _library_conv(x, kernel, strides, padding)
 
@@ -231,8 +232,7 @@ def _conv_mkg_bwd(strides, padding, res, g):
         xp[:, dy:dy + sh * (ho - 1) + 1:sh, dx_:dx_ + sw * (wo - 1) + 1:sw].reshape(-1, cin),
         g2, (((0,), (0,)), ((), ())), preferred_element_type=acc)
         for dy in range(kh) for dx_ in range(kw)]
-    dw = jnp.stack(taps).reshape(kh, kw, cin, cout).astype(kernel.dtype)
-    return dx, dw
+    return dx, jnp.stack(taps).reshape(kh, kw, cin, cout).astype(kernel.dtype)
 
 
 conv_matmul_kernel_grad.defvjp(_conv_mkg_fwd, _conv_mkg_bwd)
