@@ -382,11 +382,16 @@ def default_split_launch_config(c_padded: int, kernel_size: int, group_width: in
     """Default rule of the split plan: the conv tile fills :data:`SPLIT_CONV_ELEMENTS`, 8 warps
     above 4096 elements (row groups: :data:`ROW_GROUP_CONV_ELEMENTS`, 8 warps); the GEMMs 8
     warps, 3 stages, block_m 128, block_k 64; the project 256 columns as two 128-column
-    accumulators, the expand 128 columns (each capped by :func:`gemm_block_n`). Static H100
-    model (sm_90a): a 128 x 256 tile cuts the modelled L2 traffic by a quarter against 128 x
-    128; as one accumulator it spills registers in both epilogues, as two the project is
-    spill-free but the expand's activation epilogue still spills (4 accumulators: 8 bytes), so
-    the expand keeps 128 columns.
+    accumulators, the expand 256 columns as one accumulator in bfloat16, 128 in float16 and
+    float32 (each capped by :func:`gemm_block_n`). Static H100 model (sm_90a): a 128 x 256
+    tile cuts the modelled L2 traffic by a quarter against 128 x 128. With the one-MUFU
+    bfloat16 activations the 256-column expand is spill-free at 8 warps (168 / 184 registers,
+    LN-GELU / affine-SiLU) and takes the C512 7 x 7 k3 expand from 37.4 to 28.0 us, the block
+    81.8 -> 72.4 and 80.2 -> 70.8 us (``scripts/sweep_split_mlp_static.py --gemm``,
+    docs/results/static-h100/split_gemm_sweep.json; 16 warps tie at half the registers,
+    256-row tiles spill or leave the project under one wave); the float16 / float32
+    activations (exact GELU from erfc) spilled at 256 columns in the v4 kernels, so they keep
+    128.
 
     The fused MLP kernel instead of the GEMMs (``fused_mlp``) for 16-bit dtypes where a
     128-pixel project accumulator fits :data:`MLP_ACC_ELEMENTS` (c_padded <= 256): 128
@@ -413,7 +418,8 @@ def default_split_launch_config(c_padded: int, kernel_size: int, group_width: in
     return SplitLaunchConfig(conv_tile=conv_tile,
                              conv_warps=4 if conv_tile * c_padded <= 4096 and not row_groups
                              else 8,
-                             block_n=256, column_split=2, expand_block_n=128,
+                             block_n=256, column_split=2,
+                             expand_block_n=256 if dtype_name == "bfloat16" else 128,
                              block_k=max(MIN_DOT_DIM, block_k),
                              fused_mlp=fused_mlp,
                              mlp_block_m=mlp_block_m,

@@ -13,6 +13,17 @@ project GEMMs (``fused_mlp=False``) and every fused MLP kernel candidate
         --config C=512,HW=7,k=3,gw=1,norm=affine,act=silu,ls=0 \
         --json docs/results/static-h100/split_mlp_sweep.json
 
+With ``--gemm`` it sweeps the GEMM form's tiles instead (:data:`SPLIT_GEMM_CANDIDATES`), for
+the configurations that keep the two GEMMs; the result chose ``expand_block_n`` of the default
+rule (docs/results/static-h100/split_gemm_sweep.json):
+
+    PYTHONPATH=. python scripts/sweep_split_mlp_static.py --gemm \
+        --config C=512,HW=7,k=3,gw=1,norm=layernorm,act=gelu,ls=1 \
+        --config C=512,HW=7,k=3,gw=1,norm=affine,act=silu,ls=0 \
+        --config C=512,HW=7,k=7,gw=1,norm=layernorm,act=gelu,ls=1 \
+        --config C=512,HW=7,k=3,gw=8,norm=affine,act=silu,ls=0 \
+        --json docs/results/static-h100/split_gemm_sweep.json
+
 Needs the "static" extra (triton). Static model, not measured: confirm on a GPU.
 """
 
@@ -117,6 +128,76 @@ def sweep_split_mlp(configs: Sequence[static.StaticConfig], hw: static.H100Model
     return results
 
 
+#: GEMM-form candidates (block_m, expand_block_n, expand_split, block_n, column_split,
+#: num_warps, num_stages) for the blocks whose MLP stays two GEMMs (``fused_mlp`` False).
+SPLIT_GEMM_CANDIDATES = tuple(
+    (bm, ebn, es, bn, cs, w, st)
+    for bm, w in ((128, 8), (128, 16), (64, 4), (256, 8))
+    for ebn, es in ((128, 1), (256, 1), (256, 2))
+    for bn, cs in ((256, 2),)
+    for st in (2, 3))
+
+
+def sweep_split_gemm(configs: Sequence[static.StaticConfig], hw: static.H100Model | None = None,
+                     workdir: str | None = None, verbose: bool = False,
+                     candidates: Sequence[tuple[int, ...]] = SPLIT_GEMM_CANDIDATES,
+                     ) -> list[dict[str, Any]]:
+    """The expand and project GEMMs' tiles on the static model, for the configurations whose
+    default split launch keeps them (``fused_mlp`` False): every candidate of
+    :data:`SPLIT_GEMM_CANDIDATES` as a :data:`pallas_kernels.tuning.SPLIT_LAUNCH_TABLE` row
+    (the default rule with those fields) modelled by :func:`static.analyse`. ``best``: the
+    candidate whose GEMMs do not spill (the conv + norm kernel's spills, e.g. gw8's, are the
+    same in every candidate) with the smallest "overlap" time (ties: "serial", then fewer
+    registers)."""
+    ok, why = static.triton_available()
+    if not ok:
+        raise RuntimeError(why)
+    hw = hw or static.H100Model()
+    os.environ.setdefault("TRITON_DEFAULT_FP_FUSION", "1")
+    workdir = workdir or tempfile.mkdtemp(prefix="convfirst-gemm-sweep-")
+    results = []
+    for cfg in configs:
+        key = (tuning.padded_channels(cfg.C), cfg.k, cfg.gw, cfg.E * cfg.C, cfg.dtype)
+        base = tuning.default_split_launch_config(*key)
+        if tuning.block_plan(*key) != "split" or base.fused_mlp:
+            continue
+        tried = []
+        for cand in candidates:
+            bm, ebn, es, bn, cs, w, st = cand
+            lc = dc.replace(base, block_m=bm, expand_block_n=ebn, expand_split=es, block_n=bn,
+                            column_split=cs, num_warps=w, num_stages=st)
+            with static.launch_row(tuning.SPLIT_LAUNCH_TABLE, key, lc):
+                try:
+                    row = static.analyse(cfg, hw, workdir)
+                except Exception as e:  # noqa: BLE001 - a candidate that does not compile
+                    tried.append(dict(candidate=cand, ok=False,
+                                      error=f"{type(e).__name__}: {str(e)[:160]}"))
+                    continue
+            gemms = [k for k in row["kernels"] if k["kernel"] in ("expand", "project")]
+            gemm_spill = sum(k["spill_st"] + k["spill_ld"] for k in gemms)
+            e = dict(candidate=cand, ok=all(k["ctas_per_sm"] > 0 for k in gemms)
+                     and not gemm_spill, launch=row["launch"],
+                     regs=[k["regs"] for k in gemms], gemm_spill_bytes=gemm_spill,
+                     spill_st=row["spill_st"],
+                gemm_us={k["kernel"]: k["model_overlap_us"] for k in gemms},
+                overlap_us=row["model_overlap_us"], serial_us=row["model_serial_us"],
+                waves_us=row["model_waves_us"], pct_floor=row["pct_floor_overlap"],
+                l2_mb=row["l2_mb"])
+            tried.append(e)
+            if verbose:
+                print(f"  {cfg.name} {cand}: {e['overlap_us']:.1f} us, regs {e['regs']} "
+                      f"spill {e['spill_st']}", flush=True)
+        fits = [t for t in tried if t["ok"]]
+        best = min(fits, key=lambda t: (round(t["overlap_us"], 1), round(t["serial_us"], 1),
+                                        max(t["regs"]))) if fits else None
+        results.append(dict(cfg=cfg.name, config=dc.asdict(cfg), key=key, best=best,
+                            tried=tried))
+        if verbose:
+            print(f"{cfg.name}: best {best and best['candidate']} "
+                  f"{best and round(best['overlap_us'], 1)} us", flush=True)
+    return results
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -126,6 +207,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--dtype", default="bfloat16", choices=static.DTYPE_NAMES)
     ap.add_argument("--keep", default=None, help="directory for TTIR/TTGIR/PTX/cubin/SASS")
     ap.add_argument("--json", default=None, help="write every entry to this JSON file")
+    ap.add_argument("--gemm", action="store_true",
+                    help="sweep the GEMM form's tiles (SPLIT_GEMM_CANDIDATES) of the "
+                         "configurations that keep the two GEMMs, instead of the MLP forms")
     args = ap.parse_args(argv)
     try:
         configs = [static.parse_config(c, N=args.batch, dtype=args.dtype) for c in args.config]
@@ -136,7 +220,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         raise SystemExit(why)
     os.environ.setdefault("JAX_PLATFORMS", "cpu")
     hw = static.H100Model()
-    results = sweep_split_mlp(configs, hw, args.keep, verbose=True)
+    sweep = sweep_split_gemm if args.gemm else sweep_split_mlp
+    results = sweep(configs, hw, args.keep, verbose=True)
     if args.json:
         with open(args.json, "w") as fh:
             json.dump(dict(environment=static.environment(), hardware=dc.asdict(hw),

@@ -637,9 +637,11 @@ def test_split_launch_rule():
     assert (k7.conv_tile, k7.conv_warps) == (32, 8)
     k7 = split_launch_config(256, 7, 1, 1024, "bfloat16", rows=128 * 196)
     assert (k7.conv_tile, k7.conv_warps) == (128, 8)
-    # expand: 49 x 16 programs of 128 columns; project: 256 columns would be 49 x 2 programs,
-    # fewer than MIN_PROGRAMS, so 128 (49 x 4)
-    assert gemm_block_n(big.expand_block_n, big.block_m, 128 * 49, 2048) == 128
+    # expand (bfloat16): 49 x 8 programs of 256 columns; float16 / float32 keep 128 (49 x 16);
+    # project: 256 columns would be 49 x 2 programs, fewer than MIN_PROGRAMS, so 128 (49 x 4)
+    assert gemm_block_n(big.expand_block_n, big.block_m, 128 * 49, 2048) == 256
+    for dtype in ("float16", "float32"):
+        assert split_launch_config(512, 3, 1, 2048, dtype).expand_block_n == 128
     assert gemm_block_n(big.block_n, big.block_m, 128 * 49, 512) == 128
     assert gemm_block_n(big.block_n, big.block_m, 128 * 196, 256) == 256  # C256 14x14
     one = split_launch_config(512, 3, 1, 2048, "bfloat16", rows=49)  # batch 1
