@@ -65,10 +65,11 @@ def main() -> int:
         row = (f"| {model} | {1e3 * statistics.median(times['autodiff']):.0f} "
                f"| {1e3 * statistics.median(times['matmul']):.0f} "
                f"| {statistics.median(ratios):.2f}x | {', '.join(f'{q:.2f}' for q in ratios)} |")
-        print(row, flush=True)
         lines.append(row)
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text("\n".join(lines) + "\n")
+        print(row, flush=True)
+        # after every model, so a stopped run keeps the rows it finished
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text("\n".join(lines) + "\n")
     return 0
 
 

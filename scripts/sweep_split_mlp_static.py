@@ -51,6 +51,16 @@ SPLIT_MLP_CANDIDATES = tuple((bm, w, hc, st, sp) for bm, w, sp in (
     for hc in (32, 64, 128) for st in (1, 2, 3))
 
 
+def _setup(hw: static.H100Model | None, workdir: str | None,
+           prefix: str) -> tuple[static.H100Model, str]:
+    """Triton present (else RuntimeError), the H100 model and a work directory."""
+    ok, why = static.triton_available()
+    if not ok:
+        raise RuntimeError(why)
+    os.environ.setdefault("TRITON_DEFAULT_FP_FUSION", "1")
+    return hw or static.H100Model(), workdir or tempfile.mkdtemp(prefix=prefix)
+
+
 def sweep_split_mlp(configs: Sequence[static.StaticConfig], hw: static.H100Model | None = None,
                     workdir: str | None = None, verbose: bool = False,
                     candidates: Sequence[tuple[int, ...]] = SPLIT_MLP_CANDIDATES,
@@ -63,12 +73,7 @@ def sweep_split_mlp(configs: Sequence[static.StaticConfig], hw: static.H100Model
     is lifted so grids below one program per SM are modelled too (see ``model_waves_us``);
     candidates over the accumulator budget (``MLP_ACC_ELEMENTS``) are skipped.
     ``best``: the spill-free candidate with the smallest "overlap" time (ties: "serial")."""
-    ok, why = static.triton_available()
-    if not ok:
-        raise RuntimeError(why)
-    hw = hw or static.H100Model()
-    os.environ.setdefault("TRITON_DEFAULT_FP_FUSION", "1")
-    workdir = workdir or tempfile.mkdtemp(prefix="convfirst-split-sweep-")
+    hw, workdir = _setup(hw, workdir, "convfirst-split-sweep-")
 
     @contextlib.contextmanager
     def table_row(key, lc):
@@ -149,12 +154,7 @@ def sweep_split_gemm(configs: Sequence[static.StaticConfig], hw: static.H100Mode
     candidate whose GEMMs do not spill (the conv + norm kernel's spills, e.g. gw8's, are the
     same in every candidate) with the smallest "overlap" time (ties: "serial", then fewer
     registers)."""
-    ok, why = static.triton_available()
-    if not ok:
-        raise RuntimeError(why)
-    hw = hw or static.H100Model()
-    os.environ.setdefault("TRITON_DEFAULT_FP_FUSION", "1")
-    workdir = workdir or tempfile.mkdtemp(prefix="convfirst-gemm-sweep-")
+    hw, workdir = _setup(hw, workdir, "convfirst-gemm-sweep-")
     results = []
     for cfg in configs:
         key = (tuning.padded_channels(cfg.C), cfg.k, cfg.gw, cfg.E * cfg.C, cfg.dtype)
