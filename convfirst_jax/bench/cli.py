@@ -32,7 +32,7 @@ import jax
 
 from convfirst_jax.bench import results
 from convfirst_jax.bench.ceilings import Ceilings, get_ceilings
-from convfirst_jax.bench.common import environment
+from convfirst_jax.bench.common import environment, positive_int
 from convfirst_jax.bench.options import (LAB_BLOCK_IMPLS, BlocksOptions, CeilingOptions,
                                          LabOptions, LayersOptions, ModelsOptions,
                                          RunOptions, TimingOptions, to_dict)
@@ -49,16 +49,6 @@ def _split(values: Sequence[str] | str) -> list[str]:
     if isinstance(values, str):
         values = [values]
     return [v for chunk in values for v in chunk.split(",") if v.strip()]
-
-
-def _positive_int(text: str) -> int:
-    try:
-        v = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
-    if v < 1:
-        raise argparse.ArgumentTypeError(f"{v} is not positive (must be >= 1)")
-    return v
 
 
 def _nonneg_int(text: str) -> int:
@@ -119,12 +109,12 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--out", required=True, type=pathlib.Path,
                    help="output directory (results.json/csv/md and PNGs), e.g. results/blocks")
     g.add_argument("--warmup", type=_nonneg_int, default=5, help="warm-up calls (default 5)")
-    g.add_argument("--repeats", type=_positive_int, default=30,
+    g.add_argument("--repeats", type=positive_int, default=30,
                    help="timed samples per measurement (default 30)")
     g.add_argument("--min-sample-ms", type=_nonneg_float, default=2.0,
                    help="calls per sample are calibrated so one sample lasts at least this "
                         "(default 2 ms; 0 = one call per sample)")
-    g.add_argument("--max-number", type=_positive_int, default=100,
+    g.add_argument("--max-number", type=positive_int, default=100,
                    help="at most this many calls per sample (default 100)")
     g.add_argument("--buffers", type=_nonneg_int, default=0,
                    help="input buffers rotated between calls (default 0 = auto: enough to "
@@ -132,9 +122,9 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--ceilings", choices=("measured", "datasheet"), default="measured",
                    help="peak FLOP/s and bandwidth: measured once at start (default) or the "
                         "datasheet table (falls back to measuring on unknown devices)")
-    g.add_argument("--ceiling-matmul", type=_positive_int, default=None,
+    g.add_argument("--ceiling-matmul", type=positive_int, default=None,
                    help="matmul size n for the peak measurement (default 8192; CPU 1024)")
-    g.add_argument("--ceiling-copy-mib", type=_positive_int, default=None,
+    g.add_argument("--ceiling-copy-mib", type=positive_int, default=None,
                    help="array size for the bandwidth measurement (default 1024 MiB; CPU 64)")
     g.add_argument("--seed", type=int, default=0, help="random data seed")
     g.add_argument("--no-plots", action="store_true", help="skip the PNG figures")
@@ -151,15 +141,15 @@ def build_parser() -> argparse.ArgumentParser:
 
     b = sub.add_parser("blocks", parents=[common], help="one conv-first block: xla vs pallas "
                        "vs jnp reference over a grid of shapes")
-    _list_arg(b, "--channels", item_type=_positive_int, default=[96], help="C (default 96)")
-    _list_arg(b, "--resolution", item_type=_positive_int, default=[56],
+    _list_arg(b, "--channels", item_type=positive_int, default=[96], help="C (default 96)")
+    _list_arg(b, "--resolution", item_type=positive_int, default=[56],
               help="feature-map height = width (default 56)")
-    _list_arg(b, "--kernel-size", item_type=_positive_int, default=[7],
+    _list_arg(b, "--kernel-size", item_type=positive_int, default=[7],
               help="k of the k x k conv (default 7)")
-    _list_arg(b, "--expansion", item_type=_positive_int, default=[4], help="E (default 4)")
+    _list_arg(b, "--expansion", item_type=positive_int, default=[4], help="E (default 4)")
     _list_arg(b, "--dtype", choices=DTYPE_NAMES, default=None,
               help="compute dtype(s) (default bfloat16 on GPU, float32 on CPU)")
-    _list_arg(b, "--batch-sizes", item_type=_positive_int, default=[1, 8, 32, 128],
+    _list_arg(b, "--batch-sizes", item_type=positive_int, default=[1, 8, 32, 128],
               help="batch sizes (default 1 8 32 128)")
     _list_arg(b, "--norm", choices=NORMS, default=["layernorm"],
               help="layernorm (ConvNeXt) or affine (folded BatchNorm, ConvFirst)")
@@ -179,8 +169,8 @@ def build_parser() -> argparse.ArgumentParser:
     _list_arg(m, "--models", choices=list_models(),
               default=["convfirst_tiny", "convnext_tiny", "resnet50"],
               help="registry names (default convfirst_tiny convnext_tiny resnet50)")
-    m.add_argument("--resolution", type=_positive_int, default=224, help="input px (224)")
-    _list_arg(m, "--batch-sizes", item_type=_positive_int, default=[1, 16, 64, 256],
+    m.add_argument("--resolution", type=positive_int, default=224, help="input px (224)")
+    _list_arg(m, "--batch-sizes", item_type=positive_int, default=[1, 16, 64, 256],
               help="batch sizes (default 1 16 64 256)")
     _list_arg(m, "--dtypes", choices=DTYPE_NAMES, default=None,
               help="compute dtype(s) (default bfloat16 on GPU, float32 on CPU)")
@@ -190,7 +180,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="also time one train step (fwd + bwd + AdamW)")
     m.add_argument("--waterline", action="store_true",
                    help="also time every layer standalone (waterline chart) at --waterline-batch")
-    m.add_argument("--waterline-batch", type=_positive_int, default=None,
+    m.add_argument("--waterline-batch", type=positive_int, default=None,
                    help="batch for --waterline (default: the first --batch-sizes value)")
     m.add_argument("--only", default=None, metavar="REGEX",
                    help="with --waterline: time only layers whose name matches REGEX")
@@ -199,21 +189,21 @@ def build_parser() -> argparse.ArgumentParser:
                         "bf16 autocast) when torch + timm import")
     m.add_argument("--training-summary", nargs="+", default=[],
                    help="summary.json files (globs ok) from training runs, for latency vs top-1")
-    m.add_argument("--num-classes", type=_positive_int, default=1000)
+    m.add_argument("--num-classes", type=positive_int, default=1000)
 
     lay = sub.add_parser("layers", parents=[common], help="every layer of a model timed "
                          "standalone vs its floor (waterline chart)")
     _list_arg(lay, "--model", dest="models", choices=list_models(), default=["convnext_tiny"],
               help="registry name(s) (default convnext_tiny)")
-    lay.add_argument("--resolution", type=_positive_int, default=224)
-    lay.add_argument("--batch-size", type=_positive_int, default=32)
+    lay.add_argument("--resolution", type=positive_int, default=224)
+    lay.add_argument("--batch-size", type=positive_int, default=32)
     lay.add_argument("--dtype", choices=DTYPE_NAMES, default=None,
                      help="default bfloat16 on GPU, float32 on CPU")
     _list_arg(lay, "--block-impls", choices=BLOCK_IMPLS, default=list(BLOCK_IMPLS),
               help="impls of the whole-model reference timing (default xla,pallas)")
     lay.add_argument("--only", default=None, metavar="REGEX",
                      help="time only layers whose name matches REGEX (e.g. 'stages.2|head')")
-    lay.add_argument("--num-classes", type=_positive_int, default=1000)
+    lay.add_argument("--num-classes", type=positive_int, default=1000)
     return parser
 
 

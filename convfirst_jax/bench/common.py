@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import datetime
 import platform as _platform
 import sys
@@ -19,6 +20,17 @@ from convfirst_jax.complexity import roofline
 
 CPU_PALLAS_NOTE = ("skipping impl pallas on {platform}: the Pallas kernel would run in interpret "
                    "mode, which is not a performance measurement")
+
+
+def positive_int(text: str) -> int:
+    """argparse type of the lab's count arguments: an integer >= 1, else one clear error."""
+    try:
+        v = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+    if v < 1:
+        raise argparse.ArgumentTypeError(f"{v} is not positive (must be >= 1)")
+    return v
 
 
 def on_gpu() -> bool:

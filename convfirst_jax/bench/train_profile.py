@@ -229,7 +229,7 @@ def markdown(profile: dict[str, Any], env: dict[str, Any], top: int = 30) -> str
 
 def main(argv: Sequence[str] | None = None) -> int:
     """``python -m convfirst_jax.bench train-profile``."""
-    from convfirst_jax.bench.cli import _positive_int
+    from convfirst_jax.bench.common import positive_int
     from convfirst_jax.bench.common import environment
     from convfirst_jax.specs import list_models
 
@@ -239,11 +239,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--models", nargs="+", default=["convnext_atto"], choices=list_models(),
                    metavar="MODEL", help="registry names (default convnext_atto)")
     p.add_argument("--out", type=pathlib.Path, required=True)
-    p.add_argument("--batch-size", type=_positive_int, default=64)
-    p.add_argument("--resolution", type=_positive_int, default=64)
-    p.add_argument("--num-classes", type=_positive_int, default=10)
-    p.add_argument("--steps", type=_positive_int, default=4, help="profiled (and timed) steps")
-    p.add_argument("--top", type=_positive_int, default=30, help="rows in the markdown table")
+    p.add_argument("--batch-size", type=positive_int, default=64)
+    p.add_argument("--resolution", type=positive_int, default=64)
+    p.add_argument("--num-classes", type=positive_int, default=10)
+    p.add_argument("--steps", type=positive_int, default=4, help="profiled (and timed) steps")
+    p.add_argument("--top", type=positive_int, default=30, help="rows in the markdown table")
     argv = list(sys.argv[1:] if argv is None else argv)
     a = p.parse_args(argv)
     if a.resolution < 32:
