@@ -229,8 +229,7 @@ def markdown(profile: dict[str, Any], env: dict[str, Any], top: int = 30) -> str
 
 def main(argv: Sequence[str] | None = None) -> int:
     """``python -m convfirst_jax.bench train-profile``."""
-    from convfirst_jax.bench.common import positive_int
-    from convfirst_jax.bench.common import environment
+    from convfirst_jax.bench.common import environment, positive_int
     from convfirst_jax.specs import list_models
 
     p = argparse.ArgumentParser(prog="python -m convfirst_jax.bench train-profile",

@@ -207,8 +207,9 @@ def conv_matmul_kernel_grad(x: Array, kernel: Array, strides: tuple[int, int],
     input that tap (dy, dx) reads and G the (N*Ho*Wo, C_out) output cotangent, is one dot per
     tap. XLA's CPU backend compiles the library conv's kernel gradient as a convolution with
     an Ho x Wo window, far below its matmul rate (2 cores, batch 64: ResNet-18's 7x7 RGB stem
-    at 64 px 281 -> 102-116 ms; ``docs/results/cpu-imagenette-64px/kernel_grad_isolation.md``, by
-    ``scripts/kernel_grad_isolation.py``, also the other layouts tried).
+    at 64 px 281 -> 102-116 ms; the other layouts tried are in
+    ``docs/results/cpu-imagenette-64px/kernel_grad_isolation.md``, made by
+    ``scripts/kernel_grad_isolation.py``).
     """
     return _library_conv(x, kernel, strides, padding)
 
