@@ -264,6 +264,12 @@ SPLIT_CONV_ELEMENTS = 8192
 # 128: 1020-1112 B of spills); C512 7x7 k7 takes 32 (64 would leave 112 programs, fewer than
 # MIN_PROGRAMS): 7.5 / 8.7 µs; 162-243 registers, no spills.
 ROW_GROUP_CONV_ELEMENTS = 4 * SPLIT_CONV_ELEMENTS
+# ... and twice that for 16-bit grouped convs (their block-diagonal dots), at 4 warps: a
+# 16-pixel dot tile split over 8 warps repeats work in every warp. Static H100 model, bf16
+# batch 128, C512 7x7 gw8 conv + norm kernel (docs/results/static-h100/split_conv_sweep.json,
+# scripts/sweep_split_conv_static.py): k3 42.5 us at 16 pixels / 8 warps -> 12.8 at 32 / 4,
+# k7 134.6 -> 58.6 us (every candidate spills about 500-650 B at 255 registers).
+GROUPED_SPLIT_CONV_ELEMENTS = 2 * SPLIT_CONV_ELEMENTS
 
 
 def uses_row_groups(kernel_size: int, group_width: int) -> bool:
@@ -380,7 +386,8 @@ def split_small_call(rows: int | None) -> bool:
 def default_split_launch_config(c_padded: int, kernel_size: int, group_width: int,
                                 hidden: int, dtype_name: str) -> SplitLaunchConfig:
     """Default rule of the split plan: the conv tile fills :data:`SPLIT_CONV_ELEMENTS`, 8 warps
-    above 4096 elements (row groups: :data:`ROW_GROUP_CONV_ELEMENTS`, 8 warps); the GEMMs 8
+    above 4096 elements (row groups: :data:`ROW_GROUP_CONV_ELEMENTS`, 8 warps; 16-bit grouped
+    convs: :data:`GROUPED_SPLIT_CONV_ELEMENTS`, 4 warps); the GEMMs 8
     warps, 3 stages, block_m 128, block_k 64; the project 256 columns as two 128-column
     accumulators, the expand 256 columns as one accumulator in bfloat16, 128 in float16 and
     float32 (each capped by :func:`gemm_block_n`). Static H100 model (sm_90a): a 128 x 256
@@ -409,15 +416,17 @@ def default_split_launch_config(c_padded: int, kernel_size: int, group_width: in
     and every candidate spills (620-9404 bytes) for no modelled gain (>= 81.4 / 82.9 us
     against 80.2 / 81.8 us for the GEMMs), so the GEMMs stay."""
     row_groups = uses_row_groups(kernel_size, group_width)
-    conv_elements = ROW_GROUP_CONV_ELEMENTS if row_groups else SPLIT_CONV_ELEMENTS
+    grouped_mma = group_width > 1 and np.dtype(jnp.dtype(dtype_name)).itemsize == 2
+    conv_elements = (ROW_GROUP_CONV_ELEMENTS if row_groups else
+                     GROUPED_SPLIT_CONV_ELEMENTS if grouped_mma else SPLIT_CONV_ELEMENTS)
     conv_tile = int(np.clip(conv_elements // c_padded, MIN_DOT_DIM, 128))
     block_k = min(64, next_power_of_2(hidden), c_padded)
     mlp_block_m = 128
     fused_mlp = (np.dtype(jnp.dtype(dtype_name)).itemsize == 2
                  and mlp_block_m * c_padded <= MLP_ACC_ELEMENTS)
     return SplitLaunchConfig(conv_tile=conv_tile,
-                             conv_warps=4 if conv_tile * c_padded <= 4096 and not row_groups
-                             else 8,
+                             conv_warps=4 if grouped_mma or (conv_tile * c_padded <= 4096
+                                                             and not row_groups) else 8,
                              block_n=256, column_split=2,
                              expand_block_n=256 if dtype_name == "bfloat16" else 128,
                              block_k=max(MIN_DOT_DIM, block_k),
@@ -445,6 +454,12 @@ def split_launch_config(c_padded: int, kernel_size: int, group_width: int, hidde
     conv_tile = lc.conv_tile
     while conv_tile > MIN_DOT_DIM and -(-rows // conv_tile) < MIN_PROGRAMS:
         conv_tile //= 2
+    conv_warps = lc.conv_warps
+    if (found is None and group_width > 1 and jnp.dtype(dtype_name).itemsize == 2
+            and -(-rows // conv_tile) < MIN_PROGRAMS):
+        # a grid under one wave: whole programs are the time, and 8 warps finish one sooner
+        # (static model, C512 7x7 k7 gw8 at batch 1: 116.6 us against 132.7 at 4 warps)
+        conv_warps = 8
     block_m = lc.block_m
     while block_m > MIN_GEMM_BLOCK_M and block_m // 2 >= rows:
         block_m //= 2
@@ -455,7 +470,7 @@ def split_launch_config(c_padded: int, kernel_size: int, group_width: int, hidde
         fused_mlp = -(-rows // mlp_block_m) >= MLP_MIN_PROGRAMS
         if not fused_mlp:
             mlp_block_m = lc.mlp_block_m
-    return dataclasses.replace(lc, conv_tile=conv_tile, block_m=block_m,
+    return dataclasses.replace(lc, conv_tile=conv_tile, conv_warps=conv_warps, block_m=block_m,
                                mlp_block_m=mlp_block_m, fused_mlp=fused_mlp)
 
 

@@ -642,6 +642,13 @@ def test_split_launch_rule():
     assert gemm_block_n(big.expand_block_n, big.block_m, 128 * 49, 2048) == 256
     for dtype in ("float16", "float32"):
         assert split_launch_config(512, 3, 1, 2048, dtype).expand_block_n == 128
+    # 16-bit grouped convs: 32-pixel conv + norm programs at 4 warps (float32: 16 at 8)
+    g8 = split_launch_config(512, 7, 8, 2048, "bfloat16", rows=128 * 49)
+    assert (g8.conv_tile, g8.conv_warps) == (32, 4)
+    g8 = split_launch_config(512, 3, 8, 2048, "float32", rows=128 * 49)
+    assert (g8.conv_tile, g8.conv_warps) == (16, 8)
+    g8 = split_launch_config(512, 7, 8, 2048, "bfloat16", rows=49)  # batch 1: under one wave
+    assert (g8.conv_tile, g8.conv_warps) == (16, 8)
     assert gemm_block_n(big.block_n, big.block_m, 128 * 49, 512) == 128
     assert gemm_block_n(big.block_n, big.block_m, 128 * 196, 256) == 256  # C256 14x14
     one = split_launch_config(512, 3, 1, 2048, "bfloat16", rows=49)  # batch 1
