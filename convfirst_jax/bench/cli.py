@@ -32,7 +32,7 @@ import jax
 
 from convfirst_jax.bench import results
 from convfirst_jax.bench.ceilings import Ceilings, get_ceilings
-from convfirst_jax.bench.common import environment, positive_int
+from convfirst_jax.bench.common import environment, nonneg_float, nonneg_int, positive_int
 from convfirst_jax.bench.options import (LAB_BLOCK_IMPLS, BlocksOptions, CeilingOptions,
                                          LabOptions, LayersOptions, ModelsOptions,
                                          RunOptions, TimingOptions, to_dict)
@@ -49,26 +49,6 @@ def _split(values: Sequence[str] | str) -> list[str]:
     if isinstance(values, str):
         values = [values]
     return [v for chunk in values for v in chunk.split(",") if v.strip()]
-
-
-def _nonneg_int(text: str) -> int:
-    try:
-        v = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
-    if v < 0:
-        raise argparse.ArgumentTypeError(f"{v} is negative (must be >= 0)")
-    return v
-
-
-def _nonneg_float(text: str) -> float:
-    try:
-        v = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
-    if v < 0:
-        raise argparse.ArgumentTypeError(f"{v} is negative (must be >= 0)")
-    return v
 
 
 class ListAction(argparse.Action):
@@ -108,15 +88,15 @@ def build_parser() -> argparse.ArgumentParser:
     g = common.add_argument_group("output and timing")
     g.add_argument("--out", required=True, type=pathlib.Path,
                    help="output directory (results.json/csv/md and PNGs), e.g. results/blocks")
-    g.add_argument("--warmup", type=_nonneg_int, default=5, help="warm-up calls (default 5)")
+    g.add_argument("--warmup", type=nonneg_int, default=5, help="warm-up calls (default 5)")
     g.add_argument("--repeats", type=positive_int, default=30,
                    help="timed samples per measurement (default 30)")
-    g.add_argument("--min-sample-ms", type=_nonneg_float, default=2.0,
+    g.add_argument("--min-sample-ms", type=nonneg_float, default=2.0,
                    help="calls per sample are calibrated so one sample lasts at least this "
                         "(default 2 ms; 0 = one call per sample)")
     g.add_argument("--max-number", type=positive_int, default=100,
                    help="at most this many calls per sample (default 100)")
-    g.add_argument("--buffers", type=_nonneg_int, default=0,
+    g.add_argument("--buffers", type=nonneg_int, default=0,
                    help="input buffers rotated between calls (default 0 = auto: enough to "
                         "exceed twice the last-level cache, 2..16)")
     g.add_argument("--ceilings", choices=("measured", "datasheet"), default="measured",

@@ -22,15 +22,30 @@ CPU_PALLAS_NOTE = ("skipping impl pallas on {platform}: the Pallas kernel would 
                    "mode, which is not a performance measurement")
 
 
-def positive_int(text: str) -> int:
-    """argparse type of the lab's count arguments: an integer >= 1, else one clear error."""
+def _bounded(text: str, cast: Callable[[str], Any], noun: str, minimum: float,
+             rule: str) -> Any:
     try:
-        v = int(text)
+        v = cast(text)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
-    if v < 1:
-        raise argparse.ArgumentTypeError(f"{v} is not positive (must be >= 1)")
+        raise argparse.ArgumentTypeError(f"{text!r} is not {noun}") from None
+    if v < minimum:
+        raise argparse.ArgumentTypeError(f"{v} {rule}")
     return v
+
+
+def positive_int(text: str) -> int:
+    """argparse type of the lab's counts: an integer >= 1, else one clear error."""
+    return _bounded(text, int, "an integer", 1, "is not positive (must be >= 1)")
+
+
+def nonneg_int(text: str) -> int:
+    """argparse type: an integer >= 0, else one clear error."""
+    return _bounded(text, int, "an integer", 0, "is negative (must be >= 0)")
+
+
+def nonneg_float(text: str) -> float:
+    """argparse type: a number >= 0, else one clear error."""
+    return _bounded(text, float, "a number", 0, "is negative (must be >= 0)")
 
 
 def on_gpu() -> bool:
