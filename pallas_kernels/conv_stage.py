@@ -45,7 +45,7 @@ from jax import lax
 from jax.experimental.pallas import triton as plgpu
 
 from pallas_kernels.operands import f32_vector
-from pallas_kernels.tuning import MIN_DOT_DIM, padded_channels
+from pallas_kernels.tuning import MIN_DOT_DIM, grouped_on_tensor_cores, padded_channels
 
 _F32 = jnp.float32
 
@@ -64,8 +64,7 @@ def conv_mode(dtype: Any, channels: int, group_width: int) -> str:
     """Which conv path the kernel takes (see :data:`CONV_MODES`)."""
     dtype = jnp.dtype(dtype)
     if group_width > 1:
-        # float32 stays on exact FMAs: tensor-core dots of f32 would run in TF32
-        return "direct" if dtype == jnp.float32 else "blockdiag"
+        return "blockdiag" if grouped_on_tensor_cores(dtype, group_width) else "direct"
     if (dtype == jnp.bfloat16 and padded_channels(channels) == channels
             and channels >= 2 * MIN_DOT_DIM):
         return "paired"

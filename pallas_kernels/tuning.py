@@ -267,9 +267,28 @@ ROW_GROUP_CONV_ELEMENTS = 4 * SPLIT_CONV_ELEMENTS
 # ... and twice that for 16-bit grouped convs (their block-diagonal dots), at 4 warps: a
 # 16-pixel dot tile split over 8 warps repeats work in every warp. Static H100 model, bf16
 # batch 128, C512 7x7 gw8 conv + norm kernel (docs/results/static-h100/split_conv_sweep.json,
-# scripts/sweep_split_conv_static.py): k3 42.5 us at 16 pixels / 8 warps -> 12.8 at 32 / 4,
+# scripts/sweep_split_mlp_static.py --conv): k3 42.5 us at 16 pixels / 8 warps -> 12.8 at 32 / 4,
 # k7 134.6 -> 58.6 us (every candidate spills about 500-650 B at 255 registers).
 GROUPED_SPLIT_CONV_ELEMENTS = 2 * SPLIT_CONV_ELEMENTS
+
+
+def grouped_on_tensor_cores(dtype: Any, group_width: int) -> bool:
+    """Whether a grouped conv runs as block-diagonal tensor-core dots (16-bit dtypes; float32
+    stays on exact FMAs, since tensor-core dots of f32 would run in TF32)."""
+    return group_width > 1 and jnp.dtype(dtype).itemsize == 2
+
+
+def split_conv_warps(conv_tile: int, c_padded: int, kernel_size: int, group_width: int,
+                     dtype_name: str, under_one_wave: bool = False) -> int:
+    """Warps of the split plan's conv + norm kernel: 4 for tiles of at most 4096 elements
+    without row groups and for grouped tensor-core convs (a 16-pixel dot tile over 8 warps
+    repeats work in every warp), else 8; a grouped grid under one wave takes 8, which finish
+    a program sooner (static model, C512 7x7 k7 gw8 at batch 1: 116.6 us against 132.7 at 4
+    warps)."""
+    if grouped_on_tensor_cores(dtype_name, group_width):
+        return 8 if under_one_wave else 4
+    small = conv_tile * c_padded <= 4096 and not uses_row_groups(kernel_size, group_width)
+    return 4 if small else 8
 
 
 def uses_row_groups(kernel_size: int, group_width: int) -> bool:
@@ -415,18 +434,18 @@ def default_split_launch_config(c_padded: int, kernel_size: int, group_width: in
     7 x 7 (fewer than the SMs, :data:`MLP_MIN_PROGRAMS`), each reading all 4 MB of w1 + w2,
     and every candidate spills (620-9404 bytes) for no modelled gain (>= 81.4 / 82.9 us
     against 80.2 / 81.8 us for the GEMMs), so the GEMMs stay."""
-    row_groups = uses_row_groups(kernel_size, group_width)
-    grouped_mma = group_width > 1 and np.dtype(jnp.dtype(dtype_name)).itemsize == 2
-    conv_elements = (ROW_GROUP_CONV_ELEMENTS if row_groups else
-                     GROUPED_SPLIT_CONV_ELEMENTS if grouped_mma else SPLIT_CONV_ELEMENTS)
+    conv_elements = (ROW_GROUP_CONV_ELEMENTS if uses_row_groups(kernel_size, group_width) else
+                     GROUPED_SPLIT_CONV_ELEMENTS
+                     if grouped_on_tensor_cores(dtype_name, group_width)
+                     else SPLIT_CONV_ELEMENTS)
     conv_tile = int(np.clip(conv_elements // c_padded, MIN_DOT_DIM, 128))
     block_k = min(64, next_power_of_2(hidden), c_padded)
     mlp_block_m = 128
-    fused_mlp = (np.dtype(jnp.dtype(dtype_name)).itemsize == 2
+    fused_mlp = (jnp.dtype(dtype_name).itemsize == 2
                  and mlp_block_m * c_padded <= MLP_ACC_ELEMENTS)
     return SplitLaunchConfig(conv_tile=conv_tile,
-                             conv_warps=4 if grouped_mma or (conv_tile * c_padded <= 4096
-                                                             and not row_groups) else 8,
+                             conv_warps=split_conv_warps(conv_tile, c_padded, kernel_size,
+                                                         group_width, dtype_name),
                              block_n=256, column_split=2,
                              expand_block_n=256 if dtype_name == "bfloat16" else 128,
                              block_k=max(MIN_DOT_DIM, block_k),
@@ -455,11 +474,9 @@ def split_launch_config(c_padded: int, kernel_size: int, group_width: int, hidde
     while conv_tile > MIN_DOT_DIM and -(-rows // conv_tile) < MIN_PROGRAMS:
         conv_tile //= 2
     conv_warps = lc.conv_warps
-    if (found is None and group_width > 1 and jnp.dtype(dtype_name).itemsize == 2
-            and -(-rows // conv_tile) < MIN_PROGRAMS):
-        # a grid under one wave: whole programs are the time, and 8 warps finish one sooner
-        # (static model, C512 7x7 k7 gw8 at batch 1: 116.6 us against 132.7 at 4 warps)
-        conv_warps = 8
+    if found is None and -(-rows // conv_tile) < MIN_PROGRAMS:
+        conv_warps = split_conv_warps(lc.conv_tile, c_padded, kernel_size, group_width,
+                                      dtype_name, under_one_wave=True)
     block_m = lc.block_m
     while block_m > MIN_GEMM_BLOCK_M and block_m // 2 >= rows:
         block_m //= 2

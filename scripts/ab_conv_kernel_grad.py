@@ -28,12 +28,6 @@ from convfirst_jax.bench.train_compare import make_jax_train_step, time_steps  #
 from convfirst_jax.models import cpu_paths  # noqa: E402
 
 
-def _library_conv(x, kernel, strides, padding):
-    """The baseline: the library conv, differentiated by autodiff."""
-    return jax.lax.conv_general_dilated(x, kernel, strides, padding,
-                                        dimension_numbers=("NHWC", "HWIO", "NHWC"))
-
-
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--models", nargs="+", default=["resnet18", "convnext_atto"])
@@ -51,7 +45,8 @@ def main() -> int:
     for model in args.models:
         steps = {}
         for variant in ("autodiff", "matmul"):
-            patch = (mock.patch.object(cpu_paths, "conv_matmul_kernel_grad", _library_conv)
+            patch = (mock.patch.object(cpu_paths, "conv_matmul_kernel_grad",
+                                       cpu_paths._library_conv)  # the baseline: autodiff
                      if variant == "autodiff" else contextlib.nullcontext())
             with patch:  # the conv paths are chosen while the step is traced (compiled here)
                 steps[variant] = make_jax_train_step(model, batch_size=64, resolution=64,

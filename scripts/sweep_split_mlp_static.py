@@ -24,6 +24,16 @@ rule (docs/results/static-h100/split_gemm_sweep.json):
         --config C=512,HW=7,k=3,gw=8,norm=affine,act=silu,ls=0 \
         --json docs/results/static-h100/split_gemm_sweep.json
 
+With ``--conv`` it sweeps the conv + norm kernel's pixels per program and warps
+(:data:`SPLIT_CONV_CANDIDATES`); the result chose the 16-bit grouped convs' 32 pixels at 4
+warps (``tuning.GROUPED_SPLIT_CONV_ELEMENTS``, ``tuning.split_conv_warps``;
+docs/results/static-h100/split_conv_sweep.json):
+
+    PYTHONPATH=. python scripts/sweep_split_mlp_static.py --conv \
+        --config C=512,HW=7,k=3,gw=8,norm=affine,act=silu,ls=0 \
+        --config C=512,HW=7,k=7,gw=8,norm=affine,act=silu,ls=0 \
+        --json docs/results/static-h100/split_conv_sweep.json
+
 Needs the "static" extra (triton). Static model, not measured: confirm on a GPU.
 """
 
@@ -198,6 +208,46 @@ def sweep_split_gemm(configs: Sequence[static.StaticConfig], hw: static.H100Mode
     return results
 
 
+#: Conv + norm kernel candidates (conv_tile, conv_warps) for ``--conv``.
+SPLIT_CONV_CANDIDATES = ((16, 4), (16, 8), (16, 16), (32, 4), (32, 8), (32, 16))
+
+
+def sweep_split_conv(configs: Sequence[static.StaticConfig], hw: static.H100Model | None = None,
+                     workdir: str | None = None, verbose: bool = False,
+                     candidates: Sequence[tuple[int, int]] = SPLIT_CONV_CANDIDATES,
+                     ) -> list[dict[str, Any]]:
+    """The split plan's conv + norm kernel (pixels per program, warps) on the static model,
+    the rest of the default split launch unchanged; ``split_launch_config`` still halves the
+    tile until the grid has MIN_PROGRAMS programs (C512 7x7 batch 128: 32 pixels at most).
+    ``best``: the candidate with the fastest conv + norm kernel (these all spill at 255
+    registers for gw8, so spills are reported, not filtered)."""
+    hw, workdir = _setup(hw, workdir, "convfirst-conv-sweep-")
+    results = []
+    for cfg in configs:
+        key = (tuning.padded_channels(cfg.C), cfg.k, cfg.gw, cfg.E * cfg.C, cfg.dtype)
+        if tuning.block_plan(*key) != "split":
+            continue
+        base = tuning.default_split_launch_config(*key)
+        tried = []
+        for tile, warps in candidates:
+            with static.launch_row(tuning.SPLIT_LAUNCH_TABLE, key,
+                                   dc.replace(base, conv_tile=tile, conv_warps=warps)):
+                row = static.analyse(cfg, hw, workdir)
+            k = row["kernels"][0]
+            tried.append(dict(candidate=(tile, warps), conv_norm_us=k["model_overlap_us"],
+                              regs=k["regs"], spill_st=k["spill_st"], spill_ld=k["spill_ld"],
+                              ctas_per_sm=k["ctas_per_sm"], grid=k["grid"],
+                              overlap_us=row["model_overlap_us"],
+                              serial_us=row["model_serial_us"]))
+            if verbose:
+                print(f"  {cfg.name} {tile}/{warps}w: conv_norm {k['model_overlap_us']:.1f} us, "
+                      f"regs {k['regs']}, spill {k['spill_st']} B, grid {k['grid']}", flush=True)
+        best = min(tried, key=lambda t: t["conv_norm_us"])
+        results.append(dict(cfg=cfg.name, config=dc.asdict(cfg), key=key, best=best,
+                            tried=tried))
+    return results
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -210,6 +260,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--gemm", action="store_true",
                     help="sweep the GEMM form's tiles (SPLIT_GEMM_CANDIDATES) of the "
                          "configurations that keep the two GEMMs, instead of the MLP forms")
+    ap.add_argument("--conv", action="store_true",
+                    help="sweep the conv + norm kernel's pixels and warps "
+                         "(SPLIT_CONV_CANDIDATES) instead")
     args = ap.parse_args(argv)
     try:
         configs = [static.parse_config(c, N=args.batch, dtype=args.dtype) for c in args.config]
@@ -220,7 +273,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         raise SystemExit(why)
     os.environ.setdefault("JAX_PLATFORMS", "cpu")
     hw = static.H100Model()
-    sweep = sweep_split_gemm if args.gemm else sweep_split_mlp
+    sweep = (sweep_split_conv if args.conv else sweep_split_gemm if args.gemm
+             else sweep_split_mlp)
     results = sweep(configs, hw, args.keep, verbose=True)
     if args.json:
         with open(args.json, "w") as fh:
