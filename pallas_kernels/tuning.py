@@ -306,6 +306,16 @@ MLP_ACC_ELEMENTS = 32768
 # (each program does all hidden chunks of its pixels); smaller calls take the two GEMMs, whose
 # column tiles spread the same work over more programs.
 MLP_MIN_PROGRAMS = 132
+# A split-plan GEMM of at least this many rows keeps its column tile; smaller calls halve it
+# towards MIN_PROGRAMS programs. Each halving re-reads the whole left operand from L2 once
+# more (for the project: the hidden activations, rows x hidden), and the big calls are
+# L2-bound: in the static H100 model (2026-12-07, bf16, C512 7x7) the project on 256-column
+# tiles takes 29.2 us in 98 programs at batch 128 (6272 rows) against 38.5 us in 196
+# programs of 128 columns, and 14.9 us in 50 programs at batch 64 against 29.2 us in 200
+# programs of 64 columns; the whole block 72.4 -> 63.1 us (whole waves 86.1 -> 73.5). Under
+# it (C512 at batch <= 32, C256 at batch <= 8) halving keeps the whole-wave figure lower
+# (C512 gw8 batch 16: 76.2 vs 81.4 us). Table: docs/results/static-h100/gemm_width_probe.md.
+GEMM_WIDE_ROWS = 2048
 
 
 @dataclasses.dataclass(frozen=True)
@@ -407,9 +417,15 @@ def default_split_launch_config(c_padded: int, kernel_size: int, group_width: in
     """Default rule of the split plan: the conv tile fills :data:`SPLIT_CONV_ELEMENTS`, 8 warps
     above 4096 elements (row groups: :data:`ROW_GROUP_CONV_ELEMENTS`, 8 warps; 16-bit grouped
     convs: :data:`GROUPED_SPLIT_CONV_ELEMENTS`, 4 warps); the GEMMs 8
-    warps, 3 stages, block_m 128, block_k 64; the project 256 columns as two 128-column
-    accumulators, the expand 256 columns as one accumulator in bfloat16, 128 in float16 and
-    float32 (each capped by :func:`gemm_block_n`). Static H100 model (sm_90a): a 128 x 256
+    warps, 3 stages, block_m 128, block_k 64; the project 256 columns as four 64-column
+    accumulators in 16-bit dtypes (one of 128 columns in float32, whose 256-column pipeline
+    stages do not fit the shared memory), the expand 256 columns as one accumulator in
+    bfloat16, 128 in float16 and float32 (each capped by :func:`gemm_block_n`). The project:
+    29.2 us against 38.5 for 128 columns at C512 7 x 7 batch 128 (:data:`GEMM_WIDE_ROWS`); four
+    accumulators tie with two in the model at 206 / 174 registers (LN-GELU + layer scale /
+    affine-SiLU) against 255 / 178, clear of XLA's Triton allocating ~30 more
+    (``scripts/sweep_split_mlp_static.py --project``,
+    docs/results/static-h100/split_project_sweep.json). Static H100 model (sm_90a): a 128 x 256
     tile cuts the modelled L2 traffic by a quarter against 128 x 128. With the one-MUFU
     bfloat16 activations the 256-column expand is spill-free at 8 warps (168 / 184 registers,
     LN-GELU / affine-SiLU) and takes the C512 7 x 7 k3 expand from 37.4 to 28.0 us, the block
@@ -446,7 +462,8 @@ def default_split_launch_config(c_padded: int, kernel_size: int, group_width: in
     return SplitLaunchConfig(conv_tile=conv_tile,
                              conv_warps=split_conv_warps(conv_tile, c_padded, kernel_size,
                                                          group_width, dtype_name),
-                             block_n=256, column_split=2,
+                             block_n=128 if dtype_name == "float32" else 256,
+                             column_split=1 if dtype_name == "float32" else 4,
                              expand_block_n=256 if dtype_name == "bfloat16" else 128,
                              block_k=max(MIN_DOT_DIM, block_k),
                              fused_mlp=fused_mlp,
@@ -460,10 +477,14 @@ def split_launch_config(c_padded: int, kernel_size: int, group_width: int, hidde
     """The split plan's launch parameters: table entry or default rule; with ``rows``
     (N*H*W) small calls get smaller tiles: the conv tile halved until its grid has
     :data:`MIN_PROGRAMS` programs, block_m down to :data:`MIN_GEMM_BLOCK_M` while half of it
-    still covers ``rows`` (each GEMM's block_n: :func:`gemm_block_n`); the fused MLP kernel's
-    mlp_block_m halved (not below :data:`MIN_GEMM_BLOCK_M`) until it has
-    :data:`MIN_PROGRAMS` programs, and the GEMMs instead (``fused_mlp`` False) when it
-    still has fewer than :data:`MLP_MIN_PROGRAMS`."""
+    still covers ``rows`` (each GEMM's block_n: :func:`gemm_block_n`); the GEMMs instead of
+    the fused MLP kernel (``fused_mlp`` False) when its programs of ``mlp_block_m`` pixels
+    are fewer than :data:`MLP_MIN_PROGRAMS`. Smaller fused-MLP programs would re-read all of
+    w1 / w2 for every one of them: in the static H100 model (2026-12-07, bf16, C256 14 x 14
+    k3, batch 64) 64-pixel fused-MLP programs take the block to 44.0 us (whole waves 59.2)
+    against 33.5 us (40.4) for the GEMMs, while at batch 128 the 128-pixel fused MLP stays
+    ahead, 50.6 against 66.9 us (``scripts/sweep_split_mlp_static.py --mlp-form``,
+    docs/results/static-h100/mlp_form_probe.json)."""
     key = (int(c_padded), int(kernel_size), int(group_width), int(hidden), str(dtype_name))
     found = SPLIT_LAUNCH_TABLE.get(key)
     lc = found if found is not None else default_split_launch_config(*key)
@@ -480,23 +501,19 @@ def split_launch_config(c_padded: int, kernel_size: int, group_width: int, hidde
     block_m = lc.block_m
     while block_m > MIN_GEMM_BLOCK_M and block_m // 2 >= rows:
         block_m //= 2
-    mlp_block_m, fused_mlp = lc.mlp_block_m, lc.fused_mlp
-    if fused_mlp:
-        while mlp_block_m > MIN_GEMM_BLOCK_M and -(-rows // mlp_block_m) < MIN_PROGRAMS:
-            mlp_block_m //= 2
-        fused_mlp = -(-rows // mlp_block_m) >= MLP_MIN_PROGRAMS
-        if not fused_mlp:
-            mlp_block_m = lc.mlp_block_m
+    fused_mlp = lc.fused_mlp and -(-rows // lc.mlp_block_m) >= MLP_MIN_PROGRAMS
     return dataclasses.replace(lc, conv_tile=conv_tile, conv_warps=conv_warps, block_m=block_m,
-                               mlp_block_m=mlp_block_m, fused_mlp=fused_mlp)
+                               fused_mlp=fused_mlp)
 
 
 def gemm_block_n(block_n: int, block_m: int, rows: int, n_dim: int) -> int:
     """Output-column tile of one split-plan GEMM with ``n_dim`` (padded) columns: ``block_n``
-    capped at ``n_dim`` and halved (not below 32) until the GEMM has :data:`MIN_PROGRAMS`
-    programs, so the expand (n_dim = hidden) keeps wide tiles while the narrower project
-    (n_dim = C) still fills the SMs."""
+    capped at ``n_dim``; for calls of fewer than :data:`GEMM_WIDE_ROWS` rows halved (not below
+    32) until the GEMM has :data:`MIN_PROGRAMS` programs, so small calls spread over the SMs
+    while the L2-bound big ones keep wide tiles (each halving re-reads the left operand)."""
     block_n = min(block_n, next_power_of_2(n_dim))
+    if rows >= GEMM_WIDE_ROWS:
+        return block_n
     while block_n > 2 * MIN_DOT_DIM and -(-rows // block_m) * -(-n_dim // block_n) < MIN_PROGRAMS:
         block_n //= 2
     return block_n

@@ -2,8 +2,8 @@
 
 Every number comes from files under docs/results/static-h100/:
   v1  before_kernel_v1.txt   (section C of the shared tool's text report: overlap / serial µs)
-  v6  before_kernel_v6.json  (the previous kernels, same JSON schema as report.json)
-  v7  report.json            (batch 128) and report_n1.json (batch 1)
+  v7  before_kernel_v7.json  (the previous kernels, same JSON schema as report.json)
+  v8  report.json            (batch 128) and report_n1.json (batch 1)
 
     PYTHONPATH=. python scripts/kernel_table.py                          # print it
     PYTHONPATH=. python scripts/kernel_table.py --update-readme README.md  # rewrite it in place
@@ -25,8 +25,8 @@ KERNEL_TABLE_START = "<!-- kernel-table:start -->"
 KERNEL_TABLE_END = "<!-- kernel-table:end -->"
 RESULTS = pathlib.Path(__file__).resolve().parents[1] / "docs" / "results" / "static-h100"
 HEADER = (
-    "| block (bf16, N=128) | v1 µs ovl / ser | v6 µs ovl / ser | plan | v7 µs ovl / ser "
-    "| v7 whole waves µs | floor µs | % floor ovl / ser | XLA floor µs | v7 vs XLA floor "
+    "| block (bf16, N=128) | v1 µs ovl / ser | v7 µs ovl / ser | plan | v8 µs ovl / ser "
+    "| v8 whole waves µs | floor µs | % floor ovl / ser | XLA floor µs | v8 vs XLA floor "
     "| N=1: programs, waves, whole-wave µs | what limits it now |"
 )
 
@@ -71,13 +71,13 @@ def plan(row: dict) -> str:
 
 def table() -> str:
     v1 = v1_times(RESULTS / "before_kernel_v1.txt")
-    v6 = {r["cfg"]: r for r in json.loads((RESULTS / "before_kernel_v6.json").read_text())["rows"]}
+    v7 = {r["cfg"]: r for r in json.loads((RESULTS / "before_kernel_v7.json").read_text())["rows"]}
     n1 = {r["cfg"]: r for r in json.loads((RESULTS / "report_n1.json").read_text())["rows"]}
     lines = [HEADER, "|" + "---|" * HEADER.count(" | ") + "---|"]
     for r in json.loads((RESULTS / "report.json").read_text())["rows"]:
         cfg = r["cfg"]
         a, b = v1[cfg]
-        old = v6[cfg]
+        old = v7[cfg]
         one = n1[cfg]
         lines.append(" | ".join([
             f"| {cfg}", f"{a:.0f} / {b:.0f}",

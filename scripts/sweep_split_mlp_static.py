@@ -24,6 +24,24 @@ rule (docs/results/static-h100/split_gemm_sweep.json):
         --config C=512,HW=7,k=3,gw=8,norm=affine,act=silu,ls=0 \
         --json docs/results/static-h100/split_gemm_sweep.json
 
+With ``--project`` it sweeps the project GEMM's columns, accumulators and warps
+(:data:`SPLIT_PROJECT_CANDIDATES`, the expand as the default rule has it); the result chose the
+default rule's 256-column project in four 64-column accumulators
+(docs/results/static-h100/split_project_sweep.json). With ``--wide-rows`` it compares
+``tuning.GEMM_WIDE_ROWS`` (calls of that many rows keep their GEMM column tiles) against
+halving the columns towards MIN_PROGRAMS at every size, over ``--batches``
+(docs/results/static-h100/gemm_width_probe.json):
+
+    PYTHONPATH=. python scripts/sweep_split_mlp_static.py --project \
+        --config C=512,HW=7,k=3,gw=1,norm=layernorm,act=gelu,ls=1 \
+        --config C=512,HW=7,k=3,gw=1,norm=affine,act=silu,ls=0 \
+        --json docs/results/static-h100/split_project_sweep.json
+    PYTHONPATH=. python scripts/sweep_split_mlp_static.py --wide-rows --batches 16 32 64 128 \
+        --config C=512,HW=7,k=7,gw=1,norm=layernorm,act=gelu,ls=1 \
+        --config C=512,HW=7,k=3,gw=8,norm=affine,act=silu,ls=0 \
+        --config C=256,HW=14,k=3,gw=1,norm=affine,act=silu,ls=0 \
+        --json docs/results/static-h100/gemm_width_probe.json
+
 With ``--conv`` it sweeps the conv + norm kernel's pixels per program and warps
 (:data:`SPLIT_CONV_CANDIDATES`); the result chose the 16-bit grouped convs' 32 pixels at 4
 warps (``tuning.GROUPED_SPLIT_CONV_ELEMENTS``, ``tuning.split_conv_warps``;
@@ -208,6 +226,156 @@ def sweep_split_gemm(configs: Sequence[static.StaticConfig], hw: static.H100Mode
     return results
 
 
+#: Project GEMM candidates (block_n, column_split, num_warps) for ``--project``.
+SPLIT_PROJECT_CANDIDATES = ((128, 1, 8), (128, 2, 8), (256, 2, 8), (256, 4, 8), (256, 4, 16))
+
+
+def _gemm_entry(cfg: static.StaticConfig, row: dict[str, Any], **extra: Any) -> dict[str, Any]:
+    """One modelled split launch: its GEMM kernels' registers, spills and times, the block's."""
+    gemms = [k for k in row.get("kernels", []) if k["kernel"] in ("expand", "project", "mlp")]
+    return dict(extra, launch=row["launch"], plan=row.get("plan", "fused"),
+                regs={k["kernel"]: k["regs"] for k in gemms},
+                spill_bytes={k["kernel"]: k["spill_st"] + k["spill_ld"] for k in gemms},
+                grid={k["kernel"]: k["grid"] for k in gemms},
+                gemm_us={k["kernel"]: k["model_overlap_us"] for k in gemms},
+                overlap_us=row["model_overlap_us"], serial_us=row["model_serial_us"],
+                waves_us=row["model_waves_us"], pct_floor=row["pct_floor_overlap"])
+
+
+def sweep_split_project(configs: Sequence[static.StaticConfig],
+                        hw: static.H100Model | None = None, workdir: str | None = None,
+                        verbose: bool = False,
+                        candidates: Sequence[tuple[int, int, int]] = SPLIT_PROJECT_CANDIDATES,
+                        ) -> list[dict[str, Any]]:
+    """The project GEMM's (block_n, column_split, num_warps) on the static model, the rest of
+    the default split launch unchanged (both GEMMs share num_warps). ``best``: the spill-free
+    candidate with the smallest "overlap" time (ties: whole waves, then the candidates at
+    least 32 registers under 255 -- XLA's own Triton may allocate about 30 more than pip
+    Triton -- then fewer warps)."""
+    hw, workdir = _setup(hw, workdir, "convfirst-project-sweep-")
+    results = []
+    for cfg in configs:
+        key = (tuning.padded_channels(cfg.C), cfg.k, cfg.gw, cfg.E * cfg.C, cfg.dtype)
+        base = tuning.default_split_launch_config(*key)
+        if tuning.block_plan(*key) != "split" or base.fused_mlp:
+            continue
+        tried = []
+        for bn, cs, warps in candidates:
+            lc = dc.replace(base, block_n=bn, column_split=cs, num_warps=warps)
+            with static.launch_row(tuning.SPLIT_LAUNCH_TABLE, key, lc):
+                row = static.analyse(cfg, hw, workdir)
+            e = _gemm_entry(cfg, row, candidate=(bn, cs, warps))
+            e["ok"] = not sum(e["spill_bytes"].values())
+            tried.append(e)
+            if verbose:
+                print(f"  {cfg.name} {(bn, cs, warps)}: project {e['gemm_us']['project']:.1f} "
+                      f"us, block {e['overlap_us']:.1f} / waves {e['waves_us']:.1f} us, regs "
+                      f"{e['regs']}, spills {e['spill_bytes']}", flush=True)
+        fits = [t for t in tried if t["ok"]]
+        best = min(fits, key=lambda t: (round(t["overlap_us"], 1), round(t["waves_us"], 1),
+                                        max(t["regs"].values()) > 255 - 32,
+                                        t["candidate"][2])) if fits else None
+        results.append(dict(cfg=cfg.name, config=dc.asdict(cfg), key=key, best=best,
+                            tried=tried))
+    return results
+
+
+def compare_wide_rows(configs: Sequence[static.StaticConfig], batches: Sequence[int],
+                      hw: static.H100Model | None = None, workdir: str | None = None,
+                      verbose: bool = False) -> list[dict[str, Any]]:
+    """Each configuration at each batch with ``tuning.GEMM_WIDE_ROWS`` as committed ("wide")
+    and with it out of reach, so every GEMM halves its columns towards MIN_PROGRAMS ("halve",
+    the rule before 2026-12-07). ``best``: "wide" when it is not slower in the overlap figure
+    nor in the whole-wave one."""
+    hw, workdir = _setup(hw, workdir, "convfirst-wide-rows-")
+    results = []
+    for cfg in configs:
+        for n in batches:
+            c = dc.replace(cfg, N=int(n))
+            rows = {}
+            for label, wide_rows in (("wide", tuning.GEMM_WIDE_ROWS), ("halve", 1 << 62)):
+                with _patched(tuning, "GEMM_WIDE_ROWS", wide_rows):
+                    rows[label] = _gemm_entry(c, static.analyse(c, hw, workdir))
+            w, h = rows["wide"], rows["halve"]
+            entry = dict(cfg=c.name, config=dc.asdict(c), rows=c.N * c.H * c.W, **rows,
+                         best="wide" if (w["overlap_us"] <= h["overlap_us"] + 0.05
+                                         and w["waves_us"] <= h["waves_us"] + 0.05)
+                         else "halve" if (h["overlap_us"] <= w["overlap_us"] + 0.05
+                                          and h["waves_us"] <= w["waves_us"] + 0.05)
+                         else "mixed")
+            results.append(entry)
+            if verbose:
+                print(f"  {c.name} N={n}: wide {w['overlap_us']:.1f} / {w['waves_us']:.1f} us "
+                      f"({w['launch']}), halve {h['overlap_us']:.1f} / {h['waves_us']:.1f} us "
+                      f"({h['launch']}): {entry['best']}", flush=True)
+    return results
+
+
+def compare_mlp_form(configs: Sequence[static.StaticConfig], batches: Sequence[int],
+                     hw: static.H100Model | None = None, workdir: str | None = None,
+                     verbose: bool = False) -> list[dict[str, Any]]:
+    """Each configuration whose default split launch fuses the MLP, at each batch: the launch
+    ``split_launch_config`` gives ("rule"), the fused MLP kernel forced on with its programs
+    halved (not below MIN_GEMM_BLOCK_M pixels) until there are MIN_PROGRAMS of them, the rule
+    before 2026-12-07 ("fused, halved"), and the two GEMMs forced ("gemms")."""
+    hw, workdir = _setup(hw, workdir, "convfirst-mlp-form-")
+    results = []
+    for cfg in configs:
+        key = (tuning.padded_channels(cfg.C), cfg.k, cfg.gw, cfg.E * cfg.C, cfg.dtype)
+        base = tuning.default_split_launch_config(*key)
+        if tuning.block_plan(*key) != "split" or not base.fused_mlp:
+            continue
+        for n in batches:
+            c = dc.replace(cfg, N=int(n))
+            rows = c.N * c.H * c.W
+            mlp_m = base.mlp_block_m
+            while mlp_m > tuning.MIN_GEMM_BLOCK_M and -(-rows // mlp_m) < tuning.MIN_PROGRAMS:
+                mlp_m //= 2
+            entry = dict(cfg=c.name, config=dc.asdict(c), rows=rows)
+            forms = (("rule", None), ("fused, halved", dict(fused_mlp=True, mlp_block_m=mlp_m)),
+                     ("gemms", dict(fused_mlp=False)))
+            for label, fields in forms:
+                scope = (contextlib.nullcontext() if fields is None else _forced_split(
+                    key, dc.replace(base, **fields)))
+                with scope:
+                    entry[label] = _gemm_entry(c, static.analyse(c, hw, workdir))
+            results.append(entry)
+            if verbose:
+                print(f"  {c.name} N={n}: " + "; ".join(
+                    f"{label} {entry[label]['overlap_us']:.1f} / {entry[label]['waves_us']:.1f}"
+                    f" us ({entry[label]['launch']})" for label, _ in forms), flush=True)
+    return results
+
+
+@contextlib.contextmanager
+def _forced_split(key: tuple, lc: tuning.SplitLaunchConfig):
+    """``lc`` exactly, at every size: a table row and split_launch_config's shrinking off."""
+    real = tuning.split_launch_config
+
+    def fixed(*args: Any, **kwargs: Any) -> tuning.SplitLaunchConfig:
+        got = real(*args, **kwargs)
+        if tuple(args[:5]) != key:
+            return got
+        return dc.replace(got, fused_mlp=lc.fused_mlp, mlp_block_m=lc.mlp_block_m)
+
+    from pallas_kernels import fused_block, split_block  # they import the function by name
+    with contextlib.ExitStack() as stack:
+        stack.enter_context(static.launch_row(tuning.SPLIT_LAUNCH_TABLE, key, lc))
+        for module in (tuning, split_block, fused_block):
+            stack.enter_context(_patched(module, "split_launch_config", fixed))
+        yield
+
+
+@contextlib.contextmanager
+def _patched(module: Any, name: str, value: Any):
+    old = getattr(module, name)
+    setattr(module, name, value)
+    try:
+        yield
+    finally:
+        setattr(module, name, old)
+
+
 #: Conv + norm kernel candidates (conv_tile, conv_warps) for ``--conv``.
 SPLIT_CONV_CANDIDATES = ((16, 4), (16, 8), (16, 16), (32, 4), (32, 8), (32, 16))
 
@@ -263,7 +431,21 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--conv", action="store_true",
                     help="sweep the conv + norm kernel's pixels and warps "
                          "(SPLIT_CONV_CANDIDATES) instead")
+    ap.add_argument("--project", action="store_true",
+                    help="sweep the project GEMM's columns, accumulators and warps "
+                         "(SPLIT_PROJECT_CANDIDATES) instead")
+    ap.add_argument("--wide-rows", action="store_true",
+                    help="compare tuning.GEMM_WIDE_ROWS against always halving the GEMM "
+                         "columns, at every --batches size, instead")
+    ap.add_argument("--mlp-form", action="store_true",
+                    help="compare the fused MLP kernel, its halved programs and the two GEMMs "
+                         "at every --batches size, instead")
+    ap.add_argument("--batches", type=int, nargs="+", default=[16, 32, 64, 128],
+                    help="batch sizes for --wide-rows / --mlp-form (default 16 32 64 128)")
     args = ap.parse_args(argv)
+    if sum((args.gemm, args.conv, args.project, args.wide_rows, args.mlp_form)) > 1:
+        raise SystemExit("sweep_split_mlp_static: pick one of --gemm, --conv, --project, "
+                         "--wide-rows, --mlp-form")
     try:
         configs = [static.parse_config(c, N=args.batch, dtype=args.dtype) for c in args.config]
     except (ValueError, TypeError) as e:
@@ -273,15 +455,19 @@ def main(argv: Sequence[str] | None = None) -> int:
         raise SystemExit(why)
     os.environ.setdefault("JAX_PLATFORMS", "cpu")
     hw = static.H100Model()
-    sweep = (sweep_split_conv if args.conv else sweep_split_gemm if args.gemm
-             else sweep_split_mlp)
-    results = sweep(configs, hw, args.keep, verbose=True)
+    if args.wide_rows or args.mlp_form:
+        compare = compare_wide_rows if args.wide_rows else compare_mlp_form
+        results = compare(configs, args.batches, hw, args.keep, verbose=True)
+    else:
+        sweep = (sweep_split_conv if args.conv else sweep_split_gemm if args.gemm
+                 else sweep_split_project if args.project else sweep_split_mlp)
+        results = sweep(configs, hw, args.keep, verbose=True)
     if args.json:
         with open(args.json, "w") as fh:
             json.dump(dict(environment=static.environment(), hardware=dc.asdict(hw),
                            command=shlex.join(["python", *sys.argv]), results=results),
                       fh, indent=1, default=str)
-    return 0 if all(r["best"] for r in results) else 1
+    return 0 if args.mlp_form or all(r.get("best") for r in results) else 1
 
 
 if __name__ == "__main__":

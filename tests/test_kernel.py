@@ -489,15 +489,18 @@ def test_split_plan_matches_reference(monkeypatch, case, fused_mlp):
     _check_forward(case, seed=50 + SPLIT_CASES.index(case))
 
 
-def test_split_plan_with_column_split_accumulators(monkeypatch):
-    """GEMM programs with several accumulators (expand 4 x 16 columns, project 2 x 32) and
-    tiles spanning images (MIN_PROGRAMS = 1 keeps the table's tiles)."""
+@pytest.mark.parametrize("expand_split,column_split", [(4, 2), (2, 4)])
+def test_split_plan_with_column_split_accumulators(monkeypatch, expand_split, column_split):
+    """GEMM programs with several accumulators (expand 4 x 16 columns and project 2 x 32, or
+    2 x 32 and 4 x 16 as the default rule's project) and tiles spanning images
+    (MIN_PROGRAMS = 1 keeps the table's tiles)."""
     from pallas_kernels import tuning
 
     case = Case(7, 64, 4, (9, 11), 2, A, "silu", "bfloat16", ls=True, bs=True)
     monkeypatch.setattr(tuning, "MIN_PROGRAMS", 1)
     _force_split(monkeypatch, case, False, conv_tile=32, block_m=64, block_n=64,
-                 column_split=2, expand_block_n=64, expand_split=4, block_k=16)
+                 column_split=column_split, expand_block_n=64, expand_split=expand_split,
+                 block_k=16)
     _check_forward(case, seed=61)
 
 
@@ -625,8 +628,8 @@ def test_wide_blocks_take_the_split_plan(monkeypatch):
 
 
 def test_split_launch_rule():
-    from pallas_kernels.tuning import (MIN_PROGRAMS, MLP_MIN_PROGRAMS, SplitLaunchConfig,
-                                       gemm_block_n, split_launch_config)
+    from pallas_kernels.tuning import (GEMM_WIDE_ROWS, MIN_PROGRAMS, MLP_MIN_PROGRAMS,
+                                       SplitLaunchConfig, gemm_block_n, split_launch_config)
 
     big = split_launch_config(512, 3, 1, 2048, "bfloat16", rows=128 * 49)
     assert big == split_launch_config(512, 3, 1, 2048, "bfloat16")  # batch 128: no shrinking
@@ -638,8 +641,12 @@ def test_split_launch_rule():
     k7 = split_launch_config(256, 7, 1, 1024, "bfloat16", rows=128 * 196)
     assert (k7.conv_tile, k7.conv_warps) == (128, 8)
     # expand (bfloat16): 49 x 8 programs of 256 columns; float16 / float32 keep 128 (49 x 16);
-    # project: 256 columns would be 49 x 2 programs, fewer than MIN_PROGRAMS, so 128 (49 x 4)
+    # project: 256 columns in 4 accumulators, 49 x 2 programs (GEMM_WIDE_ROWS: big calls are
+    # L2-bound, halving the columns re-reads the hidden activations)
     assert gemm_block_n(big.expand_block_n, big.block_m, 128 * 49, 2048) == 256
+    assert (big.block_n, big.column_split) == (256, 4)
+    f32 = split_launch_config(512, 3, 1, 2048, "float32", rows=128 * 49)  # shared memory
+    assert (f32.block_n, f32.column_split) == (128, 1)
     for dtype in ("float16", "float32"):
         assert split_launch_config(512, 3, 1, 2048, dtype).expand_block_n == 128
     # 16-bit grouped convs: 32-pixel conv + norm programs at 4 warps (float32: 16 at 8)
@@ -649,7 +656,10 @@ def test_split_launch_rule():
     assert (g8.conv_tile, g8.conv_warps) == (16, 8)
     g8 = split_launch_config(512, 7, 8, 2048, "bfloat16", rows=49)  # batch 1: under one wave
     assert (g8.conv_tile, g8.conv_warps) == (16, 8)
-    assert gemm_block_n(big.block_n, big.block_m, 128 * 49, 512) == 128
+    assert gemm_block_n(big.block_n, big.block_m, 128 * 49, 512) == 256
+    assert gemm_block_n(big.block_n, big.block_m, 64 * 49, 512) == 256  # 3136 rows: 50 programs
+    assert 32 * 49 < GEMM_WIDE_ROWS <= 64 * 49
+    assert gemm_block_n(big.block_n, big.block_m, 32 * 49, 512) == 32  # halved: 13 x 16 programs
     assert gemm_block_n(big.block_n, big.block_m, 128 * 196, 256) == 256  # C256 14x14
     one = split_launch_config(512, 3, 1, 2048, "bfloat16", rows=49)  # batch 1
     assert one.block_m == 64 and one.conv_tile == 16
@@ -657,14 +667,13 @@ def test_split_launch_rule():
     assert gemm_block_n(one.block_n, one.block_m, 49, 2048) == 32
     assert gemm_block_n(one.block_n, one.block_m, 49, 512) == 32
     assert gemm_block_n(128, 128, 10 ** 6, 64) == 64  # capped at the width
-    assert -(-128 * 49 // 128) * (512 // 128) >= MIN_PROGRAMS
     # the fused MLP kernel: C256 14x14 batch 128 -> 196 programs of 128 pixels; batch 64 ->
-    # 98 < MIN_PROGRAMS, so 64 pixels (196 programs); batch 8 -> 25 < MLP_MIN_PROGRAMS
+    # 98 < MLP_MIN_PROGRAMS, so the GEMMs (halved fused-MLP programs re-read the weights)
     c256 = split_launch_config(256, 3, 1, 1024, "bfloat16", rows=128 * 196)
     assert c256.fused_mlp and c256.mlp_block_m == 128 and -(-128 * 196 // 128) >= MIN_PROGRAMS
     assert c256.mlp_block_m * 256 <= 32768  # the project accumulator's register budget
     half = split_launch_config(256, 3, 1, 1024, "bfloat16", rows=64 * 196)
-    assert half.fused_mlp and half.mlp_block_m == 64
+    assert not half.fused_mlp and half.mlp_block_m == 128
     small = split_launch_config(256, 3, 1, 1024, "bfloat16", rows=8 * 196)
     assert -(-8 * 196 // 64) < MLP_MIN_PROGRAMS and not small.fused_mlp
     assert small.mlp_block_m == c256.mlp_block_m
