@@ -177,7 +177,8 @@ def interleave_rows(parts: list[jax.Array]) -> jax.Array:
 def conv_norm_tile(x_ref, xp_ref, cw_ref, cb_ref, ns_ref, nb_ref, *, rows: jax.Array,
                    row_ok: jax.Array, height: int, width: int, channels: int,
                    kernel_size: int, group_width: int, norm: str, eps: float, mode: str,
-                   compute_dtype: Any) -> list[jax.Array]:
+                   compute_dtype: Any, part0: Any = 0,
+                   n_local: int | None = None) -> list[jax.Array]:
     """``norm(dwconv(x) + conv_b)`` of the tile's ``rows`` as P parts ``(tile, Cp / P)`` in
     ``compute_dtype`` (padded lanes exactly 0); traced inside a kernel body.
 
@@ -189,21 +190,27 @@ def conv_norm_tile(x_ref, xp_ref, cw_ref, cb_ref, ns_ref, nb_ref, *, rows: jax.A
     split into column groups of :func:`column_block` pixels, each kernel row's inputs are
     loaded once per group and reused by all taps that read them (module docstring); the
     groups are interleaved back into row order before the norm.
+
+    ``part0`` / ``n_local`` (grouped "blockdiag" convs with the affine norm only, whose parts
+    are independent): the ``n_local`` parts from part ``part0`` (a traced int) instead of all.
     """
     n_parts, cpart = cb_ref.shape
     geometry = dict(height=height, width=width, channels=channels, kernel_size=kernel_size,
                     mode=mode, n_parts=n_parts, cpart=cpart)
+    if n_local is not None and not (mode == "blockdiag" and norm == "affine"):
+        raise ValueError("a block of parts needs the blockdiag conv and the affine norm")
     if group_width > 1:
         groups = [_grouped_conv(x_ref, cw_ref, rows=rows, row_ok=row_ok,
-                                group_width=group_width, **geometry)]
+                                group_width=group_width, part0=part0,
+                                n_local=n_parts if n_local is None else n_local, **geometry)]
     else:
         m_block = column_block(width, rows.shape[0], kernel_size, group_width)
         groups = _depthwise_conv(x_ref, xp_ref, cw_ref, start=_every_mth(rows, m_block),
                                  ok=_every_mth(row_ok, m_block), m_block=m_block, **geometry)
     # back to the tile's row order (group m holds rows m, m + M, ...)
-    ys = [interleave_rows([g[p] for g in groups]) for p in range(n_parts)]
+    ys = [interleave_rows([g[p] for g in groups]) for p in range(len(groups[0]))]
     return bias_norm(ys, cb_ref, ns_ref, nb_ref, channels=channels, norm=norm, eps=eps,
-                     mode=mode, compute_dtype=compute_dtype)
+                     mode=mode, compute_dtype=compute_dtype, part0=part0)
 
 
 def conv_norm_row_groups(x_ref, xp_ref, cw_ref, cb_ref, ns_ref, nb_ref, *, start: jax.Array,
@@ -224,13 +231,14 @@ def conv_norm_row_groups(x_ref, xp_ref, cw_ref, cb_ref, ns_ref, nb_ref, *, start
 
 
 def bias_norm(ys: list[jax.Array], cb_ref, ns_ref, nb_ref, *, channels: int, norm: str,
-              eps: float, mode: str, compute_dtype: Any) -> list[jax.Array]:
+              eps: float, mode: str, compute_dtype: Any, part0: Any = 0) -> list[jax.Array]:
     """``norm(y + conv_b)`` of P parts ``(rows, Cp / P)`` f32 of the conv output (one row =
     one pixel, all channels), rounded to ``compute_dtype``: affine (folded BN) or LayerNorm
-    over the C real channels, then ``* scale + shift`` (padded lanes exactly 0)."""
+    over the C real channels, then ``* scale + shift`` (padded lanes exactly 0). With the
+    affine norm ``ys`` may be the parts from ``part0`` on only."""
     n_parts, cpart = cb_ref.shape
     pad_channels = n_parts * cpart != channels
-    ys = [y + cb_ref[p, :][None, :] for p, y in enumerate(ys)]
+    ys = [y + cb_ref[part0 + p, :][None, :] for p, y in enumerate(ys)]
     if norm == "layernorm":  # over the C real channels; padded lanes of y are exactly 0
         mean = sum(jnp.sum(y, axis=1) for y in ys) * (1.0 / channels)
         ys = [y - mean[:, None] for y in ys]
@@ -241,8 +249,8 @@ def bias_norm(ys: list[jax.Array], cb_ref, ns_ref, nb_ref, *, channels: int, nor
         inv = lax.rsqrt(var + eps)[:, None]
         ys = [y * inv for y in ys]
     # padded lanes: scale = shift = 0
-    return [(y * ns_ref[p, :][None, :] + nb_ref[p, :][None, :]).astype(compute_dtype)
-            for p, y in enumerate(ys)]
+    return [(y * ns_ref[part0 + p, :][None, :] + nb_ref[part0 + p, :][None, :]
+             ).astype(compute_dtype) for p, y in enumerate(ys)]
 
 
 def _every_mth(v: jax.Array, m_block: int) -> jax.Array:
@@ -314,15 +322,17 @@ def _depthwise_conv(x_ref, xp_ref, cw_ref, *, start, ok, height, width, channels
 
 
 def _grouped_conv(x_ref, cw_ref, *, rows, row_ok, height, width, channels, kernel_size,
-                  mode, n_parts, cpart, group_width):
+                  mode, n_parts, cpart, group_width, part0=0, n_local=None):
     """Grouped (group width > 1) k x k conv of the tile: P parts ``(tile, Cp / P)`` f32, one
     loop step per chunk of :func:`tap_chunk` taps of a kernel row (module docstring).
 
     Step (dy, c) covers the taps dx = c G + g, g < G (zero weights and masked loads for
     dx >= k). "blockdiag": per 16-channel slice one ``(tile, 16 G) @ (16 G, 16)`` dot whose
     column 16 g + l is input channel l of the slice at pixel offset (dy, c G + g); "direct":
-    the G taps' FMAs, each an in-group gather."""
+    the G taps' FMAs, each an in-group gather. "blockdiag" may take ``n_local`` parts from
+    ``part0`` (a traced int) instead of all ``n_parts``."""
     cp = n_parts * cpart
+    n_local = n_parts if n_local is None else n_local
     tile = rows.shape[0]
     local = lax.rem(rows, height * width)
     ph = lax.div(local, width)
@@ -350,10 +360,10 @@ def _grouped_conv(x_ref, cw_ref, *, rows, row_ok, height, width, channels, kerne
             src = base[:, None] + dx
             out = []
             for p, y in enumerate(ys):
-                cin = p * cpart + lane
+                cin = (part0 + p) * cpart + lane
                 mp = m & (cin < channels) if pad_channels else m
                 xs = plgpu.load(x_ref.at[src, cin], mask=mp, other=0.0)
-                out.append(y + plgpu.dot(xs, cw_ref[dy, chunk, p]))
+                out.append(y + plgpu.dot(xs, cw_ref[dy, chunk, part0 + p]))
             return tuple(out)
         (y,) = ys
         for g in range(g_taps):  # grouped conv: gather in-group input i per channel
@@ -368,7 +378,8 @@ def _grouped_conv(x_ref, cw_ref, *, rows, row_ok, height, width, channels, kerne
                 y = y + xv.astype(_F32) * cw_ref[dy, dx, i, :][None, :]
         return (y,)
 
-    ys = tuple(jnp.zeros((tile, cpart), _F32) for _ in range(n_parts))
+    n_acc = n_local if mode == "blockdiag" else n_parts
+    ys = tuple(jnp.zeros((tile, cpart), _F32) for _ in range(n_acc))
     return lax.fori_loop(0, kernel_size * n_chunks, step, ys)
 
 

@@ -72,7 +72,8 @@ def split_kernels(lc: SplitLaunchConfig) -> tuple[str, ...]:
     return FUSED_MLP_KERNELS if lc.fused_mlp else SPLIT_KERNELS
 
 
-def _store_y(y_ref, ys: list[jax.Array], rows: jax.Array, row_ok: jax.Array, mode: str):
+def _store_y(y_ref, ys: list[jax.Array], rows: jax.Array, row_ok: jax.Array, mode: str,
+             part0: Any = 0):
     """Stores the P parts of y for pixels ``rows``; paired bfloat16 as uint32 channel pairs
     (even channel in the low half, odd in the high half, as loaded; ``y_ref`` is then the
     (rows, Cp / 2) uint32 view of y)."""
@@ -83,19 +84,21 @@ def _store_y(y_ref, ys: list[jax.Array], rows: jax.Array, row_ok: jax.Array, mod
         plgpu.store(y_ref.at[rows[:, None], cols[None, :]],
                     even | lax.shift_left(odd, jnp.uint32(16)), mask=row_ok[:, None])
         return
-    for p, y in enumerate(ys):  # part p = channels [p * cpart, (p + 1) * cpart)
-        cols = p * cpart + jnp.arange(cpart, dtype=jnp.int32)
+    for p, y in enumerate(ys):  # part p0 + p = channels [(p0 + p) cpart, (p0 + p + 1) cpart)
+        cols = (part0 + p) * cpart + jnp.arange(cpart, dtype=jnp.int32)
         plgpu.store(y_ref.at[rows[:, None], cols[None, :]], y, mask=row_ok[:, None])
 
 
 def _conv_norm_kernel(x_ref, xp_ref, cw_ref, cb_ref, ns_ref, nb_ref, y_ref, *, height: int,
                       width: int, channels: int, total_rows: int, tile: int,
-                      kernel_size: int, group_width: int, norm: str, eps: float, mode: str):
+                      kernel_size: int, group_width: int, norm: str, eps: float, mode: str,
+                      channel_blocks: int = 1):
     """y = norm(dwconv(x) + conv_b), all ``Cp`` channels, in the compute dtype (padded
     channels 0). Depthwise k >= 5 (:func:`pallas_kernels.tuning.uses_row_groups`):
     ``G`` row groups of ``M`` pixels per program (``row_groups`` of ``tile``), y stored one
     group member at a time; otherwise ``tile`` consecutive flattened pixels, as in the fused
-    kernel."""
+    kernel. ``channel_blocks`` > 1 (blockdiag grouped convs with the affine norm): program
+    (i, j) computes the j-th of that many equal blocks of the channel parts."""
     if uses_row_groups(kernel_size, group_width):
         m_block, n_groups = row_groups(width, tile)
         start = (pl.program_id(0) * n_groups + jnp.arange(n_groups, dtype=jnp.int32)) * m_block
@@ -109,11 +112,24 @@ def _conv_norm_kernel(x_ref, xp_ref, cw_ref, cb_ref, ns_ref, nb_ref, y_ref, *, h
         return
     rows = pl.program_id(0) * tile + jnp.arange(tile, dtype=jnp.int32)
     row_ok = rows < total_rows
+    blocked = channel_blocks > 1
+    n_local = cb_ref.shape[0] // channel_blocks
+    part0 = pl.program_id(1) * n_local if blocked else 0
     ys = conv_norm_tile(x_ref, xp_ref, cw_ref, cb_ref, ns_ref, nb_ref, rows=rows,
                         row_ok=row_ok, height=height, width=width, channels=channels,
                         kernel_size=kernel_size, group_width=group_width, norm=norm, eps=eps,
-                        mode=mode, compute_dtype=x_ref.dtype)
-    _store_y(y_ref, ys, rows, row_ok, mode)
+                        mode=mode, compute_dtype=x_ref.dtype, part0=part0,
+                        n_local=n_local if blocked else None)
+    _store_y(y_ref, ys, rows, row_ok, mode, part0=part0)
+
+
+def conv_channel_blocks(lc: SplitLaunchConfig, mode: str, norm: str, n_parts: int) -> int:
+    """Programs along the channels of the conv + norm kernel: ``lc.conv_channel_blocks`` for
+    a "blockdiag" conv with the affine norm (capped at the number of 16-channel parts), else
+    1 (LayerNorm needs every channel of a pixel in one program)."""
+    if mode != "blockdiag" or norm != "affine":
+        return 1
+    return max(1, min(lc.conv_channel_blocks, n_parts))
 
 
 def conv_norm_pixels(width: int, conv_tile: int, kernel_size: int, group_width: int) -> int:
@@ -198,11 +214,12 @@ def _mlp_kernel(y_ref, w1_ref, b1_ref, w2_ref, b2_ref, x_ref, ls_ref, bs_ref, *r
 
 
 def split_launch(x_shape: tuple[int, ...], x_dtype: Any, params: Mapping[str, Any],
-                 kernel_size: int, group_width: int) -> SplitLaunchConfig:
+                 kernel_size: int, group_width: int, norm: str) -> SplitLaunchConfig:
     """The split plan's launch parameters for one call (table entry or default rule)."""
     n, h, w, c = x_shape
     return split_launch_config(padded_channels(c), kernel_size, group_width,
-                               params["w1"].shape[1], jnp.dtype(x_dtype).name, rows=n * h * w)
+                               params["w1"].shape[1], jnp.dtype(x_dtype).name, rows=n * h * w,
+                               norm=norm)
 
 
 def split_forward(x: jax.Array, params: Mapping[str, Any], opts: BlockOptions,
@@ -215,7 +232,7 @@ def split_forward(x: jax.Array, params: Mapping[str, Any], opts: BlockOptions,
     cp = padded_channels(c)
     total_rows = n * hgt * wid
     dtype = x.dtype
-    lc = split_launch(x.shape, dtype, params, opts.kernel_size, opts.group_width)
+    lc = split_launch(x.shape, dtype, params, opts.kernel_size, opts.group_width, opts.norm)
     mode = conv_mode(dtype, c, opts.group_width)
     compiler = functools.partial(plgpu.CompilerParams, num_stages=lc.num_stages)
     x2 = x.reshape(total_rows, c)
@@ -227,14 +244,16 @@ def split_forward(x: jax.Array, params: Mapping[str, Any], opts: BlockOptions,
     conv_ops = prepare_conv_operands(x, params, mode)
     y_shape = ((total_rows, cp // 2), jnp.uint32) if mode == "paired" else ((total_rows, cp),
                                                                             dtype)
+    channel_blocks = conv_channel_blocks(lc, mode, opts.norm, conv_ops[2].shape[0])
     y = pl.pallas_call(
         functools.partial(_conv_norm_kernel, height=hgt, width=wid, channels=c,
                           total_rows=total_rows, tile=lc.conv_tile,
                           kernel_size=opts.kernel_size, group_width=opts.group_width,
-                          norm=opts.norm, eps=float(opts.eps), mode=mode),
+                          norm=opts.norm, eps=float(opts.eps), mode=mode,
+                          channel_blocks=channel_blocks),
         out_shape=jax.ShapeDtypeStruct(*y_shape),
         grid=(pl.cdiv(total_rows, conv_norm_pixels(wid, lc.conv_tile, opts.kernel_size,
-                                                   opts.group_width)),),
+                                                   opts.group_width)), channel_blocks),
         compiler_params=plgpu.CompilerParams(num_warps=lc.conv_warps, num_stages=1),
         interpret=opts.interpret, name=f"conv_first_block_conv_norm_{name}",
     )(x2, *conv_ops)

@@ -270,6 +270,15 @@ ROW_GROUP_CONV_ELEMENTS = 4 * SPLIT_CONV_ELEMENTS
 # scripts/sweep_split_mlp_static.py --conv): k3 42.5 us at 16 pixels / 8 warps -> 12.8 at 32 / 4,
 # k7 134.6 -> 58.6 us (every candidate spills about 500-650 B at 255 registers).
 GROUPED_SPLIT_CONV_ELEMENTS = 2 * SPLIT_CONV_ELEMENTS
+# With the affine norm (channels independent) that kernel's 16-bit grouped conv runs
+# CONV_BLOCK_CHANNELS channels per program over a second grid axis
+# (SplitLaunchConfig.conv_channel_blocks) on CONV_BLOCK_TILE-pixel tiles at 4 warps: all
+# 512 channels' accumulators of a 32-pixel program spilled 560-640 B at 255 registers and
+# were L1-bound. Static H100 model, bf16 batch 128, C512 7x7 gw8 affine-SiLU
+# (docs/results/static-h100/split_conv_sweep.json, ``--conv``): conv + norm k3 12.8 -> 5.2 us,
+# k7 58.6 -> 28.1 us (78 registers, no spills); the block k3 70.0 -> 62.4, k7 115.9 -> 85.3 us.
+CONV_BLOCK_CHANNELS = 32
+CONV_BLOCK_TILE = 128
 
 
 def grouped_on_tensor_cores(dtype: Any, group_width: int) -> bool:
@@ -344,6 +353,9 @@ class SplitLaunchConfig:
       mlp_split: its project accumulator as that many (a power of two) of c_padded /
         mlp_split columns (not below 16), sharing each h chunk, their epilogues one after
         the other.
+      conv_channel_blocks: the conv + norm kernel's channels over that many programs (a
+        second grid axis; a power of two) where its conv is "blockdiag" and its norm affine
+        (channels independent); elsewhere 1 is used.
     """
 
     conv_tile: int
@@ -362,10 +374,11 @@ class SplitLaunchConfig:
     mlp_warps: int = 8
     mlp_stages: int = 2
     mlp_split: int = 1
+    conv_channel_blocks: int = 1
 
     def __post_init__(self):
         check_launch_fields(
-            self, counts=("column_split", "expand_split", "mlp_split"),
+            self, counts=("column_split", "expand_split", "mlp_split", "conv_channel_blocks"),
             dot_dims=("conv_tile", "block_m", "block_n", "block_k", "expand_block_n",
                       "mlp_block_m", "hidden_chunk"),
             warps=("conv_warps", "num_warps", "mlp_warps"), stages=("num_stages", "mlp_stages"))
@@ -413,7 +426,8 @@ def split_small_call(rows: int | None) -> bool:
 
 
 def default_split_launch_config(c_padded: int, kernel_size: int, group_width: int,
-                                hidden: int, dtype_name: str) -> SplitLaunchConfig:
+                                hidden: int, dtype_name: str,
+                                norm: str | None = None) -> SplitLaunchConfig:
     """Default rule of the split plan: the conv tile fills :data:`SPLIT_CONV_ELEMENTS`, 8 warps
     above 4096 elements (row groups: :data:`ROW_GROUP_CONV_ELEMENTS`, 8 warps; 16-bit grouped
     convs: :data:`GROUPED_SPLIT_CONV_ELEMENTS`, 4 warps); the GEMMs 8
@@ -455,13 +469,17 @@ def default_split_launch_config(c_padded: int, kernel_size: int, group_width: in
                      if grouped_on_tensor_cores(dtype_name, group_width)
                      else SPLIT_CONV_ELEMENTS)
     conv_tile = int(np.clip(conv_elements // c_padded, MIN_DOT_DIM, 128))
+    conv_warps = split_conv_warps(conv_tile, c_padded, kernel_size, group_width, dtype_name)
+    channel_blocks = 1
+    if channel_blocked(c_padded, group_width, dtype_name, norm):
+        conv_tile, conv_warps = CONV_BLOCK_TILE, 4
+        channel_blocks = c_padded // CONV_BLOCK_CHANNELS
     block_k = min(64, next_power_of_2(hidden), c_padded)
     mlp_block_m = 128
     fused_mlp = (jnp.dtype(dtype_name).itemsize == 2
                  and mlp_block_m * c_padded <= MLP_ACC_ELEMENTS)
-    return SplitLaunchConfig(conv_tile=conv_tile,
-                             conv_warps=split_conv_warps(conv_tile, c_padded, kernel_size,
-                                                         group_width, dtype_name),
+    return SplitLaunchConfig(conv_tile=conv_tile, conv_warps=conv_warps,
+                             conv_channel_blocks=channel_blocks,
                              block_n=128 if dtype_name == "float32" else 256,
                              column_split=1 if dtype_name == "float32" else 4,
                              expand_block_n=256 if dtype_name == "bfloat16" else 128,
@@ -472,11 +490,21 @@ def default_split_launch_config(c_padded: int, kernel_size: int, group_width: in
                              mlp_warps=8, mlp_stages=2, mlp_split=2)
 
 
+def channel_blocked(c_padded: int, group_width: int, dtype_name: str, norm: str | None) -> bool:
+    """Whether the default rule spreads the conv + norm kernel's channels over programs
+    (:data:`CONV_BLOCK_CHANNELS`): 16-bit grouped convs (block-diagonal dots) with the affine
+    norm, wider than one block."""
+    return (norm == "affine" and grouped_on_tensor_cores(dtype_name, group_width)
+            and c_padded > CONV_BLOCK_CHANNELS)
+
+
 def split_launch_config(c_padded: int, kernel_size: int, group_width: int, hidden: int,
-                        dtype_name: str, rows: int | None = None) -> SplitLaunchConfig:
-    """The split plan's launch parameters: table entry or default rule; with ``rows``
-    (N*H*W) small calls get smaller tiles: the conv tile halved until its grid has
-    :data:`MIN_PROGRAMS` programs, block_m down to :data:`MIN_GEMM_BLOCK_M` while half of it
+                        dtype_name: str, rows: int | None = None,
+                        norm: str | None = None) -> SplitLaunchConfig:
+    """The split plan's launch parameters: table entry or default rule (``norm`` "affine"
+    lets 16-bit grouped convs spread their channels over programs, :func:`channel_blocked`;
+    None = as for LayerNorm); with ``rows`` (N*H*W) small calls get smaller tiles: the conv
+    tile halved until its grid (times its channel blocks) has :data:`MIN_PROGRAMS` programs, block_m down to :data:`MIN_GEMM_BLOCK_M` while half of it
     still covers ``rows`` (each GEMM's block_n: :func:`gemm_block_n`); the GEMMs instead of
     the fused MLP kernel (``fused_mlp`` False) when its programs of ``mlp_block_m`` pixels
     are fewer than :data:`MLP_MIN_PROGRAMS`. Smaller fused-MLP programs would re-read all of
@@ -487,15 +515,17 @@ def split_launch_config(c_padded: int, kernel_size: int, group_width: int, hidde
     docs/results/static-h100/mlp_form_probe.json)."""
     key = (int(c_padded), int(kernel_size), int(group_width), int(hidden), str(dtype_name))
     found = SPLIT_LAUNCH_TABLE.get(key)
-    lc = found if found is not None else default_split_launch_config(*key)
+    lc = found if found is not None else default_split_launch_config(*key, norm=norm)
     if rows is None:
         return lc
     rows = int(rows)
     conv_tile = lc.conv_tile
-    while conv_tile > MIN_DOT_DIM and -(-rows // conv_tile) < MIN_PROGRAMS:
+    blocks = lc.conv_channel_blocks if channel_blocked(c_padded, group_width, dtype_name,
+                                                       norm) else 1
+    while conv_tile > MIN_DOT_DIM and -(-rows // conv_tile) * blocks < MIN_PROGRAMS:
         conv_tile //= 2
     conv_warps = lc.conv_warps
-    if found is None and -(-rows // conv_tile) < MIN_PROGRAMS:
+    if found is None and -(-rows // conv_tile) * blocks < MIN_PROGRAMS:
         conv_warps = split_conv_warps(lc.conv_tile, c_padded, kernel_size, group_width,
                                       dtype_name, under_one_wave=True)
     block_m = lc.block_m

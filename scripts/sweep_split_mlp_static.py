@@ -42,9 +42,11 @@ halving the columns towards MIN_PROGRAMS at every size, over ``--batches``
         --config C=256,HW=14,k=3,gw=1,norm=affine,act=silu,ls=0 \
         --json docs/results/static-h100/gemm_width_probe.json
 
-With ``--conv`` it sweeps the conv + norm kernel's pixels per program and warps
-(:data:`SPLIT_CONV_CANDIDATES`); the result chose the 16-bit grouped convs' 32 pixels at 4
-warps (``tuning.GROUPED_SPLIT_CONV_ELEMENTS``, ``tuning.split_conv_warps``;
+With ``--conv`` it sweeps the conv + norm kernel's pixels per program, warps and channel
+blocks (:data:`SPLIT_CONV_CANDIDATES`); the result chose the 16-bit grouped convs' 32 pixels at
+4 warps with all channels (LayerNorm; ``tuning.GROUPED_SPLIT_CONV_ELEMENTS``,
+``tuning.split_conv_warps``) and 128 pixels at 4 warps of 32 channels with the affine norm
+(``tuning.CONV_BLOCK_CHANNELS``, ``tuning.CONV_BLOCK_TILE``;
 docs/results/static-h100/split_conv_sweep.json):
 
     PYTHONPATH=. python scripts/sweep_split_mlp_static.py --conv \
@@ -376,19 +378,24 @@ def _patched(module: Any, name: str, value: Any):
         setattr(module, name, old)
 
 
-#: Conv + norm kernel candidates (conv_tile, conv_warps) for ``--conv``.
-SPLIT_CONV_CANDIDATES = ((16, 4), (16, 8), (16, 16), (32, 4), (32, 8), (32, 16))
+#: Conv + norm kernel candidates (conv_tile, conv_warps, conv_channel_blocks) for ``--conv``;
+#: channel blocks take effect for 16-bit grouped convs with the affine norm only.
+SPLIT_CONV_CANDIDATES = (
+    tuple((t, w, 1) for t in (16, 32) for w in (4, 8, 16))
+    + ((64, 4, 16), (128, 4, 8), (128, 8, 8), (128, 4, 16), (128, 8, 16), (256, 8, 16),
+       (128, 4, 32)))
 
 
 def sweep_split_conv(configs: Sequence[static.StaticConfig], hw: static.H100Model | None = None,
                      workdir: str | None = None, verbose: bool = False,
-                     candidates: Sequence[tuple[int, int]] = SPLIT_CONV_CANDIDATES,
+                     candidates: Sequence[tuple[int, int, int]] = SPLIT_CONV_CANDIDATES,
                      ) -> list[dict[str, Any]]:
     """The split plan's conv + norm kernel (pixels per program, warps) on the static model,
     the rest of the default split launch unchanged; ``split_launch_config`` still halves the
     tile until the grid has MIN_PROGRAMS programs (C512 7x7 batch 128: 32 pixels at most).
-    ``best``: the candidate with the fastest conv + norm kernel (these all spill at 255
-    registers for gw8, so spills are reported, not filtered)."""
+    ``best``: the candidate whose conv + norm kernel is fastest charged for whole waves (it
+    runs alone, ahead of the GEMMs; ties: the "overlap" time); the all-channel ones spill at
+    255 registers for gw8, so spills are reported, not filtered."""
     hw, workdir = _setup(hw, workdir, "convfirst-conv-sweep-")
     results = []
     for cfg in configs:
@@ -397,20 +404,24 @@ def sweep_split_conv(configs: Sequence[static.StaticConfig], hw: static.H100Mode
             continue
         base = tuning.default_split_launch_config(*key)
         tried = []
-        for tile, warps in candidates:
+        for tile, warps, blocks in candidates:
             with static.launch_row(tuning.SPLIT_LAUNCH_TABLE, key,
-                                   dc.replace(base, conv_tile=tile, conv_warps=warps)):
+                                   dc.replace(base, conv_tile=tile, conv_warps=warps,
+                                              conv_channel_blocks=blocks)):
                 row = static.analyse(cfg, hw, workdir)
             k = row["kernels"][0]
-            tried.append(dict(candidate=(tile, warps), conv_norm_us=k["model_overlap_us"],
+            tried.append(dict(candidate=(tile, warps, blocks), conv_norm_us=k["model_overlap_us"],
+                              conv_norm_waves_us=k.get("model_waves_us"),
                               regs=k["regs"], spill_st=k["spill_st"], spill_ld=k["spill_ld"],
                               ctas_per_sm=k["ctas_per_sm"], grid=k["grid"],
                               overlap_us=row["model_overlap_us"],
                               serial_us=row["model_serial_us"]))
             if verbose:
-                print(f"  {cfg.name} {tile}/{warps}w: conv_norm {k['model_overlap_us']:.1f} us, "
+                print(f"  {cfg.name} {tile}/{warps}w/{blocks}b: conv_norm "
+                      f"{k['model_overlap_us']:.1f} us, "
                       f"regs {k['regs']}, spill {k['spill_st']} B, grid {k['grid']}", flush=True)
-        best = min(tried, key=lambda t: t["conv_norm_us"])
+        best = min(tried, key=lambda t: (round(t["conv_norm_waves_us"] or 0.0, 1),
+                                         round(t["conv_norm_us"], 1)))
         results.append(dict(cfg=cfg.name, config=dc.asdict(cfg), key=key, best=best,
                             tried=tried))
     return results
@@ -429,7 +440,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                     help="sweep the GEMM form's tiles (SPLIT_GEMM_CANDIDATES) of the "
                          "configurations that keep the two GEMMs, instead of the MLP forms")
     ap.add_argument("--conv", action="store_true",
-                    help="sweep the conv + norm kernel's pixels and warps "
+                    help="sweep the conv + norm kernel's pixels, warps and channel blocks "
                          "(SPLIT_CONV_CANDIDATES) instead")
     ap.add_argument("--project", action="store_true",
                     help="sweep the project GEMM's columns, accumulators and warps "

@@ -548,6 +548,40 @@ def test_row_groups_rule():
     assert not tuning.uses_row_groups(3, 1) and not tuning.uses_row_groups(7, 8)
 
 
+@pytest.mark.parametrize("case,blocks", [
+    (Case(3, 64, 4, (5, 7), 2, A, "silu", "bfloat16", gw=8, bs=True), 2),  # 4 parts -> 2 x 2
+    (Case(7, 64, 2, (4, 9), 3, A, "gelu", "float16", gw=8, ls=True), 4),  # 1 part per program
+    (Case(3, 32, 4, (5, 6), 2, A, "silu", "bfloat16", gw=8), 8),  # capped at the 2 parts
+], ids=lambda v: v.id if isinstance(v, Case) else f"blocks{v}")
+def test_split_plan_conv_channel_blocks(monkeypatch, case, blocks):
+    """The conv + norm kernel with its 16-channel parts over a second grid axis (blockdiag
+    grouped conv, affine norm): the same block as the float64 reference."""
+    from pallas_kernels import split_block, tuning
+    from pallas_kernels.conv_stage import conv_mode
+
+    assert conv_mode(case.dtype, case.c, case.gw) == "blockdiag"
+    monkeypatch.setattr(tuning, "MIN_PROGRAMS", 1)
+    _force_split(monkeypatch, case, False, conv_channel_blocks=blocks)
+    seen = []
+    real = split_block.conv_channel_blocks
+    monkeypatch.setattr(split_block, "conv_channel_blocks",
+                        lambda *a: seen.append(real(*a)) or seen[-1])
+    _check_forward(case, seed=63)
+    assert seen and seen[0] == min(blocks, tuning.padded_channels(case.c) // 16)
+
+
+def test_conv_channel_blocks_need_affine_blockdiag():
+    from pallas_kernels import split_block
+    from pallas_kernels.tuning import SplitLaunchConfig
+
+    lc = SplitLaunchConfig(conv_tile=16, conv_channel_blocks=4)
+    assert split_block.conv_channel_blocks(lc, "blockdiag", "affine", 32) == 4
+    assert split_block.conv_channel_blocks(lc, "blockdiag", "layernorm", 32) == 1
+    assert split_block.conv_channel_blocks(lc, "paired", "affine", 2) == 1
+    with pytest.raises(ValueError, match="conv_channel_blocks"):
+        SplitLaunchConfig(conv_tile=16, conv_channel_blocks=3)
+
+
 @pytest.mark.parametrize("case,mlp_split", [
     (Case(7, 64, 4, (9, 11), 2, A, "silu", "bfloat16", ls=True, bs=True), 4),  # 198 rows
     (Case(3, 40, 4, (5, 7), 3, L, "gelu", "float32", ls=True), 2),  # Cp = 64, 105 rows
@@ -656,6 +690,14 @@ def test_split_launch_rule():
     assert (g8.conv_tile, g8.conv_warps) == (16, 8)
     g8 = split_launch_config(512, 7, 8, 2048, "bfloat16", rows=49)  # batch 1: under one wave
     assert (g8.conv_tile, g8.conv_warps) == (16, 8)
+    # ... with the affine norm: 128 pixels x 32 channels per program (16 channel blocks);
+    # batch 1: 16-pixel tiles, 4 x 16 = 64 programs
+    g8 = split_launch_config(512, 7, 8, 2048, "bfloat16", rows=128 * 49, norm="affine")
+    assert (g8.conv_tile, g8.conv_warps, g8.conv_channel_blocks) == (128, 4, 16)
+    g8 = split_launch_config(512, 7, 8, 2048, "bfloat16", rows=49, norm="affine")
+    assert (g8.conv_tile, g8.conv_channel_blocks) == (16, 16)
+    for norm, dtype in (("layernorm", "bfloat16"), ("affine", "float32")):
+        assert split_launch_config(512, 7, 8, 2048, dtype, norm=norm).conv_channel_blocks == 1
     assert gemm_block_n(big.block_n, big.block_m, 128 * 49, 512) == 256
     assert gemm_block_n(big.block_n, big.block_m, 64 * 49, 512) == 256  # 3136 rows: 50 programs
     assert 32 * 49 < GEMM_WIDE_ROWS <= 64 * 49

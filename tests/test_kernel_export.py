@@ -160,7 +160,7 @@ def test_covering_design_exports_for_cuda(verifier, case):
 
 @pytest.mark.parametrize("c,hw,n,dtype,grad", [
     (256, 14, 128, jnp.bfloat16, False),  # C256 14x14 at batch 128: 196 programs of 128 pixels
-    (160, 14, 64, jnp.float16, True),  # padded channels (Cp = 256), 64-pixel programs
+    (160, 14, 128, jnp.float16, True),  # padded channels (Cp = 256)
 ], ids=lambda v: getattr(v, "__name__", str(v)))
 def test_split_plan_fused_mlp_exports_for_cuda(verifier, c, hw, n, dtype, grad):
     """The split plan with the fused MLP kernel (conv + norm, then one MLP kernel) lowers
@@ -169,7 +169,7 @@ def test_split_plan_fused_mlp_exports_for_cuda(verifier, c, hw, n, dtype, grad):
     from pallas_kernels.split_block import split_kernels, split_launch
 
     params = _params_spec(c, 7, 1, 4 * c, True)
-    assert split_kernels(split_launch((n, hw, hw, c), dtype, params, 7, 1)) == (
+    assert split_kernels(split_launch((n, hw, hw, c), dtype, params, 7, 1, "layernorm")) == (
         "conv_norm", "mlp")
     assert block_kernel_count(c, 7, 1, 4 * c, dtype, rows=n * hw * hw) == 2
     before = verifier.count
@@ -177,6 +177,22 @@ def test_split_plan_fused_mlp_exports_for_cuda(verifier, c, hw, n, dtype, grad):
                   act="gelu", eps=1e-6, ls=True, bs=True, dtype=dtype, grad=grad)
     if verifier._owner is not None:
         assert verifier.count - before == 2
+
+
+@pytest.mark.parametrize("k", [3, 7])
+def test_split_plan_channel_blocks_export_for_cuda(verifier, k):
+    """C512 7x7 gw8 affine-SiLU at batch 128 (ConvFirst's last stage): the conv + norm kernel
+    of the split plan on a (pixel tiles, channel blocks) grid, 128 pixels x 32 channels per
+    program, then the two GEMMs; the whole block lowers for CUDA."""
+    from convfirst_jax.bench import static
+
+    cfg = static.parse_config(f"C=512,HW=7,k={k},gw=8,norm=affine,act=silu,ls=0,N=128")
+    modules = static.export_triton_modules(cfg)
+    assert len(modules) == 3
+    info = modules[0][1]
+    assert (info["grid_x"], info.get("grid_y", 1)) == (-(-128 * 49 // 128), 512 // 32)
+    _export_block(verifier, n=128, hw=(7, 7), c=512, k=k, gw=8, hidden=2048, norm="affine",
+                  act="silu", eps=1e-5, ls=False, bs=False, dtype=jnp.bfloat16, grad=False)
 
 
 _BRIEF_HW = {64: 56, 128: 28, 256: 14, 512: 7}  # the stage resolutions of a 224 px input

@@ -687,7 +687,8 @@ def split_kernel_traffic(cfg: StaticConfig, kernel: str, lc: Any, grid: tuple[in
     if kernel == "conv_norm":
         per_program = cfg.k * cfg.k * cfg.gw * cp * 4 + 3 * cp * 4
         pixels = conv_norm_pixels(cfg.W, lc.conv_tile, cfg.k, cfg.gw)
-        return (l2_bytes(cfg, pixels, programs, per_program),
+        # grid[1] channel blocks: each reads its channels' share of the rows and weights
+        return (l2_bytes(cfg, pixels, grid[0], per_program),
                 m * cfg.C * item + m * cp * item)
     if kernel == "mlp":
         l2 = programs * (lc.mlp_block_m * cp + 2 * cp * hp) * item + m * cfg.C * item
@@ -706,18 +707,21 @@ def split_kernel_traffic(cfg: StaticConfig, kernel: str, lc: Any, grid: tuple[in
 def split_grids(cfg: StaticConfig, lc: Any, rows: int) -> tuple[int, int, dict[str, int]]:
     """(padded hidden of the GEMMs, of the fused MLP kernel, programs per kernel) of the split
     plan with launch parameters ``lc`` for ``rows`` pixels, every kernel either form has."""
+    from pallas_kernels.conv_stage import conv_mode
     from pallas_kernels.operands import round_up
-    from pallas_kernels.split_block import conv_norm_pixels
+    from pallas_kernels.split_block import conv_channel_blocks, conv_norm_pixels
     from pallas_kernels.tuning import gemm_block_n, padded_channels
 
     cp = padded_channels(cfg.C)
+    blocks = conv_channel_blocks(lc, conv_mode(cfg.dtype, cfg.C, cfg.gw), cfg.norm, cp // 16)
     hidden = cfg.E * cfg.C
     expand_n = gemm_block_n(lc.expand_block_n, lc.block_m, rows, hidden)
     project_n = gemm_block_n(lc.block_n, lc.block_m, rows, cp)
     hp_gemm = round_up(hidden, max(expand_n, lc.block_k))
     grid_m = math.ceil(rows / lc.block_m)
     return hp_gemm, round_up(hidden, lc.hidden_chunk), dict(
-        conv_norm=math.ceil(rows / conv_norm_pixels(cfg.W, lc.conv_tile, cfg.k, cfg.gw)),
+        conv_norm=math.ceil(rows / conv_norm_pixels(cfg.W, lc.conv_tile, cfg.k, cfg.gw))
+        * blocks,
         expand=grid_m * (hp_gemm // expand_n),
         project=grid_m * (cp // project_n), mlp=math.ceil(rows / lc.mlp_block_m))
 
@@ -738,8 +742,8 @@ def analyse_split(cfg: StaticConfig, hw: H100Model, workdir: str,
     from pallas_kernels.tuning import block_plan, padded_channels
 
     specs = _param_specs(cfg)
-    lc = split_launch((cfg.N, cfg.H, cfg.W, cfg.C), cfg.dtype, specs, cfg.k, cfg.gw)
-    lc1 = split_launch((1, cfg.H, cfg.W, cfg.C), cfg.dtype, specs, cfg.k, cfg.gw)
+    lc = split_launch((cfg.N, cfg.H, cfg.W, cfg.C), cfg.dtype, specs, cfg.k, cfg.gw, cfg.norm)
+    lc1 = split_launch((1, cfg.H, cfg.W, cfg.C), cfg.dtype, specs, cfg.k, cfg.gw, cfg.norm)
     names = split_kernels(lc)
     if len(modules) != len(names):
         raise RuntimeError(f"split plan: expected {len(names)} kernels {names}, got "
