@@ -173,6 +173,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"error: {e}", file=sys.stderr)
         return errors.EXIT_BAD_INPUT
 
+    from convfirst_jax import host_memory  # noqa: PLC0415  (no jax)
+    host_memory.reuse_host_memory()  # before JAX starts its CPU client
     from train import loop, runtime  # noqa: PLC0415  (imports jax: after the argument checks)
 
     try:

@@ -43,6 +43,7 @@ import numpy as np
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
+from convfirst_jax import host_memory
 from convfirst_jax.dtypes import COMPUTE_DTYPES
 from train import checkpoint as checkpoint_lib
 from train import data as data_lib
@@ -189,7 +190,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | os.Path
     say(f"model {config.model}: {facts.params / 1e6:.2f} M params"
         + (f", {macs / 1e9:.3f} GMACs/image at {config.image_size} px" if macs else "")
         + f"; {len(devices)} x {devices[0].device_kind} ({jax.default_backend()}), "
-        f"{jax.process_count()} process(es)")
+        f"{jax.process_count()} process(es); host memory {host_memory.status()}")
     say(f"data {data.data_dir}: {len(data.class_names)} classes, {cadence.steps_per_epoch} "
         f"steps/epoch of {config.batch_size}; {total} steps; peak lr {peak_lr:.3g} "
         f"({config.learning_rate:g} x {config.batch_size}/256), warmup {warmup_steps} steps")

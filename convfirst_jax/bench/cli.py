@@ -30,6 +30,7 @@ from typing import Any, Callable, Sequence
 
 import jax
 
+from convfirst_jax import host_memory
 from convfirst_jax.bench import results
 from convfirst_jax.bench.ceilings import Ceilings, get_ceilings
 from convfirst_jax.bench.common import environment, nonneg_float, nonneg_int, positive_int
@@ -319,6 +320,7 @@ def measure_all_ceilings(dtypes: Sequence[str], opts: CeilingOptions, device_kin
 def main(argv: Sequence[str] | None = None) -> int:
     """Console entry point (``convfirst-bench``)."""
     argv = list(sys.argv[1:] if argv is None else argv)
+    host_memory.reuse_host_memory()  # timings: XLA:CPU buffers from one reused heap
     if argv[:1] == ["static"]:  # static H100 report: no timing, own options
         from convfirst_jax.bench.static import main as static_main
         return static_main(argv[1:])

@@ -13,6 +13,7 @@ import jax.numpy as jnp
 import jaxlib
 import numpy as np
 
+from convfirst_jax import host_memory
 from convfirst_jax.bench.ceilings import Ceilings, device_info
 from convfirst_jax.bench.options import TimingOptions
 from convfirst_jax.bench.timing import Timing, tree_nbytes
@@ -91,6 +92,7 @@ def environment(argv: Sequence[str]) -> dict[str, Any]:
         "processor": _platform.processor() or _platform.machine(),
         "command_line": " ".join(["python", "-m", "convfirst_jax.bench", *argv]),
         "matmul_precision": str(jax.config.jax_default_matmul_precision),
+        "host_memory": host_memory.status(),
     }
 
 

@@ -27,6 +27,8 @@ import time
 from collections.abc import Sequence
 from typing import Any, Callable
 
+from convfirst_jax import host_memory
+
 DEFAULT_MODELS = ("convfirst_atto", "convfirst_atto_gw8", "convnext_atto", "resnet18")
 
 
@@ -183,6 +185,8 @@ def markdown(records: Sequence[dict[str, Any]], env: dict[str, Any]) -> str:
              "N-d dense dots (before the CPU paths). 'best' = the fastest single step of each "
              "framework over all rounds and their ratio (on a shared, loaded machine the "
              "nearest to each one's speed with the cores to itself).",
+             "Host memory (both frameworks, one process): "
+             f"{env.get('host_memory', 'not recorded')}.",
              "", "| model | JAX img/s | JAX library convs img/s | PyTorch model | "
              "PyTorch img/s | JAX / PyTorch | JAX best | PyTorch best | best ratio | "
              "load (1 min) |", "|---|---|---|---|---|---|---|---|---|---|"]
@@ -231,7 +235,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                       variants=("fast",) if a.no_library else ("fast", "library"),
                       log=lambda m: print(m, file=sys.stderr, flush=True))
     env = {"date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "jax": jax.__version__,
-           "cpu_count": os.cpu_count(), "backend": jax.default_backend(), "argv": argv}
+           "cpu_count": os.cpu_count(), "backend": jax.default_backend(), "argv": argv,
+           "host_memory": host_memory.status()}
     a.out.mkdir(parents=True, exist_ok=True)
     (a.out / "train_compare.json").write_text(json.dumps({"environment": env,
                                                           "records": records}, indent=2))
