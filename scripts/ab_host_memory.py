@@ -7,11 +7,15 @@
 The allocator is set per process before JAX starts, so the two arms cannot share a process:
 each pair runs one process of each ("off" = glibc's default malloc, "on" = the reused heap),
 the order alternating between pairs. A process compiles ``train.state.train_step`` (batch 64,
-64 px, AdamW, random data, as ``python -m convfirst_jax.bench train-compare``), runs 3 warm-up
-steps and times ``--steps`` more (median), counting the minor page faults of those steps;
+64 px, AdamW, random data, as ``python -m convfirst_jax.bench train-compare``), runs
+``--warmup`` steps (3) and times ``--steps`` more (median), counting the minor page faults of those steps;
 ``--frameworks torch`` also times PyTorch's step of that command the same way (the setting
 is process-wide, so in ``train-compare`` both frameworks run with it). The per-pair ratio
 off / on is the speed-up.
+
+``--vs-torch`` compares the frameworks instead, both with the setting: each pair runs one
+JAX and one PyTorch process (order alternating), and the per-pair ratio is JAX / PyTorch
+images/s, the measure of ``train-compare`` without sharing a process.
 """
 
 from __future__ import annotations
@@ -28,7 +32,7 @@ import sys
 REPO = pathlib.Path(__file__).resolve().parents[1]
 
 
-def child(model: str, mode: str, framework: str, steps: int) -> None:
+def child(model: str, mode: str, framework: str, steps: int, warmup: int) -> None:
     """One process: set the allocator (mode "on"), time the step, print one JSON line."""
     sys.path.insert(0, str(REPO))
     status = "off: not set (glibc's default malloc)"
@@ -47,7 +51,7 @@ def child(model: str, mode: str, framework: str, steps: int) -> None:
         from convfirst_jax.bench.train_compare import make_jax_train_step
         run = make_jax_train_step(model, batch_size=64, resolution=64, num_classes=10)
         temp = run.compiled.memory_analysis().temp_size_in_bytes
-    for _ in range(3):
+    for _ in range(warmup):
         run()
     faults0 = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
     times = []
@@ -69,7 +73,7 @@ def ab_pairs(model: str, framework: str, args: argparse.Namespace, env: dict[str
         for mode in (("off", "on") if p % 2 == 0 else ("on", "off")):
             out = subprocess.run(
                 [sys.executable, __file__, "--child", model, mode, framework, "--steps",
-                 str(args.steps), "--out", os.devnull],
+                 str(args.steps), "--warmup", str(args.warmup), "--out", os.devnull],
                 capture_output=True, text=True, env=env, cwd=REPO, check=True).stdout
             rec = json.loads(out.strip().splitlines()[-1])
             runs[mode].append(rec)
@@ -86,19 +90,54 @@ def ab_pairs(model: str, framework: str, args: argparse.Namespace, env: dict[str
     return runs["off"] + runs["on"]
 
 
+def vs_torch(args: argparse.Namespace, env: dict[str, str], head: list[str]) -> int:
+    """JAX vs PyTorch, one process each per pair, both with the setting; writes ``--out``."""
+    lines = [head[0].replace("A/B: XLA:CPU buffers from one reused heap vs glibc's default "
+                             "malloc", "JAX vs PyTorch train step in separate processes, both "
+                             "with the reused heap"), *head[1:],
+             "| model | JAX ms / step | PyTorch ms / step | JAX / PyTorch images/s (median "
+             "of pairs) | per-pair ratios |", "|---|---|---|---|---|"]
+    records = []
+    for model in args.models:
+        ms: dict[str, list[float]] = {"jax": [], "torch": []}
+        for p in range(args.pairs):
+            for framework in (("jax", "torch") if p % 2 == 0 else ("torch", "jax")):
+                out = subprocess.run(
+                    [sys.executable, __file__, "--child", model, "on", framework, "--steps",
+                     str(args.steps), "--warmup", str(args.warmup), "--out", os.devnull],
+                    capture_output=True, text=True, env=env, cwd=REPO, check=True).stdout
+                rec = json.loads(out.strip().splitlines()[-1])
+                records.append(rec)
+                ms[framework].append(rec["ms"])
+                print(f"[vs-torch] {model} pair {p} {framework}: {rec['ms']:.0f} ms, "
+                      f"{rec['faults_per_step']:.0f} faults / step", flush=True)
+        ratios = [t / j for j, t in zip(ms["jax"], ms["torch"])]
+        lines.append(f"| {model} | {statistics.median(ms['jax']):.0f} | "
+                     f"{statistics.median(ms['torch']):.0f} | {statistics.median(ratios):.2f} | "
+                     f"{', '.join(f'{r:.2f}' for r in ratios)} |")
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text("\n".join(lines) + "\n")
+    args.out.with_suffix(".json").write_text(json.dumps(records, indent=1) + "\n")
+    print("\n".join(lines))
+    return 0
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--models", nargs="+", default=["convfirst_atto"])
     ap.add_argument("--pairs", type=int, default=3)
     ap.add_argument("--steps", type=int, default=8)
     ap.add_argument("--out", type=pathlib.Path, required=True)
+    ap.add_argument("--warmup", type=int, default=3, help="untimed steps per process")
+    ap.add_argument("--vs-torch", action="store_true",
+                    help="JAX vs PyTorch in separate processes, both with the setting")
     ap.add_argument("--frameworks", nargs="+", default=["jax"], choices=["jax", "torch"],
                     help="torch: PyTorch's train-compare step too (needs torch and timm)")
     ap.add_argument("--child", nargs=3, metavar=("MODEL", "MODE", "FRAMEWORK"),
                     help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.child:
-        child(*args.child, args.steps)
+        child(*args.child, args.steps, args.warmup)
         return 0
     import jax  # only for the version in the header (this process runs no step)
 
@@ -107,11 +146,13 @@ def main() -> int:
              f"({datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC)", "",
              f"jax {jax.__version__}, {os.cpu_count()} CPUs, batch 64, 64 px, float32, AdamW; "
              f"{args.pairs} pairs of processes (order alternating), median of {args.steps} "
-             "steps each after 3 warm-up steps.",
+             f"steps each after {args.warmup} warm-up steps.",
              f"Command: `python scripts/ab_host_memory.py {' '.join(sys.argv[1:])}`", "",
              "| model | framework | temp MB | off ms / step | on ms / step | speed-up (median "
              "of pairs) | per-pair speed-ups | off faults / step | on faults / step |",
              "|---|---|---|---|---|---|---|---|---|"]
+    if args.vs_torch:
+        return vs_torch(args, env, lines[:5])
     records = []
     for model in args.models:
         for framework in args.frameworks:
