@@ -65,17 +65,23 @@ def child(model: str, mode: str, framework: str, steps: int, warmup: int) -> Non
                       "ms": 1e3 * statistics.median(times), "faults_per_step": faults}))
 
 
+def run_child(model: str, mode: str, framework: str, args: argparse.Namespace,
+              env: dict[str, str]) -> dict:
+    """One fresh process of :func:`child`; its JSON record."""
+    out = subprocess.run(
+        [sys.executable, __file__, "--child", model, mode, framework, "--steps",
+         str(args.steps), "--warmup", str(args.warmup), "--out", os.devnull],
+        capture_output=True, text=True, env=env, cwd=REPO, check=True).stdout
+    return json.loads(out.strip().splitlines()[-1])
+
+
 def ab_pairs(model: str, framework: str, args: argparse.Namespace, env: dict[str, str],
              lines: list[str]) -> list[dict]:
     """``args.pairs`` pairs of processes for one model and framework; appends its table row."""
     runs: dict[str, list[dict]] = {"off": [], "on": []}
     for p in range(args.pairs):
         for mode in (("off", "on") if p % 2 == 0 else ("on", "off")):
-            out = subprocess.run(
-                [sys.executable, __file__, "--child", model, mode, framework, "--steps",
-                 str(args.steps), "--warmup", str(args.warmup), "--out", os.devnull],
-                capture_output=True, text=True, env=env, cwd=REPO, check=True).stdout
-            rec = json.loads(out.strip().splitlines()[-1])
+            rec = run_child(model, mode, framework, args, env)
             runs[mode].append(rec)
             print(f"[ab_host_memory] {model} {framework} pair {p} {mode}: {rec['ms']:.0f} ms, "
                   f"{rec['faults_per_step']:.0f} faults / step ({rec['status']})", flush=True)
@@ -102,11 +108,7 @@ def vs_torch(args: argparse.Namespace, env: dict[str, str], head: list[str]) -> 
         ms: dict[str, list[float]] = {"jax": [], "torch": []}
         for p in range(args.pairs):
             for framework in (("jax", "torch") if p % 2 == 0 else ("torch", "jax")):
-                out = subprocess.run(
-                    [sys.executable, __file__, "--child", model, "on", framework, "--steps",
-                     str(args.steps), "--warmup", str(args.warmup), "--out", os.devnull],
-                    capture_output=True, text=True, env=env, cwd=REPO, check=True).stdout
-                rec = json.loads(out.strip().splitlines()[-1])
+                rec = run_child(model, "on", framework, args, env)
                 records.append(rec)
                 ms[framework].append(rec["ms"])
                 print(f"[vs-torch] {model} pair {p} {framework}: {rec['ms']:.0f} ms, "
