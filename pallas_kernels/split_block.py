@@ -56,8 +56,9 @@ from pallas_kernels.conv_stage import (conv_mode, conv_norm_row_groups, conv_nor
 from pallas_kernels.mlp_stage import mlp_tile, project_epilogue
 from pallas_kernels.operands import mlp_operands
 from pallas_kernels.options import BlockOptions
-from pallas_kernels.tuning import (MIN_DOT_DIM, SplitLaunchConfig, gemm_block_n,
-                                   padded_channels, split_launch_config, uses_row_groups)
+from pallas_kernels.tuning import (MIN_DOT_DIM, SplitLaunchConfig, conv_channel_blocks,
+                                   gemm_block_n, padded_channels, split_launch_config,
+                                   uses_row_groups)
 
 _F32 = jnp.float32
 
@@ -121,15 +122,6 @@ def _conv_norm_kernel(x_ref, xp_ref, cw_ref, cb_ref, ns_ref, nb_ref, y_ref, *, h
                         mode=mode, compute_dtype=x_ref.dtype, part0=part0,
                         n_local=n_local if blocked else None)
     _store_y(y_ref, ys, rows, row_ok, mode, part0=part0)
-
-
-def conv_channel_blocks(lc: SplitLaunchConfig, mode: str, norm: str, n_parts: int) -> int:
-    """Programs along the channels of the conv + norm kernel: ``lc.conv_channel_blocks`` for
-    a "blockdiag" conv with the affine norm (capped at the number of 16-channel parts), else
-    1 (LayerNorm needs every channel of a pixel in one program)."""
-    if mode != "blockdiag" or norm != "affine":
-        return 1
-    return max(1, min(lc.conv_channel_blocks, n_parts))
 
 
 def conv_norm_pixels(width: int, conv_tile: int, kernel_size: int, group_width: int) -> int:

@@ -498,13 +498,25 @@ def channel_blocked(c_padded: int, group_width: int, dtype_name: str, norm: str 
             and c_padded > CONV_BLOCK_CHANNELS)
 
 
+def conv_channel_blocks(lc: SplitLaunchConfig, mode: str, norm: str | None,
+                        n_parts: int) -> int:
+    """Programs along the channels of the split plan's conv + norm kernel:
+    ``lc.conv_channel_blocks`` for a "blockdiag" conv (``conv_stage.conv_mode``) with the
+    affine norm (capped at the number of 16-channel parts), else 1 (LayerNorm needs every
+    channel of a pixel in one program)."""
+    if mode != "blockdiag" or norm != "affine":
+        return 1
+    return max(1, min(lc.conv_channel_blocks, n_parts))
+
+
 def split_launch_config(c_padded: int, kernel_size: int, group_width: int, hidden: int,
                         dtype_name: str, rows: int | None = None,
                         norm: str | None = None) -> SplitLaunchConfig:
     """The split plan's launch parameters: table entry or default rule (``norm`` "affine"
     lets 16-bit grouped convs spread their channels over programs, :func:`channel_blocked`;
     None = as for LayerNorm); with ``rows`` (N*H*W) small calls get smaller tiles: the conv
-    tile halved until its grid (times its channel blocks) has :data:`MIN_PROGRAMS` programs, block_m down to :data:`MIN_GEMM_BLOCK_M` while half of it
+    tile halved until its grid (times its :func:`conv_channel_blocks`) has
+    :data:`MIN_PROGRAMS` programs, block_m down to :data:`MIN_GEMM_BLOCK_M` while half of it
     still covers ``rows`` (each GEMM's block_n: :func:`gemm_block_n`); the GEMMs instead of
     the fused MLP kernel (``fused_mlp`` False) when its programs of ``mlp_block_m`` pixels
     are fewer than :data:`MLP_MIN_PROGRAMS`. Smaller fused-MLP programs would re-read all of
@@ -520,8 +532,8 @@ def split_launch_config(c_padded: int, kernel_size: int, group_width: int, hidde
         return lc
     rows = int(rows)
     conv_tile = lc.conv_tile
-    blocks = lc.conv_channel_blocks if channel_blocked(c_padded, group_width, dtype_name,
-                                                       norm) else 1
+    mode = "blockdiag" if grouped_on_tensor_cores(dtype_name, group_width) else "other"
+    blocks = conv_channel_blocks(lc, mode, norm, c_padded // MIN_DOT_DIM)
     while conv_tile > MIN_DOT_DIM and -(-rows // conv_tile) * blocks < MIN_PROGRAMS:
         conv_tile //= 2
     conv_warps = lc.conv_warps

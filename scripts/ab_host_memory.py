@@ -8,8 +8,8 @@ The allocator is set per process before JAX starts, so the two arms cannot share
 each pair runs one process of each ("off" = glibc's default malloc, "on" = the reused heap),
 the order alternating between pairs. A process compiles ``train.state.train_step`` (batch 64,
 64 px, AdamW, random data, as ``python -m convfirst_jax.bench train-compare``), runs
-``--warmup`` steps (3) and times ``--steps`` more (median), counting the minor page faults of those steps;
-``--frameworks torch`` also times PyTorch's step of that command the same way (the setting
+``--warmup`` steps (3) and times ``--steps`` more (median), counting the minor page faults
+of those steps; ``--frameworks torch`` also times PyTorch's step of that command the same way (the setting
 is process-wide, so in ``train-compare`` both frameworks run with it). The per-pair ratio
 off / on is the speed-up.
 
@@ -35,10 +35,8 @@ REPO = pathlib.Path(__file__).resolve().parents[1]
 def child(model: str, mode: str, framework: str, steps: int, warmup: int) -> None:
     """One process: set the allocator (mode "on"), time the step, print one JSON line."""
     sys.path.insert(0, str(REPO))
-    status = "off: not set (glibc's default malloc)"
-    if mode == "on":
-        from convfirst_jax.host_memory import reuse_host_memory
-        status = reuse_host_memory()
+    from convfirst_jax import host_memory
+    status = host_memory.reuse_host_memory() if mode == "on" else host_memory.status()
     import resource
     import time
 

@@ -709,8 +709,8 @@ def split_grids(cfg: StaticConfig, lc: Any, rows: int) -> tuple[int, int, dict[s
     plan with launch parameters ``lc`` for ``rows`` pixels, every kernel either form has."""
     from pallas_kernels.conv_stage import conv_mode
     from pallas_kernels.operands import round_up
-    from pallas_kernels.split_block import conv_channel_blocks, conv_norm_pixels
-    from pallas_kernels.tuning import gemm_block_n, padded_channels
+    from pallas_kernels.split_block import conv_norm_pixels
+    from pallas_kernels.tuning import conv_channel_blocks, gemm_block_n, padded_channels
 
     cp = padded_channels(cfg.C)
     blocks = conv_channel_blocks(lc, conv_mode(cfg.dtype, cfg.C, cfg.gw), cfg.norm, cp // 16)
