@@ -187,9 +187,9 @@ def _feature_mean(x: Array) -> Array:
     float64 reference are unchanged). As a reduction, XLA:CPU put the mean in a YNNPACK
     reduce fusion together with its elementwise producer, ConvNeXt's 7 x 7 shift-add; that
     fusion takes its inputs materialised, so in the compiled ConvNeXt-atto train step each
-    7 x 7 layer wrote 24 tap slices and 24 broadcast weights as full-size arrays (seen in the
-    optimised HLO; not in a lone block, so the fusion choice is the whole program's). As a
-    dot, none: the step 1.01-1.21x faster in every one of 10 interleaved rounds
+    7 x 7 layer of the 16 x 16 and 8 x 8 stages wrote 22 tap slices and 22 broadcast weights
+    as full-size arrays (seen in the optimised HLO; not in a lone block, so the fusion choice
+    is the whole program's). As a dot, none: the step 1.01-1.21x faster in every one of 10 interleaved rounds
     (``docs/results/cpu-imagenette-64px/ab_layer_norm_stats.md``).
     """
     c = x.shape[-1]
