@@ -189,8 +189,8 @@ def _feature_mean(x: Array) -> Array:
     fusion takes its inputs materialised, so in the compiled ConvNeXt-atto train step each
     7 x 7 layer of the 16 x 16 and 8 x 8 stages wrote 22 tap slices and 22 broadcast weights
     as full-size arrays (seen in the optimised HLO; not in a lone block, so the fusion choice
-    is the whole program's). As a dot, none: the step 1.01-1.21x faster in every one of 10 interleaved rounds
-    (``docs/results/cpu-imagenette-64px/ab_layer_norm_stats.md``).
+    is the whole program's). As a dot, none: the step 1.01-1.21x faster in every one of 10
+    interleaved rounds (``docs/results/cpu-imagenette-64px/ab_layer_norm_stats.md``).
     """
     c = x.shape[-1]
     return jnp.dot(x, jnp.full((c, 1), 1.0 / c, x.dtype), precision=jax.lax.Precision.HIGHEST)
