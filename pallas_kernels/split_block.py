@@ -236,7 +236,8 @@ def split_forward(x: jax.Array, params: Mapping[str, Any], opts: BlockOptions,
     conv_ops = prepare_conv_operands(x, params, mode)
     y_shape = ((total_rows, cp // 2), jnp.uint32) if mode == "paired" else ((total_rows, cp),
                                                                             dtype)
-    channel_blocks = conv_channel_blocks(lc, mode, opts.norm, conv_ops[2].shape[0])
+    channel_blocks = conv_channel_blocks(lc, dtype, opts.group_width, opts.norm,
+                                         conv_ops[2].shape[0])
     y = pl.pallas_call(
         functools.partial(_conv_norm_kernel, height=hgt, width=wid, channels=c,
                           total_rows=total_rows, tile=lc.conv_tile,

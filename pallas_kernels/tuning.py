@@ -498,13 +498,14 @@ def channel_blocked(c_padded: int, group_width: int, dtype_name: str, norm: str 
             and c_padded > CONV_BLOCK_CHANNELS)
 
 
-def conv_channel_blocks(lc: SplitLaunchConfig, mode: str, norm: str | None,
-                        n_parts: int) -> int:
+def conv_channel_blocks(lc: SplitLaunchConfig, dtype: Any, group_width: int,
+                        norm: str | None, n_parts: int) -> int:
     """Programs along the channels of the split plan's conv + norm kernel:
-    ``lc.conv_channel_blocks`` for a "blockdiag" conv (``conv_stage.conv_mode``) with the
-    affine norm (capped at the number of 16-channel parts), else 1 (LayerNorm needs every
-    channel of a pixel in one program)."""
-    if mode != "blockdiag" or norm != "affine":
+    ``lc.conv_channel_blocks`` for a grouped conv on tensor cores (the "blockdiag" mode of
+    ``conv_stage.conv_mode``, :func:`grouped_on_tensor_cores`) with the affine norm (capped
+    at the number of 16-channel parts), else 1 (LayerNorm needs every channel of a pixel in
+    one program)."""
+    if not grouped_on_tensor_cores(dtype, group_width) or norm != "affine":
         return 1
     return max(1, min(lc.conv_channel_blocks, n_parts))
 
@@ -532,8 +533,7 @@ def split_launch_config(c_padded: int, kernel_size: int, group_width: int, hidde
         return lc
     rows = int(rows)
     conv_tile = lc.conv_tile
-    mode = "blockdiag" if grouped_on_tensor_cores(dtype_name, group_width) else "other"
-    blocks = conv_channel_blocks(lc, mode, norm, c_padded // MIN_DOT_DIM)
+    blocks = conv_channel_blocks(lc, dtype_name, group_width, norm, c_padded // MIN_DOT_DIM)
     while conv_tile > MIN_DOT_DIM and -(-rows // conv_tile) * blocks < MIN_PROGRAMS:
         conv_tile //= 2
     conv_warps = lc.conv_warps

@@ -38,7 +38,8 @@ def child(model: str, mode: str, framework: str, steps: int, warmup: int) -> Non
     from convfirst_jax import host_memory
     status = host_memory.reuse_host_memory() if mode == "on" else host_memory.status()
     import resource
-    import time
+
+    from convfirst_jax.bench.train_compare import time_steps
 
     if framework == "torch":  # PyTorch's step of train-compare (2 threads)
         from convfirst_jax.bench.torch_compare import make_torch_train_step
@@ -52,15 +53,11 @@ def child(model: str, mode: str, framework: str, steps: int, warmup: int) -> Non
     for _ in range(warmup):
         run()
     faults0 = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
-    times = []
-    for _ in range(steps):
-        t0 = time.perf_counter()
-        run()
-        times.append(time.perf_counter() - t0)
+    median_s, _ = time_steps(run, steps)
     faults = (resource.getrusage(resource.RUSAGE_SELF).ru_minflt - faults0) / steps
     print(json.dumps({"model": model, "framework": framework, "mode": mode,
                       "status": status, "temp_bytes": temp,
-                      "ms": 1e3 * statistics.median(times), "faults_per_step": faults}))
+                      "ms": 1e3 * median_s, "faults_per_step": faults}))
 
 
 def run_child(model: str, mode: str, framework: str, args: argparse.Namespace,

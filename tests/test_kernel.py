@@ -575,9 +575,10 @@ def test_conv_channel_blocks_need_affine_blockdiag():
     from pallas_kernels.tuning import SplitLaunchConfig
 
     lc = SplitLaunchConfig(conv_tile=16, conv_channel_blocks=4)
-    assert split_block.conv_channel_blocks(lc, "blockdiag", "affine", 32) == 4
-    assert split_block.conv_channel_blocks(lc, "blockdiag", "layernorm", 32) == 1
-    assert split_block.conv_channel_blocks(lc, "paired", "affine", 2) == 1
+    assert split_block.conv_channel_blocks(lc, "bfloat16", 8, "affine", 32) == 4  # blockdiag
+    assert split_block.conv_channel_blocks(lc, "bfloat16", 8, "layernorm", 32) == 1
+    assert split_block.conv_channel_blocks(lc, "bfloat16", 1, "affine", 2) == 1  # paired
+    assert split_block.conv_channel_blocks(lc, "float32", 8, "affine", 32) == 1  # direct
     with pytest.raises(ValueError, match="conv_channel_blocks"):
         SplitLaunchConfig(conv_tile=16, conv_channel_blocks=3)
 

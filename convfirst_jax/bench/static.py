@@ -707,13 +707,12 @@ def split_kernel_traffic(cfg: StaticConfig, kernel: str, lc: Any, grid: tuple[in
 def split_grids(cfg: StaticConfig, lc: Any, rows: int) -> tuple[int, int, dict[str, int]]:
     """(padded hidden of the GEMMs, of the fused MLP kernel, programs per kernel) of the split
     plan with launch parameters ``lc`` for ``rows`` pixels, every kernel either form has."""
-    from pallas_kernels.conv_stage import conv_mode
     from pallas_kernels.operands import round_up
     from pallas_kernels.split_block import conv_norm_pixels
     from pallas_kernels.tuning import conv_channel_blocks, gemm_block_n, padded_channels
 
     cp = padded_channels(cfg.C)
-    blocks = conv_channel_blocks(lc, conv_mode(cfg.dtype, cfg.C, cfg.gw), cfg.norm, cp // 16)
+    blocks = conv_channel_blocks(lc, cfg.dtype, cfg.gw, cfg.norm, cp // 16)
     hidden = cfg.E * cfg.C
     expand_n = gemm_block_n(lc.expand_block_n, lc.block_m, rows, hidden)
     project_n = gemm_block_n(lc.block_n, lc.block_m, rows, cp)
